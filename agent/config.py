@@ -1,0 +1,231 @@
+"""Configuration: a TOML file (``/etc/goldenhour/config.toml`` or ``--config``), typed and checked.
+
+Where it sits: the CLI and the daemon load a ``Config`` once; every other module
+reads keys from it. Every key is declared in ``KEYS`` with its default, type and a
+sentence of documentation; README's configuration table lists the same keys (a
+test checks that). An unknown key is an error, so a typo never silently does
+nothing. Flags given on the command line override the file.
+
+Per-collector keys live under ``[collectors.<name>]``: ``enabled``, ``timeout_s``
+for every collector, plus the options a collector documents in its docstring.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = Path("/etc/goldenhour/config.toml")
+
+
+class ConfigError(ValueError):
+    """The config file is unreadable or holds a bad key or value (message says which)."""
+
+
+@dataclass(frozen=True)
+class Key:
+    default: Any
+    type: type | tuple[type, ...]
+    doc: str
+
+
+def _store_default() -> str:
+    if os.geteuid() == 0:
+        return "/var/lib/goldenhour"
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(base, "goldenhour")
+
+
+KEYS: dict[str, Key] = {
+    # -- capture --------------------------------------------------------
+    "capture.profile": Key("standard", str, "Profile when none is given: quick, standard or full."),
+    "capture.time_budget_s": Key(60.0, (int, float), "Overall time budget of one capture; collectors not started by then are skipped, running ones are stopped."),
+    "capture.max_parallel": Key(6, int, "How many collectors run at once."),
+    "capture.compression": Key("zstd", str, "Bundle compression: zstd (.tar.zst) or gzip (.tar.gz)."),
+    "capture.zstd_level": Key(3, int, "zstd level (1-19); 3 is fast and still small."),
+    "capture.nice": Key(10, int, "CPU nice value collectors run at (0 = normal priority)."),
+    "capture.ionice_idle": Key(True, bool, "Run collectors in the idle I/O scheduling class."),
+    "capture.probe_seconds": Key(5.0, (int, float), "Window of the eBPF probes (standard and full profiles)."),
+    "capture.heap": Key(False, bool, "Take heap dumps / core images in the standard profile too (always in full)."),
+    # -- store ------------------------------------------------------------
+    "store.path": Key(_store_default(), str, "Local store and upload spool (root: /var/lib/goldenhour; otherwise the user's data dir)."),
+    "store.reserve_bytes": Key(1 * 2**30, int, "Free space always left on the store's filesystem; a capture stops cleanly before it."),
+    "store.reserve_percent": Key(5.0, (int, float), "Free space always left, as a percentage of the filesystem (the larger of the two reserves applies)."),
+    "store.max_file_bytes": Key(256 * 2**20, int, "Cap on one evidence file (logs keep their tail, command output its head)."),
+    "store.max_bundle_bytes": Key(8 * 2**30, int, "Cap on the uncompressed evidence of one bundle; files past it are left out and listed."),
+    "store.keep_days": Key(30, int, "Uploaded bundles older than this are removed from the local store (0 = keep forever). Pending ones are never removed."),
+    # -- host identity, for targeting incidents ----------------------------
+    "host.name": Key("", str, "Host name used in bundle names and for webhook targeting (default: the system hostname)."),
+    "host.tags": Key([], list, "Tags of this host (e.g. \"role=db\", \"cluster-a\"); an incident whose labels/tags match concerns this host."),
+    # -- targets ------------------------------------------------------------
+    "targets.services": Key([], list, "systemd units whose processes are dumped when no --pid/--process/--unit is given."),
+    "targets.processes": Key([], list, "Regular expressions matched against process names/command lines, as above."),
+    "targets.auto_limit": Key(5, int, "With no targets given or configured, this many top processes by CPU and RSS."),
+    # -- logs -----------------------------------------------------------------
+    "logs.paths": Key(["/var/log/syslog", "/var/log/messages", "/var/log/kern.log"], list, "Log files or globs whose tails are captured (plus any --log)."),
+    "logs.lines": Key(10000, int, "Lines taken from the end of each log."),
+    "logs.journal": Key(True, bool, "Also capture the system journal (journalctl) when present."),
+    "logs.journal_since_s": Key(3600, int, "How far back the journal is read."),
+    # -- upload -----------------------------------------------------------------
+    "upload.url": Key("", str, "s3://BUCKET/PREFIX to upload bundles to (empty: local store only)."),
+    "upload.endpoint_url": Key("", str, "S3-compatible endpoint (MinIO, Ceph, R2); AWS_ENDPOINT_URL(_S3) is honoured too."),
+    "upload.region": Key("", str, "AWS region (default: the boto3 chain's)."),
+    "upload.profile": Key("", str, "AWS profile name from the shared config (default: the boto3 credential chain)."),
+    "upload.sse": Key("", str, "Server-side encryption: \"\" (bucket default), AES256 or aws:kms."),
+    "upload.kms_key_id": Key("", str, "KMS key id for upload.sse = aws:kms."),
+    "upload.object_lock_mode": Key("", str, "Object Lock retention mode for bundles: GOVERNANCE or COMPLIANCE (empty: none)."),
+    "upload.object_lock_days": Key(0, int, "Object Lock retention in days (with object_lock_mode)."),
+    "upload.multipart_threshold_mb": Key(64, int, "Bundles larger than this are uploaded in parts."),
+    "upload.multipart_chunk_mb": Key(16, int, "Part size of a multipart upload."),
+    "upload.principal": Key("", str, "Who uploads/fetches, for the chain of custody when STS cannot say (e.g. an on-prem S3)."),
+    "upload.retry_initial_s": Key(30, int, "First retry delay for pending uploads (the daemon doubles it per failure)."),
+    "upload.retry_max_s": Key(3600, int, "Longest retry delay for pending uploads."),
+    # -- daemon -----------------------------------------------------------------
+    "daemon.listen": Key("127.0.0.1:8787", str, "HTTP listen address for webhooks, /healthz and /metrics (put a TLS proxy in front for the internet)."),
+    "daemon.socket": Key("/run/goldenhour/api.sock", str, "Unix socket of the local API (snapshot --via-daemon)."),
+    "daemon.state_dir": Key("", str, "Where the daemon keeps dedupe and incident state (default: <store>/state)."),
+    "daemon.queue_size": Key(16, int, "Bounded capture queue; a full queue answers 503 so the tracker retries."),
+    "daemon.max_body_bytes": Key(1 * 2**20, int, "Largest webhook body accepted (413 above)."),
+    "daemon.profile": Key("standard", str, "Profile of captures triggered by webhooks."),
+    "daemon.capture_all": Key(False, bool, "Capture on every incident, whatever its services/hosts/labels."),
+    "daemon.services": Key([], list, "Service names this host serves; an incident naming one of them concerns this host."),
+    "daemon.dedupe_hours": Key(48, int, "How long a captured incident is remembered so retries do not capture again."),
+    "daemon.pre_restart": Key("incident", str, "When the pre-restart hook captures: incident (only while an incident is open here), always, or never."),
+    "daemon.pre_restart_budget_s": Key(20, int, "Time budget of a pre-restart capture (keep under the unit's TimeoutStopSec)."),
+    "daemon.api_token_file": Key("", str, "File holding a bearer token for the HTTP local API (/v1/snapshot); the Unix socket needs none."),
+}
+
+# Webhook receivers: [webhooks.<tracker>] with these keys each.
+TRACKERS = ("pagerduty", "incidentio", "alertmanager", "opsgenie", "generic")
+WEBHOOK_KEYS: dict[str, Key] = {
+    "enabled": Key(False, bool, "Accept deliveries from this tracker."),
+    "secret": Key("", (str, list), "Signing secret(s) or token(s); several during rotation. Prefer secret_file."),
+    "secret_file": Key("", str, "File holding the secret (one per line for rotation); never logged."),
+    "username": Key("", str, "alertmanager: basic-auth user (password in secret/secret_file)."),
+    "header": Key("", str, "opsgenie: the header carrying the token (default X-Goldenhour-Token)."),
+    "tolerance_s": Key(300, int, "incidentio/generic: accepted clock skew of the signed timestamp."),
+}
+COLLECTOR_KEYS: dict[str, Key] = {
+    "enabled": Key(None, (bool, type(None)), "Force a collector on or off regardless of the profile."),
+    "timeout_s": Key(None, (int, float, type(None)), "Override the collector's own time budget."),
+}
+
+
+class Config:
+    """Resolved configuration: ``cfg["capture.profile"]``, ``cfg.collector("logs")``."""
+
+    def __init__(self, data: dict[str, Any] | None = None, path: Path | None = None):
+        self.path = path
+        self.values: dict[str, Any] = {k: v.default for k, v in KEYS.items()}
+        self.collectors: dict[str, dict[str, Any]] = {}
+        self.webhooks: dict[str, dict[str, Any]] = {
+            t: {k: v.default for k, v in WEBHOOK_KEYS.items()} for t in TRACKERS}
+        if data:
+            self._merge(data)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def set(self, key: str, value: Any) -> None:
+        if key not in KEYS:
+            raise ConfigError(f"unknown config key {key}")
+        self.values[key] = value
+
+    def collector(self, name: str) -> dict[str, Any]:
+        return self.collectors.get(name, {})
+
+    def webhook(self, tracker: str) -> dict[str, Any]:
+        return self.webhooks[tracker]
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.values["store.path"])
+
+    @property
+    def hostname(self) -> str:
+        return self.values["host.name"] or os.uname().nodename
+
+    def _merge(self, data: dict[str, Any]) -> None:
+        where = f" in {self.path}" if self.path else ""
+        for section, body in data.items():
+            if not isinstance(body, dict):
+                raise ConfigError(f"top-level key {section!r}{where} must be a [section]")
+            if section == "collectors":
+                for name, opts in body.items():
+                    if not isinstance(opts, dict):
+                        raise ConfigError(f"[collectors.{name}]{where} must be a table")
+                    for k, v in opts.items():
+                        if k in COLLECTOR_KEYS:
+                            _check_type(f"collectors.{name}.{k}", v, COLLECTOR_KEYS[k].type, where)
+                    self.collectors[name] = dict(opts)
+                continue
+            if section == "webhooks":
+                for tracker, opts in body.items():
+                    if tracker not in TRACKERS:
+                        raise ConfigError(f"unknown tracker [webhooks.{tracker}]{where}; known: {', '.join(TRACKERS)}")
+                    for k, v in opts.items():
+                        if k not in WEBHOOK_KEYS:
+                            raise ConfigError(f"unknown config key webhooks.{tracker}.{k}{where}")
+                        _check_type(f"webhooks.{tracker}.{k}", v, WEBHOOK_KEYS[k].type, where)
+                        self.webhooks[tracker][k] = v
+                continue
+            for k, v in body.items():
+                key = f"{section}.{k}"
+                if key not in KEYS:
+                    raise ConfigError(f"unknown config key {key}{where}")
+                _check_type(key, v, KEYS[key].type, where)
+                self.values[key] = v
+        if self.values["capture.profile"] not in ("quick", "standard", "full"):
+            raise ConfigError(f"capture.profile must be quick, standard or full{where}")
+        if self.values["capture.compression"] not in ("zstd", "gzip"):
+            raise ConfigError(f"capture.compression must be zstd or gzip{where}")
+
+
+def _check_type(key: str, value: Any, typ: type | tuple[type, ...], where: str) -> None:
+    types = typ if isinstance(typ, tuple) else (typ,)
+    if isinstance(value, bool) and bool not in types:
+        ok = False
+    else:
+        ok = isinstance(value, types)
+    if not ok:
+        names = " or ".join(t.__name__ for t in types)
+        raise ConfigError(f"config key {key}{where} must be {names}, not {type(value).__name__}")
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load ``path``, or the default file when it exists, else built-in defaults.
+
+    ``GOLDENHOUR_CONFIG`` names the file when ``path`` is None.
+    """
+    explicit = path is not None or "GOLDENHOUR_CONFIG" in os.environ
+    p = Path(path if path is not None else os.environ.get("GOLDENHOUR_CONFIG", DEFAULT_PATH))
+    if not p.exists():
+        if explicit:
+            raise ConfigError(f"config file {p} does not exist")
+        return Config()
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+    return Config(data, path=p)
+
+
+def read_secret(opts: dict[str, Any]) -> list[str]:
+    """Secrets of a webhook section: ``secret`` (str or list) plus lines of ``secret_file``."""
+    secrets: list[str] = []
+    s = opts.get("secret")
+    if isinstance(s, str) and s:
+        secrets.append(s)
+    elif isinstance(s, list):
+        secrets.extend(str(x) for x in s if x)
+    f = opts.get("secret_file")
+    if f:
+        try:
+            secrets.extend(l.strip() for l in Path(f).read_text().splitlines() if l.strip())
+        except OSError as exc:
+            raise ConfigError(f"cannot read secret file {f}: {exc.strerror}") from None
+    return secrets

@@ -1,0 +1,69 @@
+"""Incidents and triggers: the validated identity every capture is filed under.
+
+Where it sits: the very first step of a capture. An incident ID becomes a path
+component and an S3 key component, so only ``^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$``
+passes; anything else (``../../etc``, slashes, spaces) is refused before anything
+is written.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class IncidentIdError(ValueError):
+    pass
+
+
+def check_id(incident_id: str) -> str:
+    if not isinstance(incident_id, str) or not ID_RE.fullmatch(incident_id) or ".." in incident_id:
+        raise IncidentIdError(
+            f"invalid incident ID {incident_id!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (no '/', no '..')")
+    return incident_id
+
+
+def safe_component(text: str, limit: int = 64) -> str:
+    """Turn free text (a hostname) into a safe path/key component."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip(".-_") or "host"
+    return s[:limit]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(dt: datetime) -> str:
+    return dt.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Incident:
+    id: str
+    source: str = "manual"            # manual | pagerduty | incidentio | alertmanager | opsgenie | generic
+    title: str = ""
+    url: str = ""
+    severity: str = ""
+    services: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check_id(self.id)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Trigger:
+    kind: str = "manual"              # manual | webhook | pre-restart | daemon-api
+    reason: str = ""
+    by: str = ""                      # user, tracker delivery id...
+    at: str = field(default_factory=lambda: iso(utcnow()))
+    payload_sha256: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
