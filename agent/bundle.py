@@ -1,0 +1,432 @@
+"""The bundle: one ``.tar.zst`` (or ``.tar.gz``) per capture, verifiable file by file.
+
+Where it sits: after the runner, before the store publishes and the uploader sends.
+``pack`` streams every staged file into the archive once: each read feeds the
+file's SHA-256 and the compressor, and the compressed bytes feed the bundle's own
+SHA-256 as they are written. ``manifest.json`` and ``SHA256SUMS`` go in last. The
+archive is written under a temporary name, fsynced and published by atomic
+rename, with ``<bundle>.sha256`` beside it (``sha256sum -c`` format).
+
+Layout inside the archive, under one top folder named like the bundle::
+
+    <top>/collectors/<name>[/<pid>]/...   evidence
+    <top>/goldenhour.log                  what the agent did
+    <top>/manifest.json                   see agent/capture.py
+    <top>/SHA256SUMS                      every file above, `sha256sum -c` format
+
+``verify`` reads a bundle once and checks every member against both
+``SHA256SUMS`` and the manifest, and the archive against its ``.sha256``.
+"""
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import io
+import json
+import os
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Callable, Iterable
+
+import zstandard
+
+BUF = 1 << 20
+EXTENSIONS = {"zstd": ".tar.zst", "gzip": ".tar.gz"}
+
+
+class BundleError(Exception):
+    """A bundle could not be written or read (message says why)."""
+
+
+class DiskFullError(BundleError):
+    """Writing would eat into the store's free-space reserve (or the disk is full)."""
+
+
+def free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def reserve_for(path: Path, reserve_bytes: int, reserve_percent: float) -> int:
+    st = os.statvfs(path)
+    return max(reserve_bytes, int(st.f_blocks * st.f_frsize * reserve_percent / 100))
+
+
+class _HashingWriter(io.RawIOBase):
+    """File writer that hashes what it writes and guards the free-space reserve."""
+
+    def __init__(self, fh: IO[bytes], guard_dir: Path, reserve: int):
+        self.fh, self.guard_dir, self.reserve = fh, guard_dir, reserve
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self._since_check = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:  # type: ignore[override]
+        n = len(b)
+        self._since_check += n
+        if self._since_check >= 16 * BUF:
+            self._since_check = 0
+            if free_bytes(self.guard_dir) - n < self.reserve:
+                raise DiskFullError(
+                    f"the store's filesystem reached its free-space reserve ({self.reserve // 2**20} MiB); "
+                    "capture stopped before filling the disk")
+        try:
+            self.fh.write(b)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DiskFullError("no space left on the store's filesystem") from None
+            raise
+        self.sha.update(b)
+        self.size += n
+        return n
+
+    def tell(self) -> int:
+        return self.size
+
+
+class _HashingReader(io.RawIOBase):
+    def __init__(self, fh: IO[bytes]):
+        self.fh = fh
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        b = self.fh.read(n)
+        self.sha.update(b)
+        self.size += len(b)
+        return b
+
+    def readinto(self, buf) -> int:  # type: ignore[override]
+        b = self.read(len(buf))
+        buf[:len(b)] = b
+        return len(b)
+
+
+@dataclass
+class PackResult:
+    path: Path
+    sha256: str
+    size: int
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)   # relpath -> {bytes, sha256}
+    left_out: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _tarinfo(arcname: str, size: int, mtime: float, mode: int = 0o644) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(arcname)
+    ti.size, ti.mtime, ti.mode = size, int(mtime), mode
+    ti.uname = ti.gname = "root"
+    return ti
+
+
+def _open_compressor(raw: _HashingWriter, compression: str, level: int) -> IO[bytes]:
+    if compression == "zstd":
+        cctx = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
+        return cctx.stream_writer(raw, write_size=BUF, closefd=False)   # type: ignore[return-value]
+    return gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=min(max(level, 1), 9), mtime=0)  # type: ignore[return-value]
+
+
+class _Counter(io.RawIOBase):
+    """Pass-through that counts bytes, so tarfile can ``tell()`` on a stream."""
+
+    def __init__(self, inner: IO[bytes]):
+        self.inner, self.n = inner, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:  # type: ignore[override]
+        self.inner.write(b)
+        self.n += len(b)
+        return len(b)
+
+    def tell(self) -> int:
+        return self.n
+
+
+def pack(staging: Path, top: str, dest: Path, *, compression: str = "zstd", level: int = 3,
+         max_bundle_bytes: int = 8 * 2**30, reserve: int = 0,
+         log_file: Path | None = None,
+         manifest: Callable[[dict[str, dict[str, Any]], list[dict[str, Any]]], dict[str, Any]],
+         progress: Callable[[int], None] | None = None) -> PackResult:
+    """Write the bundle for ``staging`` to ``dest`` (final path); return its hash and file list.
+
+    ``manifest(files, left_out)`` is called once all evidence is in and returns the
+    manifest dict, which is written as ``manifest.json``. Raises DiskFullError (the
+    partial file is removed) when the reserve would be crossed.
+    """
+    tmp = dest.with_name(f".{dest.name}.partial")
+    files: dict[str, dict[str, Any]] = {}
+    left_out: list[dict[str, Any]] = []
+    total = 0
+    fh = open(tmp, "wb")
+    try:
+        raw = _HashingWriter(fh, dest.parent, reserve)
+        comp = _open_compressor(raw, compression, level)
+        counter = _Counter(comp)
+        tar = tarfile.open(fileobj=counter, mode="w", format=tarfile.PAX_FORMAT)  # type: ignore[arg-type]
+        tar.copybufsize = BUF  # type: ignore[attr-defined]
+
+        def add_bytes(rel: str, data: bytes) -> None:
+            tar.addfile(_tarinfo(f"{top}/{rel}", len(data), time.time()), io.BytesIO(data))
+            files[rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+        for path in _walk(staging / "collectors"):
+            rel = path.relative_to(staging).as_posix()
+            try:
+                st = path.lstat()
+                if not path.is_file() or path.is_symlink():
+                    left_out.append({"path": rel, "reason": "not a regular file"})
+                    continue
+                if total + st.st_size > max_bundle_bytes:
+                    left_out.append({"path": rel, "bytes": st.st_size,
+                                     "reason": f"bundle cap store.max_bundle_bytes={max_bundle_bytes} reached"})
+                    continue
+                with open(path, "rb") as src:
+                    size = os.fstat(src.fileno()).st_size
+                    reader = _HashingReader(src)
+                    tar.addfile(_tarinfo(f"{top}/{rel}", size, st.st_mtime), reader)  # type: ignore[arg-type]
+            except DiskFullError:
+                raise
+            except OSError as exc:
+                left_out.append({"path": rel, "reason": f"unreadable: {exc.strerror or exc}"})
+                continue
+            files[rel] = {"bytes": size, "sha256": reader.sha.hexdigest()}
+            total += size
+            if progress:
+                progress(size)
+        if log_file is not None and log_file.exists():
+            add_bytes("goldenhour.log", log_file.read_bytes())
+        man = manifest(files, left_out)
+        man_bytes = (json.dumps(man, indent=1, default=str) + "\n").encode()
+        add_bytes("manifest.json", man_bytes)
+        sums = "".join(f"{files[r]['sha256']}  {r}\n" for r in sorted(files))
+        tar.addfile(_tarinfo(f"{top}/SHA256SUMS", len(sums), time.time()), io.BytesIO(sums.encode()))
+        tar.close()
+        if compression == "zstd":
+            comp.flush(zstandard.FLUSH_FRAME)   # ends the frame; the file stays open for fsync
+        else:
+            comp.close()                         # writes the gzip trailer, leaves the file open
+        fh.flush()
+        os.fsync(fh.fileno())
+    except BaseException:
+        fh.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    fh.close()
+    os.replace(tmp, dest)
+    _fsync_dir(dest.parent)
+    digest = raw.sha.hexdigest()
+    side = dest.with_name(dest.name + ".sha256")
+    _atomic_write(side, f"{digest}  {dest.name}\n".encode())
+    return PackResult(dest, digest, raw.size, files, left_out)
+
+
+def _walk(root: Path) -> Iterable[Path]:
+    if not root.exists():
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            yield Path(dirpath) / name
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+# -- reading -----------------------------------------------------------------
+
+def open_stream(fileobj: IO[bytes], name: str = "") -> tarfile.TarFile:
+    """A streaming tar reader for a .tar.zst or .tar.gz file object (sniffs the magic)."""
+    head = fileobj.read(4)
+    rest = _Prefixed(head, fileobj)
+    if head == b"\x28\xb5\x2f\xfd":
+        dctx = zstandard.ZstdDecompressor()
+        return tarfile.open(fileobj=dctx.stream_reader(rest, read_size=BUF), mode="r|")  # type: ignore[arg-type]
+    if head[:2] == b"\x1f\x8b":
+        return tarfile.open(fileobj=rest, mode="r|gz")  # type: ignore[arg-type]
+    raise BundleError(f"{name or 'bundle'} is neither zstd nor gzip compressed")
+
+
+class _Prefixed(io.RawIOBase):
+    def __init__(self, prefix: bytes, inner: IO[bytes]):
+        self.prefix, self.inner = prefix, inner
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if self.prefix:
+            if n is None or n < 0:
+                b, self.prefix = self.prefix + self.inner.read(), b""
+                return b
+            b, self.prefix = self.prefix[:n], self.prefix[n:]
+            if len(b) < n:
+                b += self.inner.read(n - len(b))
+            return b
+        return self.inner.read(n)
+
+    def readinto(self, buf) -> int:  # type: ignore[override]
+        b = self.read(len(buf))
+        buf[:len(b)] = b
+        return len(b)
+
+
+@dataclass
+class VerifyReport:
+    bundle: str
+    ok: bool = True
+    sha256: str = ""
+    expected_sha256: str | None = None
+    files_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+    manifest: dict[str, Any] | None = None
+
+    def fail(self, msg: str) -> None:
+        self.ok = False
+        self.problems.append(msg)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bundle": self.bundle, "ok": self.ok, "sha256": self.sha256,
+                "expected_sha256": self.expected_sha256, "files_checked": self.files_checked,
+                "problems": self.problems}
+
+
+def verify_stream(fileobj: IO[bytes], name: str, expected_sha256: str | None = None) -> VerifyReport:
+    """Check every member against SHA256SUMS and the manifest, and the whole against its hash."""
+    rep = VerifyReport(bundle=name, expected_sha256=expected_sha256)
+    outer = _HashingReader(fileobj)
+    actual: dict[str, str] = {}
+    sums_text = manifest_bytes = None
+    top = None
+    try:
+        with open_stream(outer, name) as tar:  # type: ignore[arg-type]
+            for m in tar:
+                parts = m.name.split("/", 1)
+                if top is None:
+                    top = parts[0]
+                if parts[0] != top or len(parts) < 2:
+                    rep.fail(f"unexpected member outside the top folder: {m.name}")
+                    continue
+                rel = parts[1]
+                if not m.isfile():
+                    rep.fail(f"unexpected non-file member: {m.name}")
+                    continue
+                f = tar.extractfile(m)
+                h = hashlib.sha256()
+                keep = rel in ("SHA256SUMS", "manifest.json")
+                chunks = []
+                while True:
+                    b = f.read(BUF)  # type: ignore[union-attr]
+                    if not b:
+                        break
+                    h.update(b)
+                    if keep:
+                        chunks.append(b)
+                if rel == "SHA256SUMS":
+                    sums_text = b"".join(chunks).decode()
+                    continue
+                if rel == "manifest.json":
+                    manifest_bytes = b"".join(chunks)
+                actual[rel] = h.hexdigest()
+        while outer.read(BUF):   # hash trailing bytes the tar reader did not consume
+            pass
+    except (tarfile.TarError, zstandard.ZstdError, EOFError, OSError, gzip.BadGzipFile) as exc:
+        rep.fail(f"archive unreadable: {type(exc).__name__}: {exc}")
+    rep.sha256 = outer.sha.hexdigest()
+    if expected_sha256 is not None and expected_sha256 != rep.sha256:
+        rep.fail(f"bundle sha256 {rep.sha256} differs from its .sha256 ({expected_sha256})")
+    if sums_text is None:
+        rep.fail("SHA256SUMS missing")
+    else:
+        listed = {}
+        for line in sums_text.splitlines():
+            digest, _, rel = line.partition("  ")
+            listed[rel] = digest
+        for rel, digest in listed.items():
+            if rel not in actual:
+                rep.fail(f"{rel}: listed in SHA256SUMS but missing from the bundle")
+            elif actual[rel] != digest:
+                rep.fail(f"{rel}: sha256 {actual[rel]} differs from SHA256SUMS ({digest})")
+        for rel in actual:
+            if rel not in listed:
+                rep.fail(f"{rel}: in the bundle but not listed in SHA256SUMS")
+    if manifest_bytes is None:
+        rep.fail("manifest.json missing")
+    else:
+        try:
+            rep.manifest = json.loads(manifest_bytes)
+        except ValueError as exc:
+            rep.fail(f"manifest.json is not valid JSON: {exc}")
+        if rep.manifest:
+            for c in rep.manifest.get("collectors", []):
+                for fe in c.get("files", []):
+                    rel = fe.get("path")
+                    if rel not in actual:
+                        rep.fail(f"{rel}: in manifest.json but missing from the bundle")
+                    elif actual[rel] != fe.get("sha256"):
+                        rep.fail(f"{rel}: sha256 {actual[rel]} differs from manifest.json ({fe.get('sha256')})")
+    rep.files_checked = len(actual)
+    return rep
+
+
+def read_sidecar(bundle: Path) -> str | None:
+    side = bundle.with_name(bundle.name + ".sha256")
+    try:
+        return side.read_text().split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def verify_file(path: Path) -> VerifyReport:
+    expected = read_sidecar(path)
+    with open(path, "rb") as fh:
+        rep = verify_stream(fh, str(path), expected)
+    if expected is None:
+        rep.fail(f"{path.name}.sha256 is missing beside the bundle")
+    return rep
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of a local bundle: from the sidecar if present, else from the archive."""
+    side = manifest_sidecar(path)
+    if side.exists():
+        return json.loads(side.read_text())
+    with open(path, "rb") as fh, open_stream(fh, str(path)) as tar:
+        for m in tar:
+            if m.name.endswith("/manifest.json"):
+                return json.loads(tar.extractfile(m).read())  # type: ignore[union-attr]
+    raise BundleError(f"{path} has no manifest.json")
+
+
+def manifest_sidecar(bundle: Path) -> Path:
+    name = bundle.name
+    for ext in EXTENSIONS.values():
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+    return bundle.with_name(name + ".manifest.json")

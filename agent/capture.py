@@ -1,0 +1,291 @@
+"""The capture pipeline, top to bottom: trigger -> plan -> run -> bundle -> store.
+
+Every trigger (``goldenhour snapshot``, a webhook via the daemon, the pre-restart
+hook) ends up in ``capture(cfg, request)``:
+
+1. validate the incident ID, open the store, resume any target a previous run
+   left stopped (pause ledger), check the free-space reserve;
+2. resolve target processes and make the plan (profile, selection, budgets);
+3. run the collectors in parallel child processes into a staging folder;
+4. pack the staging folder into one bundle, hashing every file while streaming,
+   with ``manifest.json`` and ``SHA256SUMS``; publish it by atomic rename;
+5. return the result. Uploading is a separate step (``agent.upload``) so a
+   capture is always complete on local disk first.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import secrets
+import shutil
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from agent import __version__, pauses, plan as planner, registry, runner, targets as targets_mod
+from agent.bundle import (EXTENSIONS, DiskFullError, free_bytes, manifest_sidecar, pack, reserve_for,
+                          _atomic_write)
+from agent.collector import FAILED, OK, PARTIAL, SKIPPED, TARGET_EXITED, TIMEOUT, Limits, read_text
+from agent.config import Config
+from agent.errors import GoldenhourError
+from agent.incident import Incident, Trigger, iso, safe_component, utcnow
+from agent.store import Store
+
+SCHEMA_VERSION = 1
+log = logging.getLogger("goldenhour.capture")
+
+
+@dataclass
+class CaptureRequest:
+    incident: Incident
+    trigger: Trigger = field(default_factory=Trigger)
+    profile: str = "standard"
+    only: list[str] = field(default_factory=list)
+    skip: list[str] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)
+    processes: list[str] = field(default_factory=list)
+    units: list[str] = field(default_factory=list)
+    log_paths: list[str] = field(default_factory=list)
+    time_budget_s: float | None = None
+    probe_seconds: float | None = None
+    heap: bool = False
+
+
+@dataclass
+class CaptureResult:
+    bundle: Path
+    sha256: str
+    size: int
+    incident: str
+    manifest: dict[str, Any]
+
+    @property
+    def statuses(self) -> dict[str, str]:
+        return self.manifest["summary"]["collectors"]
+
+
+def aggregate_status(statuses: list[str]) -> str:
+    """One status per collector name from its per-target results."""
+    s = set(statuses)
+    if len(s) == 1:
+        return statuses[0]
+    if s <= {OK, PARTIAL, SKIPPED, TARGET_EXITED} and s & {OK, PARTIAL}:
+        return PARTIAL if PARTIAL in s or s - {OK, SKIPPED} else OK
+    if s & {OK, PARTIAL}:
+        return PARTIAL
+    for worst in (TIMEOUT, FAILED, TARGET_EXITED, SKIPPED):
+        if worst in s:
+            return worst
+    return FAILED
+
+
+def host_facts(cfg: Config) -> dict[str, Any]:
+    u = os.uname()
+    osrel = {}
+    for line in (read_text("/etc/os-release", "") or "").splitlines():
+        k, _, v = line.partition("=")
+        osrel[k] = v.strip('"')
+    mem = 0
+    for line in (read_text("/proc/meminfo", "") or "").splitlines():
+        if line.startswith("MemTotal:"):
+            mem = int(line.split()[1]) * 1024
+    uptime = float((read_text("/proc/uptime", "0 0") or "0").split()[0])
+    addrs: list[str] = []
+    try:
+        import psutil
+        for ifname, lst in psutil.net_if_addrs().items():
+            for a in lst:
+                if a.family in (socket.AF_INET, socket.AF_INET6) and ifname != "lo":
+                    addrs.append(f"{ifname}:{a.address}")
+    except Exception:  # noqa: BLE001
+        pass
+    return {
+        "hostname": cfg.hostname, "nodename": u.nodename,
+        "machine_id": (read_text("/etc/machine-id", "") or "").strip(),
+        "boot_id": (read_text("/proc/sys/kernel/random/boot_id", "") or "").strip(),
+        "kernel": u.release, "kernel_version": u.version, "arch": u.machine,
+        "os": osrel.get("PRETTY_NAME", ""), "cpus": os.cpu_count(), "memory_bytes": mem,
+        "uptime_s": uptime, "addresses": addrs, "tags": list(cfg["host.tags"]),
+    }
+
+
+def agent_facts() -> dict[str, Any]:
+    rel = os.uname().release
+    build = Path(f"/lib/modules/{rel}/build")
+    headers: dict[str, Any] = {"path": str(build), "present": build.exists()}
+    if build.is_symlink():
+        target = os.readlink(build)
+        headers["resolves_to"] = target
+        headers["distribution_headers"] = f"/lib/modules/{rel}" not in target and "linux-headers" in target
+    return {"name": "goldenhour", "version": __version__, "python": platform.python_version(),
+            "pid": os.getpid(), "argv": sys.argv, "uid": os.geteuid(), "kernel_headers": headers}
+
+
+def bundle_name(incident: str, host: str, when) -> str:
+    return f"{incident}_{safe_component(host)}_{when.strftime('%Y%m%dT%H%M%SZ')}_{secrets.token_hex(4)}"
+
+
+def capture(cfg: Config, req: CaptureRequest,
+            on_event: Callable[[str, Any, Any], None] | None = None) -> CaptureResult:
+    """Run one capture and return the published bundle. Raises GoldenhourError if none was written."""
+    started = utcnow()
+    t0 = time.monotonic()
+    incident = req.incident.id
+
+    # 1. store, ledger sweep, free-space reserve
+    store = Store(cfg.store_path).ensure()
+    resumed = pauses.sweep(store.ledger)
+    reserve = reserve_for(store.root, cfg["store.reserve_bytes"], cfg["store.reserve_percent"])
+    free = free_bytes(store.root)
+    if free < reserve:
+        raise GoldenhourError(
+            f"store {store.root} has {free // 2**20} MiB free, under its reserve of {reserve // 2**20} MiB: "
+            "nothing captured (free space or lower store.reserve_bytes/reserve_percent)")
+    name = bundle_name(incident, cfg.hostname, started)
+    staging = store.staging / name
+    staging.mkdir(parents=True)
+    (staging / ".owner").write_text(str(os.getpid()))
+    log_path = staging / "goldenhour.log"
+    handler = logging.FileHandler(log_path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root_logger = logging.getLogger("goldenhour")
+    root_logger.addHandler(handler)
+    root_logger.setLevel(logging.INFO)
+    try:
+        log.info("capture %s for incident %s (%s, trigger %s)", name, incident, req.profile, req.trigger.kind)
+        if resumed:
+            log.warning("resumed targets left stopped by an earlier run: %s", resumed)
+
+        # 2. targets and plan
+        budget = float(req.time_budget_s or cfg["capture.time_budget_s"])
+        tlist, problems = targets_mod.resolve(
+            req.pids, req.processes, req.units, cfg["targets.services"], cfg["targets.processes"],
+            cfg["targets.auto_limit"])
+        for p in problems:
+            log.warning("target problem: %s", p)
+        collectors, broken = registry.discover()
+        for b in broken:
+            log.error("collector module %s is broken: %s", b.name, b.error)
+        plan = planner.make_plan(collectors, cfg, profile=req.profile, targets=tlist, only=req.only,
+                                 skip=req.skip, heap=req.heap, time_budget_s=budget)
+        for s in plan.skipped:
+            log.info("skipped %s: %s", s.key, s.reason)
+            if on_event:
+                on_event("end", s, s)
+        capture_ctx = {
+            "incident": incident, "profile": req.profile, "store": str(store.root),
+            "targets": [t.to_json() for t in tlist],
+            "log_paths": list(cfg["logs.paths"]) + list(req.log_paths),
+            "explicit_log_paths": list(req.log_paths),
+            "log_lines": cfg["logs.lines"], "journal": cfg["logs.journal"],
+            "journal_since_s": cfg["logs.journal_since_s"],
+            "probe_seconds": float(req.probe_seconds or cfg["capture.probe_seconds"]),
+            "heap": req.heap or req.profile == "full" or cfg["capture.heap"],
+            "exclude_pids": [os.getpid()],
+            "reserve_bytes": reserve,
+        }
+        limits = Limits(max_file_bytes=cfg["store.max_file_bytes"])
+
+        # 3. run
+        results = runner.run_items(
+            plan.items, staging, deadline=t0 + budget, capture=capture_ctx, limits=limits,
+            max_parallel=cfg["capture.max_parallel"],
+            priority=(cfg["capture.nice"], cfg["capture.ionice_idle"]),
+            ledger_dir=store.ledger, on_event=on_event)
+        results = sorted(results + plan.skipped, key=lambda r: (r.name, r.key))
+        for r in results:
+            log.info("%s: %s %s (%.3f s)", r.key, r.status, r.reason, r.duration_s)
+        for r in results:  # a runner journal's .log is the collector's own log: keep it with the evidence
+            jlog = staging / ".journal" / (r.key.replace("/", "_") + ".log")
+            if jlog.exists() and jlog.stat().st_size and r.out is not None:
+                shutil.copyfile(jlog, r.out / "collector.log")
+        collected_at = utcnow()
+
+        # 4. bundle
+        ext = EXTENSIONS[cfg["capture.compression"]]
+        dest_dir = store.incident_dir(incident)
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        dest = dest_dir / (name + ext)
+
+        def manifest(files: dict[str, dict[str, Any]], left_out: list[dict[str, Any]]) -> dict[str, Any]:
+            entries = []
+            for r in results:
+                e = r.to_json()
+                prefix = f"collectors/{r.key}/"
+                e["files"] = [{"path": rel, **meta} for rel, meta in sorted(files.items())
+                              if rel.startswith(prefix)]
+                entries.append(e)
+            by_name: dict[str, list[str]] = {}
+            for r in results:
+                by_name.setdefault(r.name, []).append(r.status)
+            ended = utcnow()
+            return {
+                "schema": SCHEMA_VERSION,
+                "bundle": name,
+                "bundle_id": name.rsplit("_", 1)[-1],
+                "incident": req.incident.to_json(),
+                "trigger": req.trigger.to_json(),
+                "profile": req.profile,
+                "host": host_facts(cfg),
+                "agent": agent_facts(),
+                "clocks": {"start_utc": iso(started), "collected_utc": iso(collected_at),
+                           "end_utc": iso(ended), "duration_s": round(time.monotonic() - t0, 3),
+                           "boot_time_utc": _boot_time_iso()},
+                "targets": capture_ctx["targets"],
+                "target_problems": problems,
+                "resumed_targets": resumed,
+                "collectors": entries,
+                "broken_collectors": [{"name": b.name, "error": b.error} for b in broken],
+                "summary": {"collectors": {n: aggregate_status(s) for n, s in sorted(by_name.items())},
+                            "files": len(files), "bytes": sum(f["bytes"] for f in files.values())},
+                "limits": {"time_budget_s": budget, "max_file_bytes": cfg["store.max_file_bytes"],
+                           "max_bundle_bytes": cfg["store.max_bundle_bytes"], "reserve_bytes": reserve,
+                           "max_parallel": cfg["capture.max_parallel"], "nice": cfg["capture.nice"],
+                           "ionice_idle": cfg["capture.ionice_idle"]},
+                "left_out": left_out,
+                "redaction": _redaction(results),
+            }
+
+        handler.flush()
+        built: list[dict[str, Any]] = []
+        packed = pack(staging, name, dest, compression=cfg["capture.compression"],
+                      level=cfg["capture.zstd_level"], max_bundle_bytes=cfg["store.max_bundle_bytes"],
+                      reserve=reserve, log_file=log_path,
+                      manifest=lambda files, left_out: built.append(manifest(files, left_out)) or built[-1])
+        man = built[-1]
+        _atomic_write(manifest_sidecar(dest), (_dumps(man)).encode())
+        return CaptureResult(packed.path, packed.sha256, packed.size, incident, man)
+    except DiskFullError as exc:
+        raise GoldenhourError(f"capture stopped: {exc}; no bundle written, nothing else touched") from None
+    finally:
+        root_logger.removeHandler(handler)
+        handler.close()
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _dumps(obj: Any) -> str:
+    import json
+    return json.dumps(obj, indent=1, default=str) + "\n"
+
+
+def _redaction(results: list[runner.ItemResult]) -> dict[str, Any]:
+    total = 0
+    rules = None
+    for r in results:
+        red = r.notes.get("redaction") if r.notes else None
+        if isinstance(red, dict):
+            total += int(red.get("count", 0))
+            rules = red.get("rules", rules)
+    return {"count": total, "rules": rules} if rules is not None else {"count": total}
+
+
+def _boot_time_iso() -> str:
+    from datetime import datetime, timezone
+    for line in (read_text("/proc/stat", "") or "").splitlines():
+        if line.startswith("btime "):
+            return iso(datetime.fromtimestamp(int(line.split()[1]), timezone.utc))
+    return ""

@@ -1,0 +1,4 @@
+"""Command modules of other areas; importing each adds its commands to ``agent.cli.main``.
+
+One line per area keeps ``agent/cli.py`` readable top to bottom.
+"""
