@@ -62,7 +62,7 @@ class _HashingWriter(io.RawIOBase):
         self.fh, self.guard_dir, self.reserve = fh, guard_dir, reserve
         self.sha = hashlib.sha256()
         self.size = 0
-        self._since_check = 0
+        self._since_check = 4 * BUF   # check before the first write too
 
     def writable(self) -> bool:
         return True
@@ -70,7 +70,7 @@ class _HashingWriter(io.RawIOBase):
     def write(self, b) -> int:  # type: ignore[override]
         n = len(b)
         self._since_check += n
-        if self._since_check >= 16 * BUF:
+        if self._since_check >= 4 * BUF:
             self._since_check = 0
             if free_bytes(self.guard_dir) - n < self.reserve:
                 raise DiskFullError(

@@ -187,6 +187,17 @@ class Context:
         self.log.warning("partial: %s", reason)
         self._record("partial", reason=reason)
 
+    def below_reserve(self, extra: int = 0) -> bool:
+        """True when writing ``extra`` more bytes would cross the store's free-space reserve."""
+        reserve = int(self.capture.get("reserve_bytes") or 0)
+        if not reserve:
+            return False
+        try:
+            st = os.statvfs(self.out)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize - extra < reserve
+
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
 
@@ -238,6 +249,9 @@ class Context:
             if not missing_ok:
                 raise
             self._record("unreadable", source=str(src), error=f"{type(exc).__name__}: {exc.strerror or exc}")
+            return None
+        if len(data) > 2**20 and self.below_reserve(len(data)):
+            self.partial(f"{src} left out: the store reached its free-space reserve")
             return None
         p = self.path(name)
         p.write_bytes(data)
@@ -300,6 +314,12 @@ class Context:
             elapsed = time.monotonic() - t0
             if out_path is not None and out_path.stat().st_size > cap:
                 res.truncated = True
+                kill_group(proc)
+                break
+            if self.below_reserve():
+                res.killed = True
+                res.error = "stopped: the store reached its free-space reserve"
+                self.partial(res.error)
                 kill_group(proc)
                 break
             if elapsed > budget:

@@ -1,0 +1,216 @@
+"""The capture pipeline end to end through the real CLI: runner, bundle, store, bad input."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+import uuid
+from pathlib import Path
+
+import pytest
+import zstandard
+
+TEST_COLLECTORS = "tests.helpers.slow,tests.helpers.boom,tests.helpers.bulk"
+
+
+def _snapshot(gh, *args, env=None):
+    e = {"GOLDENHOUR_EXTRA_COLLECTORS": TEST_COLLECTORS, **(env or {})}
+    return gh("snapshot", "--json", *args, env=e)
+
+
+def _bundle(cp) -> tuple[dict, Path]:
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    return out, Path(out["bundle"])
+
+
+def _members(bundle: Path) -> dict[str, bytes]:
+    with open(bundle, "rb") as fh:
+        data = zstandard.ZstdDecompressor().stream_reader(fh).read()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar if m.isfile()}
+
+
+def _pids_running(needle: str) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                cmd = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if needle in cmd:
+                found.append(int(name))
+    return found
+
+
+def test_hanging_collector_is_killed_at_its_timeout_while_others_finish(gh):
+    cp = _snapshot(gh, "--incident", "INC-hang", "--collector", "slow", "--collector", "boom",
+                   "--collector", "bulk")
+    out, bundle = _bundle(cp)
+    assert out["collectors"] == {"boom": "failed", "bulk": "ok", "slow": "timeout"}
+    man = json.loads(Path(out["manifest"]).read_text())
+    slow = next(c for c in man["collectors"] if c["name"] == "slow")
+    assert "budget" in slow["reason"]
+    # what it wrote before hanging is kept, and its helper is recorded as started
+    assert [f["path"] for f in slow["files"]] == ["collectors/slow/before-hang.txt"] or \
+        "collectors/slow/before-hang.txt" in [f["path"] for f in slow["files"]]
+    boom = next(c for c in man["collectors"] if c["name"] == "boom")
+    assert "RuntimeError: boom" in boom["reason"]
+    members = _members(bundle)
+    assert b"Traceback" in members["collectors/boom/collector.log"]
+    assert members["collectors/slow/before-hang.txt"] == b"written before hanging\n"
+    # the helper `sleep 600` is gone: only our own processes were killed
+    assert not [p for p in _pids_running("sleep 600") if Path(f"/proc/{p}").exists()
+                and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1][:3]]
+    assert gh("verify", out["bundle"]).returncode == 0
+
+
+def test_time_budget_skips_what_could_not_start(gh, store, tmp_path):
+    cfg = tmp_path / "one-at-a-time.toml"
+    cfg.write_text(f'[store]\npath = "{store}"\n[capture]\nmax_parallel = 1\n'
+                   '[collectors.slow]\ntimeout_s = 30\n')
+    cp = _snapshot(gh, "--incident", "INC-budget", "--collector", "slow", "--collector", "bulk",
+                   "--time-budget", "1.5", env={"GOLDENHOUR_CONFIG": str(cfg)})
+    out, _ = _bundle(cp)
+    # bulk (volatility 97) starts first and finishes; slow hits the overall budget
+    assert out["collectors"]["slow"] == "timeout"
+    man = json.loads(Path(out["manifest"]).read_text())
+    slow = next(c for c in man["collectors"] if c["name"] == "slow")
+    assert "time budget" in slow["reason"]
+
+
+def test_clean_bundle_passes_coreutils_after_plain_tar(gh, tmp_path):
+    out, bundle = _bundle(_snapshot(gh, "--incident", "INC-tar", "--collector", "boom", "--collector", "bulk"))
+    # the archive against its sidecar, with sha256sum -c
+    subprocess.run(["sha256sum", "-c", bundle.name + ".sha256"], cwd=bundle.parent, check=True,
+                   capture_output=True)
+    dest = tmp_path / "x"
+    dest.mkdir()
+    subprocess.run(["tar", "-xf", str(bundle), "-C", str(dest)], check=True)
+    top = dest / bundle.name.split(".tar.")[0]
+    cp = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=top, capture_output=True, text=True)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    listed = {l.split("  ", 1)[1] for l in (top / "SHA256SUMS").read_text().splitlines()}
+    assert {"manifest.json", "goldenhour.log", "collectors/bulk/bulk.bin"} <= listed
+    man = json.loads((top / "manifest.json").read_text())
+    bulk = next(c for c in man["collectors"] if c["name"] == "bulk")
+    f = bulk["files"][0]
+    assert f["sha256"] == hashlib.sha256((top / f["path"]).read_bytes()).hexdigest()
+    assert man["incident"]["id"] == "INC-tar" and man["schema"] == 1
+    assert out["sha256"] == hashlib.sha256(bundle.read_bytes()).hexdigest()
+
+
+def _flip_one_byte(bundle: Path, member_rel: str) -> None:
+    """Change one byte inside one member's data, then recompress the archive in place."""
+    with open(bundle, "rb") as fh:
+        raw = bytearray(zstandard.ZstdDecompressor().stream_reader(fh).read())
+    with tarfile.open(fileobj=io.BytesIO(bytes(raw))) as tar:
+        m = next(m for m in tar if m.name.endswith("/" + member_rel))
+        raw[m.offset_data] ^= 0x01
+    bundle.write_bytes(zstandard.ZstdCompressor().compress(bytes(raw)))
+
+
+def test_verify_fails_on_one_changed_byte(gh):
+    out, bundle = _bundle(_snapshot(gh, "--incident", "INC-tamper", "--collector", "bulk"))
+    assert gh("verify", str(bundle)).returncode == 0
+    _flip_one_byte(bundle, "collectors/bulk/bulk.bin")
+    cp = gh("verify", "--json", str(bundle))
+    assert cp.returncode == 1
+    rep = json.loads(cp.stdout)
+    assert not rep["ok"]
+    text = "\n".join(rep["problems"])
+    assert "differs from its .sha256" in text
+    assert "collectors/bulk/bulk.bin: sha256" in text and "SHA256SUMS" in text and "manifest.json" in text
+    # even with a forged sidecar the changed file is named
+    digest = hashlib.sha256(bundle.read_bytes()).hexdigest()
+    (bundle.parent / (bundle.name + ".sha256")).write_text(f"{digest}  {bundle.name}\n")
+    cp = gh("verify", str(bundle))
+    assert cp.returncode == 1 and "collectors/bulk/bulk.bin" in cp.stdout
+
+
+@pytest.mark.parametrize("bad", ["../../etc", "a/b", "", ".hidden", "x" * 129, "a..b", "inc 1", "-x", "é"])
+def test_path_like_incident_ids_are_refused_before_anything_is_written(gh, store, bad):
+    cp = gh("snapshot", "--incident", bad, "--collector", "bulk",
+            env={"GOLDENHOUR_EXTRA_COLLECTORS": TEST_COLLECTORS})
+    assert cp.returncode == 2
+    assert "invalid incident ID" in cp.stderr and len(cp.stderr.strip().splitlines()) == 1
+    assert not any(store.rglob("*")), list(store.rglob("*"))
+
+
+def test_unknown_collector_is_a_usage_error(gh):
+    cp = gh("snapshot", "--incident", "INC-x", "--collector", "nosuch")
+    assert cp.returncode == 2 and "unknown collector nosuch" in cp.stderr
+
+
+def test_unwritable_store_exits_3_with_one_line(gh):
+    cp = gh("snapshot", "--incident", "INC-x", "--store", "/proc/goldenhour-nope", "--collector", "bulk",
+            env={"GOLDENHOUR_EXTRA_COLLECTORS": TEST_COLLECTORS})
+    assert cp.returncode == 3
+    assert "not writable" in cp.stderr
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mnt)], check=True)
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_stops_the_capture_cleanly(gh, small_fs, tmp_path):
+    """A store on a 48 MiB tmpfs with a 24 MiB reserve: 30 MiB of evidence cannot be bundled."""
+    cfg = tmp_path / "small.toml"
+    cfg.write_text(f'[store]\npath = "{small_fs}"\nreserve_bytes = {24 * 2**20}\nreserve_percent = 0\n'
+                   '[collectors.bulk]\nmb = 30\n')
+    cp = _snapshot(gh, "--incident", "INC-full", "--collector", "bulk", env={"GOLDENHOUR_CONFIG": str(cfg)})
+    assert cp.returncode == 3, cp.stdout + cp.stderr
+    assert "reserve" in cp.stderr and len(cp.stderr.strip().splitlines()) == 1
+    left = [p for p in small_fs.rglob("*") if p.is_file()]
+    assert left == [], left      # no partial bundle, no staging left behind
+    # and with the reserve already crossed, nothing is attempted at all
+    cfg.write_text(f'[store]\npath = "{small_fs}"\nreserve_bytes = {100 * 2**20}\n')
+    cp = _snapshot(gh, "--incident", "INC-full", "--collector", "bulk", env={"GOLDENHOUR_CONFIG": str(cfg)})
+    assert cp.returncode == 3 and "nothing captured" in cp.stderr
+
+
+def test_gzip_bundles_verify_too(gh, store, tmp_path):
+    cfg = tmp_path / "gz.toml"
+    cfg.write_text(f'[store]\npath = "{store}"\n[capture]\ncompression = "gzip"\n')
+    out, bundle = _bundle(_snapshot(gh, "--incident", "INC-gz", "--collector", "boom",
+                                    env={"GOLDENHOUR_CONFIG": str(cfg)}))
+    assert bundle.name.endswith(".tar.gz")
+    assert gh("verify", str(bundle), env={"GOLDENHOUR_CONFIG": str(cfg)}).returncode == 0
+    with tarfile.open(bundle) as tar:
+        assert any(n.endswith("/SHA256SUMS") for n in tar.getnames())
+
+
+def test_show_summarises_the_manifest(gh):
+    out, bundle = _bundle(_snapshot(gh, "--incident", "INC-show", "--collector", "boom", "--collector", "bulk",
+                                    "--reason", "test"))
+    cp = gh("show", str(bundle))
+    assert cp.returncode == 0, cp.stderr
+    assert "INC-show" in cp.stdout and "failed" in cp.stdout and "boom" in cp.stdout
+    assert gh("show", "no-such-bundle").returncode == 4
+
+
+def test_bad_config_is_a_clear_usage_error(gh, tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[capture]\nprofil = "quick"\n')
+    cp = gh("snapshot", "--incident", "INC-x", env={"GOLDENHOUR_CONFIG": str(cfg)})
+    assert cp.returncode == 2 and "unknown config key capture.profil" in cp.stderr
+
+
+def test_collectors_lists_every_collector_with_availability(gh):
+    cp = gh("collectors", "--json", env={"GOLDENHOUR_EXTRA_COLLECTORS": TEST_COLLECTORS})
+    assert cp.returncode == 0
+    rows = {r["name"]: r for r in json.loads(cp.stdout)}
+    assert rows["slow"]["status"] == "ready" and rows["slow"]["summary"]
+    assert all(r["status"] in ("ready", "unavailable") for r in rows.values()), rows
+    for r in rows.values():
+        if r["status"] == "unavailable":
+            assert r["reason"]
