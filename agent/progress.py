@@ -6,6 +6,8 @@ clean for ``--json`` and scripts.
 """
 from __future__ import annotations
 
+import re
+import shutil
 import sys
 import time
 from typing import Any, TextIO
@@ -27,6 +29,10 @@ class Progress:
 
     def __call__(self, what: str, item: Any, result: Any) -> None:
         if not self.enabled:
+            return
+        if what == "tick":
+            if self.tty and self.rows:
+                self._redraw()
             return
         key = getattr(item, "key", str(item))
         if what == "start":
@@ -58,7 +64,8 @@ class Progress:
         out = []
         if self._drawn:
             out.append(f"\x1b[{self._drawn}F")
-        lines = [self._fmt(k, r) for k, r in self.rows.items()]
+        width = shutil.get_terminal_size((100, 24)).columns
+        lines = [_cut(self._fmt(k, r), width) for k, r in self.rows.items()]
         running = sum(1 for r in self.rows.values() if r["status"] == "running")
         lines.append(f"  {len(self.rows) - running} done, {running} running, "
                      f"{time.monotonic() - self.t0:.1f}s")
@@ -70,3 +77,24 @@ class Progress:
     def message(self, text: str) -> None:
         if self.enabled:
             print(text, file=self.stream, flush=True)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _cut(line: str, width: int) -> str:
+    """Cut a line to the terminal width, counting only visible characters."""
+    visible = _ANSI.sub("", line)
+    if len(visible) < width:
+        return line
+    out, n, i = [], 0, 0
+    while i < len(line) and n < width - 2:
+        m = _ANSI.match(line, i)
+        if m:
+            out.append(m.group())
+            i = m.end()
+            continue
+        out.append(line[i])
+        n += 1
+        i += 1
+    return "".join(out) + "…\x1b[0m"

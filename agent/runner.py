@@ -307,7 +307,9 @@ def run_items(items: list[Item], staging: Path, *, deadline: float, capture: dic
         if not running:
             continue
         wait = max(0.0, min(r.deadline for r in running.values()) - time.monotonic())
-        ready, _, _ = select.select(list(running), [], [], min(wait, 1.0) + 0.001)
+        ready, _, _ = select.select(list(running), [], [], min(wait, 0.25) + 0.001)
+        if not ready:
+            emit("tick", None, None)    # lets a live display show elapsed times
         for fd in ready:
             finish(running.pop(fd), None)
         now = time.monotonic()
