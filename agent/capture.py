@@ -145,10 +145,15 @@ def capture(cfg: Config, req: CaptureRequest,
         raise GoldenhourError(
             f"store {store.root} has {free // 2**20} MiB free, under its reserve of {reserve // 2**20} MiB: "
             "nothing captured (free space or lower store.reserve_bytes/reserve_percent)")
+    for saved in salvage(cfg, store):
+        log.warning("published an interrupted capture: %s", saved.bundle)
     name = bundle_name(incident, cfg.hostname, started)
     staging = store.staging / name
     staging.mkdir(parents=True)
-    (staging / ".owner").write_text(str(os.getpid()))
+    (staging / ".owner").write_text(_owner_token(os.getpid()))
+    (staging / ".request.json").write_text(_dumps({
+        "incident": req.incident.to_json(), "trigger": req.trigger.to_json(), "profile": req.profile,
+        "started_utc": iso(started)}))
     log_path = staging / "goldenhour.log"
     handler = logging.FileHandler(log_path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -205,66 +210,138 @@ def capture(cfg: Config, req: CaptureRequest,
                 shutil.copyfile(jlog, r.out / "collector.log")
         collected_at = utcnow()
 
-        # 4. bundle
-        ext = EXTENSIONS[cfg["capture.compression"]]
-        dest_dir = store.incident_dir(incident)
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        dest = dest_dir / (name + ext)
-
-        def manifest(files: dict[str, dict[str, Any]], left_out: list[dict[str, Any]]) -> dict[str, Any]:
-            entries = []
-            for r in results:
-                e = r.to_json()
-                prefix = f"collectors/{r.key}/"
-                e["files"] = [{"path": rel, **meta} for rel, meta in sorted(files.items())
-                              if rel.startswith(prefix)]
-                entries.append(e)
-            by_name: dict[str, list[str]] = {}
-            for r in results:
-                by_name.setdefault(r.name, []).append(r.status)
-            ended = utcnow()
-            return {
-                "schema": SCHEMA_VERSION,
-                "bundle": name,
-                "bundle_id": name.rsplit("_", 1)[-1],
-                "incident": req.incident.to_json(),
-                "trigger": req.trigger.to_json(),
-                "profile": req.profile,
-                "host": host_facts(cfg),
-                "agent": agent_facts(),
-                "clocks": {"start_utc": iso(started), "collected_utc": iso(collected_at),
-                           "end_utc": iso(ended), "duration_s": round(time.monotonic() - t0, 3),
-                           "boot_time_utc": _boot_time_iso()},
-                "targets": capture_ctx["targets"],
-                "target_problems": problems,
-                "resumed_targets": resumed,
-                "collectors": entries,
-                "broken_collectors": [{"name": b.name, "error": b.error} for b in broken],
-                "summary": {"collectors": {n: aggregate_status(s) for n, s in sorted(by_name.items())},
-                            "files": len(files), "bytes": sum(f["bytes"] for f in files.values())},
-                "limits": {"time_budget_s": budget, "max_file_bytes": cfg["store.max_file_bytes"],
-                           "max_bundle_bytes": cfg["store.max_bundle_bytes"], "reserve_bytes": reserve,
-                           "max_parallel": cfg["capture.max_parallel"], "nice": cfg["capture.nice"],
-                           "ionice_idle": cfg["capture.ionice_idle"]},
-                "left_out": left_out,
-                "redaction": _redaction(results),
-            }
-
-        handler.flush()
-        built: list[dict[str, Any]] = []
-        packed = pack(staging, name, dest, compression=cfg["capture.compression"],
-                      level=cfg["capture.zstd_level"], max_bundle_bytes=cfg["store.max_bundle_bytes"],
-                      reserve=reserve, log_file=log_path,
-                      manifest=lambda files, left_out: built.append(manifest(files, left_out)) or built[-1])
-        man = built[-1]
-        _atomic_write(manifest_sidecar(dest), (_dumps(man)).encode())
-        return CaptureResult(packed.path, packed.sha256, packed.size, incident, man)
+        # 4. bundle, published into the store
+        return _publish(cfg, store, staging, name, req, results, started=started, t0=t0,
+                        collected_at=collected_at, budget=budget, reserve=reserve, extra={
+                            "targets": capture_ctx["targets"], "target_problems": problems,
+                            "resumed_targets": resumed,
+                            "broken_collectors": [{"name": b.name, "error": b.error} for b in broken]},
+                        log_path=log_path, flush=handler.flush)
     except DiskFullError as exc:
         raise GoldenhourError(f"capture stopped: {exc}; no bundle written, nothing else touched") from None
     finally:
         root_logger.removeHandler(handler)
         handler.close()
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish(cfg: Config, store: Store, staging: Path, name: str, req: CaptureRequest,
+             results: list[runner.ItemResult], *, started, t0: float, collected_at, budget: float,
+             reserve: int, extra: dict[str, Any], log_path: Path | None,
+             flush: Callable[[], None] = lambda: None) -> CaptureResult:
+    """Pack ``staging`` into ``<store>/incidents/<incident>/<name>.tar.*`` with its manifest."""
+    incident = req.incident.id
+    ext = EXTENSIONS[cfg["capture.compression"]]
+    dest_dir = store.incident_dir(incident)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest = dest_dir / (name + ext)
+
+    def manifest(files: dict[str, dict[str, Any]], left_out: list[dict[str, Any]]) -> dict[str, Any]:
+        entries = []
+        for r in results:
+            e = r.to_json()
+            prefix = f"collectors/{r.key}/"
+            e["files"] = [{"path": rel, **meta} for rel, meta in sorted(files.items())
+                          if rel.startswith(prefix)]
+            entries.append(e)
+        by_name: dict[str, list[str]] = {}
+        for r in results:
+            by_name.setdefault(r.name, []).append(r.status)
+        ended = utcnow()
+        return {
+            "schema": SCHEMA_VERSION,
+            "bundle": name,
+            "bundle_id": name.rsplit("_", 1)[-1],
+            "incident": req.incident.to_json(),
+            "trigger": req.trigger.to_json(),
+            "profile": req.profile,
+            "host": host_facts(cfg),
+            "agent": agent_facts(),
+            "clocks": {"start_utc": iso(started), "collected_utc": iso(collected_at),
+                       "end_utc": iso(ended), "duration_s": round(time.monotonic() - t0, 3),
+                       "boot_time_utc": _boot_time_iso()},
+            "targets": extra.get("targets", []),
+            "target_problems": extra.get("target_problems", []),
+            "resumed_targets": extra.get("resumed_targets", []),
+            "collectors": entries,
+            "broken_collectors": extra.get("broken_collectors", []),
+            "summary": {"collectors": {n: aggregate_status(s) for n, s in sorted(by_name.items())},
+                        "files": len(files), "bytes": sum(f["bytes"] for f in files.values())},
+            "limits": {"time_budget_s": budget, "max_file_bytes": cfg["store.max_file_bytes"],
+                       "max_bundle_bytes": cfg["store.max_bundle_bytes"], "reserve_bytes": reserve,
+                       "max_parallel": cfg["capture.max_parallel"], "nice": cfg["capture.nice"],
+                       "ionice_idle": cfg["capture.ionice_idle"]},
+            "left_out": left_out,
+            "redaction": _redaction(results),
+            **({"salvaged": extra["salvaged"]} if "salvaged" in extra else {}),
+        }
+
+    flush()
+    built: list[dict[str, Any]] = []
+    packed = pack(staging, name, dest, compression=cfg["capture.compression"],
+                  level=cfg["capture.zstd_level"], max_bundle_bytes=cfg["store.max_bundle_bytes"],
+                  reserve=reserve, log_file=log_path,
+                  manifest=lambda files, left_out: built.append(manifest(files, left_out)) or built[-1])
+    _atomic_write(manifest_sidecar(dest), _dumps(built[-1]).encode())
+    return CaptureResult(packed.path, packed.sha256, packed.size, incident, built[-1])
+
+
+def _owner_token(pid: int) -> str:
+    st = targets_mod.proc_stat(pid)
+    return f"{pid} {st['starttime'] if st else 0}"
+
+
+def _owner_alive(token: str) -> bool:
+    try:
+        pid, start = (int(x) for x in token.split())
+    except ValueError:
+        return False
+    st = targets_mod.proc_stat(pid)
+    return st is not None and st["starttime"] == start and st["state"] != "Z"
+
+
+def salvage(cfg: Config, store: Store) -> list[CaptureResult]:
+    """Publish captures whose goldenhour process died mid-way: their evidence is never lost.
+
+    A staging folder whose owner (PID and start time) is gone is packed as a bundle
+    like any other; collectors that had not ended are recorded as ``interrupted``.
+    """
+    import json
+    saved: list[CaptureResult] = []
+    if not store.staging.is_dir():
+        return saved
+    for d in sorted(store.staging.iterdir()):
+        if not d.is_dir() or not (d / ".request.json").exists():
+            continue
+        try:
+            if _owner_alive((d / ".owner").read_text()):
+                continue
+            data = json.loads((d / ".request.json").read_text())
+            req = CaptureRequest(incident=Incident(**data["incident"]), trigger=Trigger(**data["trigger"]),
+                                 profile=data.get("profile", ""))
+        except (OSError, ValueError, TypeError) as exc:
+            log.error("cannot salvage %s: %s", d, exc)
+            continue
+        (d / ".owner").write_text(_owner_token(os.getpid()))
+        results = [r for r in (runner.result_from_journal(j) for j in sorted((d / ".journal").glob("*.jsonl")))
+                   if r is not None]
+        from datetime import datetime
+        try:
+            started = datetime.fromisoformat(data.get("started_utc", "").replace("Z", "+00:00"))
+        except ValueError:
+            started = utcnow()
+        reserve = reserve_for(store.root, cfg["store.reserve_bytes"], cfg["store.reserve_percent"])
+        try:
+            saved.append(_publish(cfg, store, d, d.name, req, sorted(results, key=lambda r: r.key),
+                                  started=started, t0=time.monotonic(), collected_at=utcnow(), budget=0.0,
+                                  reserve=reserve, log_path=d / "goldenhour.log",
+                                  extra={"salvaged": {"at": iso(utcnow()),
+                                                      "why": "the capturing goldenhour process died"}}))
+        except (DiskFullError, OSError) as exc:
+            log.error("cannot salvage %s yet: %s", d, exc)
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+    return saved
 
 
 def _dumps(obj: Any) -> str:

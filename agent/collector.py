@@ -28,9 +28,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from agent.targets import Target
 
 # Statuses recorded for every run of a collector (per target for process scope).
-OK, PARTIAL, FAILED, TIMEOUT, SKIPPED, TARGET_EXITED = (
-    "ok", "partial", "failed", "timeout", "skipped", "target_exited")
-STATUSES = (OK, PARTIAL, FAILED, TIMEOUT, SKIPPED, TARGET_EXITED)
+OK, PARTIAL, FAILED, TIMEOUT, SKIPPED, TARGET_EXITED, INTERRUPTED = (
+    "ok", "partial", "failed", "timeout", "skipped", "target_exited", "interrupted")
+STATUSES = (OK, PARTIAL, FAILED, TIMEOUT, SKIPPED, TARGET_EXITED, INTERRUPTED)
 PROFILES = ("quick", "standard", "full")
 SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -288,7 +288,8 @@ class Context:
         try:
             proc = subprocess.Popen(
                 [exe, *argv[1:]], stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                stdout=out_f, stderr=err_f, env=run_env, cwd=cwd, process_group=0, close_fds=True)
+                stdout=out_f, stderr=err_f, env=run_env, cwd=cwd, process_group=0, close_fds=True,
+                preexec_fn=die_with_parent)
         except OSError as exc:
             res.error = f"{type(exc).__name__}: {exc}"
             self._record("command", **res.to_json())
@@ -339,6 +340,24 @@ class Context:
                 res.stderr = None
         self._record("command", **res.to_json())
         return res
+
+
+_libc = None
+
+
+def die_with_parent() -> None:
+    """PR_SET_PDEATHSIG(SIGKILL): if our parent (goldenhour or a collector) dies, so do we.
+
+    A collector child and its helpers must never outlive the run that bounds their time.
+    """
+    global _libc
+    try:
+        if _libc is None:
+            import ctypes
+            _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.prctl(1, signal.SIGKILL, 0, 0, 0)   # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
 
 
 def kill_group(proc: subprocess.Popen, grace_s: float = 0.5) -> None:

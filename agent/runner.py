@@ -14,6 +14,7 @@ again afterwards, even if goldenhour itself is killed.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import select
@@ -26,8 +27,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agent import pauses
-from agent.collector import (FAILED, OK, PARTIAL, SKIPPED, TARGET_EXITED, TIMEOUT, Collector, Context,
-                             Limits, Skip, TargetGone)
+from agent.collector import (FAILED, INTERRUPTED, OK, PARTIAL, SKIPPED, TARGET_EXITED, TIMEOUT, Collector, Context,
+                             Limits, Skip, TargetGone, die_with_parent)
 from agent.incident import iso, utcnow
 from agent.targets import Target
 
@@ -105,7 +106,11 @@ def _child(item: Item, out: Path, journal: Path, deadline: float, capture: dict[
     """Runs in the forked child; never returns."""
     code = 0
     try:
+        parent = os.getppid()
         os.setsid()
+        die_with_parent()
+        if os.getppid() != parent:      # goldenhour died before the line above took effect
+            os._exit(4)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
         _set_low_priority(*priority)
@@ -189,7 +194,6 @@ def _exists(pid: int) -> bool:
 
 
 def _read_journal(path: Path) -> list[dict[str, Any]]:
-    import json
     if not path.exists():
         return []
     recs = []
@@ -203,13 +207,34 @@ def _read_journal(path: Path) -> list[dict[str, Any]]:
 
 def _result_from(run: _Running, killed_reason: str | None, exit_status: int | None) -> ItemResult:
     item = run.item
-    recs = _read_journal(run.journal)
     res = ItemResult(name=item.collector.name, key=item.key, status=FAILED,
                      target=item.target.to_json() if item.target else None,
                      started_at=run.started_at, duration_s=round(time.monotonic() - run.t0, 4),
                      timeout_s=item.timeout_s, out=None)
+    _apply_journal(res, _read_journal(run.journal), killed_reason,
+                   f"collector process died (wait status {exit_status})")
+    return res
+
+
+def result_from_journal(journal: Path) -> ItemResult | None:
+    """Rebuild an item's result from its journal alone (salvaging an interrupted capture)."""
+    recs = _read_journal(journal)
+    start = next((r for r in recs if r.get("kind") == "start"), None)
+    if start is None:
+        return None
+    res = ItemResult(name=start["name"], key=start["key"], status=INTERRUPTED, target=start.get("target"),
+                     started_at=start.get("started_at", ""), timeout_s=start.get("timeout_s", 0.0))
+    _apply_journal(res, recs, None, "the capturing goldenhour process died before this collector ended")
+    if res.status == FAILED and res.reason.startswith("the capturing"):
+        res.status = INTERRUPTED
+    return res
+
+
+def _apply_journal(res: ItemResult, recs: list[dict[str, Any]], killed_reason: str | None,
+                   no_end_reason: str) -> None:
     end = None
     for r in recs:
+        r = dict(r)
         kind = r.pop("kind", "")
         if kind == "command":
             res.commands.append(r)
@@ -227,8 +252,7 @@ def _result_from(run: _Running, killed_reason: str | None, exit_status: int | No
             res.status = PARTIAL
             res.reason = "; ".join(e.get("reason", "") for e in res.events if e["event"] == "partial")
     else:
-        res.reason = f"collector process died (wait status {exit_status})"
-    return res
+        res.reason = no_end_reason
 
 
 def run_items(items: list[Item], staging: Path, *, deadline: float, capture: dict[str, Any],
@@ -258,13 +282,18 @@ def run_items(items: list[Item], staging: Path, *, deadline: float, capture: dic
         ledger = None
         if item.collector.pauses_target and item.target is not None and ledger_dir is not None:
             ledger = pauses.record(ledger_dir, item.target, item.collector.name)
+        started_at = iso(utcnow())
+        with open(journal, "a", encoding="utf-8") as fh:   # lets a later run salvage this item
+            fh.write(json.dumps({"kind": "start", "key": item.key, "name": item.collector.name,
+                                 "target": item.target.to_json() if item.target else None,
+                                 "timeout_s": item.timeout_s, "started_at": started_at}) + "\n")
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - child
             _child(item, out, journal, item_deadline, capture, limits, priority)
         pidfd = os.pidfd_open(pid)
-        running[pidfd] = _Running(item, pid, pidfd, now, item_deadline, iso(utcnow()), journal, ledger)
+        running[pidfd] = _Running(item, pid, pidfd, now, item_deadline, started_at, journal, ledger)
         if item.collector.pauses_target and item.target is not None:
             paused_targets.add(item.target.pid)
         emit("start", item, None)

@@ -214,3 +214,41 @@ def test_collectors_lists_every_collector_with_availability(gh):
     for r in rows.values():
         if r["status"] == "unavailable":
             assert r["reason"]
+
+
+def test_a_capture_killed_midway_is_salvaged_by_the_next_run(gh, store, tmp_path):
+    """SIGKILL goldenhour mid-capture: its helpers die with it, and the next run publishes the evidence."""
+    import signal
+    import sys
+    import time
+    cfg = tmp_path / "slow.toml"
+    cfg.write_text(f'[store]\npath = "{store}"\n[collectors.slow]\ntimeout_s = 120\n')
+    env = dict(os.environ, GOLDENHOUR_CONFIG=str(cfg), GOLDENHOUR_EXTRA_COLLECTORS=TEST_COLLECTORS)
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "snapshot", "--json", "--incident", "INC-killed",
+                             "--collector", "slow", "--collector", "bulk"], cwd=Path(__file__).parent.parent,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list((store / ".staging").glob("*/collectors/slow/sleep.out")):
+        time.sleep(0.05)
+    assert list((store / ".staging").glob("*/collectors/slow/sleep.out")), "capture never reached the hang"
+    helpers = _pids_running("sleep 600")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    proc.stdout.close(), proc.stderr.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and [p for p in helpers if Path(f"/proc/{p}").exists()]:
+        time.sleep(0.05)
+    assert not [p for p in helpers if Path(f"/proc/{p}").exists()], "helpers outlived goldenhour"
+    assert not list((store / "incidents").glob("INC-killed/*.tar.zst"))
+    # the next run (any incident) publishes the interrupted capture first
+    cp = gh("snapshot", "--json", "--incident", "INC-next", "--collector", "bulk",
+            env={"GOLDENHOUR_CONFIG": str(cfg), "GOLDENHOUR_EXTRA_COLLECTORS": TEST_COLLECTORS})
+    assert cp.returncode == 0, cp.stderr
+    salvaged = list((store / "incidents").glob("INC-killed/*.tar.zst"))
+    assert len(salvaged) == 1
+    assert gh("verify", str(salvaged[0])).returncode == 0
+    man = json.loads(next((store / "incidents" / "INC-killed").glob("*.manifest.json")).read_text())
+    assert man["salvaged"]["why"]
+    st = {c["name"]: c["status"] for c in man["collectors"]}
+    assert st == {"bulk": "ok", "slow": "interrupted"}
+    assert not list((store / ".staging").iterdir())
