@@ -145,6 +145,8 @@ def capture(cfg: Config, req: CaptureRequest,
         raise GoldenhourError(
             f"store {store.root} has {free // 2**20} MiB free, under its reserve of {reserve // 2**20} MiB: "
             "nothing captured (free space or lower store.reserve_bytes/reserve_percent)")
+    for gone in store.prune(cfg["store.keep_days"]):
+        log.info("removed uploaded bundle older than store.keep_days: %s", gone.name)
     for saved in salvage(cfg, store):
         log.warning("published an interrupted capture: %s", saved.bundle)
     name = bundle_name(incident, cfg.hostname, started)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 from agent.bundle import EXTENSIONS, manifest_sidecar
@@ -84,6 +85,20 @@ class Store:
         """Bundles with no upload receipt, oldest first."""
         return [b for b in self.bundles() if not self.receipt(b).exists()]
 
+    def prune(self, keep_days: int) -> list[Path]:
+        """Remove *uploaded* bundles older than ``keep_days`` (0 = never). Pending ones always stay."""
+        if keep_days <= 0:
+            return []
+        cutoff = time.time() - keep_days * 86400
+        removed = []
+        for b in self.bundles():
+            receipt = self.receipt(b)
+            if receipt.exists() and b.stat().st_mtime < cutoff and receipt.stat().st_mtime < cutoff:
+                for p in (b, b.with_name(b.name + ".sha256"), manifest_sidecar(b), receipt):
+                    p.unlink(missing_ok=True)
+                removed.append(b)
+        return removed
+
     def find(self, name_or_path: str) -> Path | None:
         """A bundle by path, file name or bundle name (without extension)."""
         p = Path(name_or_path)
@@ -92,21 +107,4 @@ class Store:
         for b in self.bundles():
             if b.name == name_or_path or b.name.split(".tar.")[0] == name_or_path:
                 return b
-        return None
-
-    def cleanup_staging(self, keep: str | None = None) -> None:
-        """Remove leftovers of interrupted captures (never published bundles)."""
-        if not self.staging.is_dir():
-            return
-        for d in self.staging.iterdir():
-            if d.name != keep and d.is_dir() and not d.name.startswith(".probe"):
-                pid = _owner(d)
-                if pid is None or not Path(f"/proc/{pid}").exists():
-                    shutil.rmtree(d, ignore_errors=True)
-
-
-def _owner(d: Path) -> int | None:
-    try:
-        return int((d / ".owner").read_text())
-    except (OSError, ValueError):
         return None

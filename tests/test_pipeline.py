@@ -252,3 +252,18 @@ def test_a_capture_killed_midway_is_salvaged_by_the_next_run(gh, store, tmp_path
     st = {c["name"]: c["status"] for c in man["collectors"]}
     assert st == {"bulk": "ok", "slow": "interrupted"}
     assert not list((store / ".staging").iterdir())
+
+
+def test_retention_removes_only_uploaded_bundles(gh, store, tmp_path):
+    from agent.store import Store
+    out, bundle = _bundle(_snapshot(gh, "--incident", "INC-old", "--collector", "boom"))
+    out2, bundle2 = _bundle(_snapshot(gh, "--incident", "INC-old", "--collector", "boom"))
+    s = Store(store)
+    s.receipt(bundle).write_text("{}")          # the first one was uploaded
+    old = 40 * 86400
+    for p in (bundle, bundle2, s.receipt(bundle)):
+        st = p.stat()
+        os.utime(p, (st.st_atime - old, st.st_mtime - old))
+    removed = s.prune(30)
+    assert removed == [bundle]
+    assert not bundle.exists() and bundle2.exists()      # pending bundles are never removed
