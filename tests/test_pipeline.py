@@ -228,7 +228,10 @@ def test_a_capture_killed_midway_is_salvaged_by_the_next_run(gh, store, tmp_path
                              "--collector", "slow", "--collector", "bulk"], cwd=Path(__file__).parent.parent,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not list((store / ".staging").glob("*/collectors/slow/sleep.out")):
+    def reached() -> bool:
+        bulk_done = any('"kind": "end"' in j.read_text() for j in (store / ".staging").glob("*/.journal/bulk.jsonl"))
+        return bulk_done and bool(list((store / ".staging").glob("*/collectors/slow/sleep.out")))
+    while time.monotonic() < deadline and not reached():
         time.sleep(0.05)
     assert list((store / ".staging").glob("*/collectors/slow/sleep.out")), "capture never reached the hang"
     helpers = _pids_running("sleep 600")
