@@ -114,13 +114,16 @@ def _child(item: Item, out: Path, journal: Path, deadline: float, capture: dict[
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
         _set_low_priority(*priority)
-        root = logging.getLogger()
-        for h in list(root.handlers):
-            root.removeHandler(h)
+        for lg in (logging.getLogger(), logging.getLogger("goldenhour")):
+            for h in list(lg.handlers):
+                lg.removeHandler(h)
+        # Drop every descriptor inherited from goldenhour (sockets, pidfds, log files):
+        # a collector must not show up as an owner of someone else's sockets or files.
+        os.closerange(3, min(os.sysconf("SC_OPEN_MAX"), 65536))
         fh = logging.FileHandler(journal.with_suffix(".log"))
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(fh)
-        root.setLevel(logging.INFO)
+        logging.getLogger().addHandler(fh)
+        logging.getLogger().setLevel(logging.INFO)
         ctx = Context(name=item.collector.name, out=out, journal=journal, deadline=deadline,
                       target=item.target, options=item.options, capture=capture, limits=limits)
         status, reason = OK, ""
