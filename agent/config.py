@@ -95,6 +95,10 @@ KEYS: dict[str, Key] = {
     "daemon.pre_restart": Key("incident", str, "When the pre-restart hook captures: incident (only while an incident is open here), always, or never."),
     "daemon.pre_restart_budget_s": Key(20, int, "Time budget of a pre-restart capture (keep under the unit's TimeoutStopSec)."),
     "daemon.api_token_file": Key("", str, "File holding a bearer token for the HTTP local API (/v1/snapshot); the Unix socket needs none."),
+    "daemon.open_hours": Key(24, int, "An incident with no resolve event counts as open (for the pre-restart hook) this long after its last trigger."),
+    "daemon.collectors": Key([], list, "Collectors of daemon captures (webhook and local API); empty: the profile's set."),
+    "daemon.upload_interval_s": Key(60, int, "How often the daemon uploads pending bundles (also right after each capture); failures back off up to upload.retry_max_s."),
+    "daemon.close_on_ack": Key(False, bool, "Treat an acknowledged incident as closed (default: it stays open, responders are working on it)."),
 }
 
 # Webhook receivers: [webhooks.<tracker>] with these keys each.
@@ -106,6 +110,7 @@ WEBHOOK_KEYS: dict[str, Key] = {
     "username": Key("", str, "alertmanager: basic-auth user (password in secret/secret_file)."),
     "header": Key("", str, "opsgenie: the header carrying the token (default X-Goldenhour-Token)."),
     "tolerance_s": Key(300, int, "incidentio/generic: accepted clock skew of the signed timestamp."),
+    "capture_test": Key(False, bool, "incidentio: also capture incidents in test/tutorial mode."),
 }
 COLLECTOR_KEYS: dict[str, Key] = {
     "enabled": Key(None, (bool, type(None)), "Force a collector on or off regardless of the profile."),
@@ -181,6 +186,10 @@ class Config:
             raise ConfigError(f"capture.profile must be quick, standard or full{where}")
         if self.values["capture.compression"] not in ("zstd", "gzip"):
             raise ConfigError(f"capture.compression must be zstd or gzip{where}")
+        if self.values["daemon.profile"] not in ("quick", "standard", "full"):
+            raise ConfigError(f"daemon.profile must be quick, standard or full{where}")
+        if self.values["daemon.pre_restart"] not in ("incident", "always", "never"):
+            raise ConfigError(f"daemon.pre_restart must be incident, always or never{where}")
 
 
 def _check_type(key: str, value: Any, typ: type | tuple[type, ...], where: str) -> None:

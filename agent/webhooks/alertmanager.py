@@ -1,0 +1,142 @@
+"""Prometheus Alertmanager ``webhook_config`` (payload version 4).
+
+Wire format: ``{"version": "4", "groupKey", "status": "firing"|"resolved",
+"receiver", "groupLabels", "commonLabels", "commonAnnotations", "externalURL",
+"alerts": [{"status", "labels", "annotations", "startsAt", "endsAt",
+"generatorURL", "fingerprint"}], "truncatedAlerts"?}``.
+
+Authentication: Alertmanager signs nothing; its ``http_config`` sends either
+``Authorization: Bearer <token>`` (``authorization: {credentials_file: …}``) or
+HTTP basic auth (``basic_auth: {username, password_file}``). With
+``[webhooks.alertmanager] username`` set, basic auth with that user and a
+password from ``secret``/``secret_file`` is expected; a bearer token equal to a
+secret is accepted either way. Missing header: 401; wrong: 403.
+
+Mapping: Alertmanager has no incident id; one alert *group* is one incident,
+``am-<first 16 hex of sha256(groupKey)>``. ``status: firing`` gives one trigger
+per firing alert (the daemon captures once if any of them concerns this host);
+``status: resolved`` (every alert of the group resolved; needs
+``send_resolved: true``, the default) closes it. A group that fires again after
+it resolved captures again. Hosts come from the alert labels ``instance``,
+``host``, ``hostname``, ``node``, ``nodename``, ``server``, ``fqdn`` (a
+``:port`` suffix is dropped); services from ``service``, ``job``, ``app``,
+``application``, ``component``, ``container``, ``systemd_unit``/``unit``,
+``name``; every label is also matched against ``host.tags`` as ``name=value``.
+Severity: the ``severity`` label. Title: ``summary`` annotation, else
+``alertname``.
+
+Dedupe: none per delivery (Alertmanager repeats a firing group every
+``repeat_interval``): the per-incident record does it.
+
+Set-up (alertmanager.yml)::
+
+    receivers:
+      - name: goldenhour
+        webhook_configs:
+          - url: https://<proxy>/v1/webhooks/alertmanager
+            send_resolved: true
+            http_config:
+              authorization: {credentials_file: /etc/alertmanager/goldenhour.token}
+
+and route the alerts that should capture to that receiver; put the same token
+in ``[webhooks.alertmanager] secret_file``.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from typing import Any, Mapping
+
+from agent.webhooks import (IGNORE, RESOLVE, TRIGGER, Event, Forbidden, Malformed, Unauthorized, any_equal,
+                            header, obj)
+
+NAME = "alertmanager"
+HOST_LABELS = ("instance", "host", "hostname", "node", "nodename", "server", "fqdn")
+SERVICE_LABELS = ("service", "job", "app", "application", "component", "container", "systemd_unit",
+                  "unit", "name")
+
+
+def verify(raw_body: bytes, headers: Mapping[str, str], secrets: list[str], *,
+           opts: dict[str, Any] | None = None, now: float | None = None) -> None:
+    auth = (header(headers, "Authorization") or "").strip()
+    if not auth:
+        raise Unauthorized("missing Authorization header (bearer token or basic auth)")
+    scheme, _, cred = auth.partition(" ")
+    cred = cred.strip()
+    username = str((opts or {}).get("username") or "")
+    if scheme.lower() == "bearer":
+        if not any_equal([cred], secrets):
+            raise Forbidden("wrong bearer token")
+        return
+    if scheme.lower() == "basic":
+        try:
+            user, sep, password = base64.b64decode(cred, validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, ValueError, UnicodeDecodeError):
+            raise Malformed("malformed basic auth") from None
+        if not sep:
+            raise Malformed("malformed basic auth")
+        # both compared in constant time, always both
+        ok_user = any_equal([user], [username]) if username else False
+        ok_pass = any_equal([password], secrets)
+        if not (ok_user and ok_pass):
+            raise Forbidden("wrong basic auth credentials")
+        return
+    raise Unauthorized("Authorization must be Bearer or Basic")
+
+
+def delivery_id(headers: Mapping[str, str], body: Any = None) -> str:
+    return ""
+
+
+def group_incident_id(group_key: str) -> str:
+    return "am-" + hashlib.sha256(group_key.encode()).hexdigest()[:16]
+
+
+def _host(value: str) -> str:
+    v = value.strip()
+    if v.startswith("["):                     # [2001:db8::1]:9100
+        return v[1:].split("]", 1)[0]
+    if v.count(":") == 1:                      # web-3:9100
+        return v.split(":", 1)[0]
+    return v
+
+
+def parse(body: Any, *, opts: dict[str, Any] | None = None) -> list[Event]:
+    b = obj(body, "body")
+    if str(b.get("version", "")) not in ("4", ""):
+        raise Malformed(f"unsupported Alertmanager payload version {b.get('version')!r} (4 expected)")
+    gk = b.get("groupKey")
+    alerts = b.get("alerts")
+    if not isinstance(gk, str) or not gk or not isinstance(alerts, list):
+        raise Malformed("groupKey and alerts are required")
+    inc = group_incident_id(gk)
+    status = str(b.get("status") or "")
+    common = b.get("commonLabels") if isinstance(b.get("commonLabels"), dict) else {}
+    common_ann = b.get("commonAnnotations") if isinstance(b.get("commonAnnotations"), dict) else {}
+    url = str(b.get("externalURL") or "")
+    if status == "resolved":
+        return [Event(RESOLVE, incident_id=inc, source=NAME, kind="resolved",
+                      title=str(common_ann.get("summary") or common.get("alertname") or ""), url=url)]
+    if status != "firing":
+        raise Malformed(f"status must be firing or resolved, not {status!r}")
+    events: list[Event] = []
+    for a in alerts:
+        if not isinstance(a, dict):
+            raise Malformed("each alert must be an object")
+        labels = {str(k): str(v) for k, v in (a.get("labels") or {}).items()}
+        ann = a.get("annotations") if isinstance(a.get("annotations"), dict) else {}
+        e = Event(IGNORE, incident_id=inc, source=NAME, kind=f"alert {a.get('status', '')}",
+                  title=str(ann.get("summary") or common_ann.get("summary") or labels.get("alertname") or ""),
+                  url=str(a.get("generatorURL") or url), severity=labels.get("severity", ""),
+                  hosts=[_host(labels[k]) for k in HOST_LABELS if labels.get(k)],
+                  services=[labels[k] for k in SERVICE_LABELS if labels.get(k)],
+                  labels=labels, reopen=True)
+        if a.get("status") == "firing":
+            e.action = TRIGGER
+        else:
+            e.reason = "alert resolved (the group is still firing)"
+        events.append(e)
+    if not events:
+        events.append(Event(IGNORE, incident_id=inc, source=NAME, kind="firing", reason="no alerts"))
+    return events
