@@ -115,8 +115,9 @@ Profiles:
 
 Exit 0 when a bundle was written (failed or skipped collectors are recorded in it),
 2 on bad input (nothing written), 3 when no bundle could be written.""")
-@click.option("--incident", "-i", required=True, metavar="ID",
-              help="Incident ID: letters, digits, '.', '_', '-' (e.g. INC-123, a PagerDuty ID).")
+@click.option("--incident", "-i", metavar="ID",
+              help="Incident ID: letters, digits, '.', '_', '-' (e.g. INC-123, a PagerDuty ID). Required, "
+                   "except with --reason pre-restart: then the incident open for this host in the daemon's state.")
 @click.option("--profile", "-p", type=click.Choice(["quick", "standard", "full"]),
               help="How much to capture (default: capture.profile, standard).")
 @click.option("--store", metavar="DIR", envvar="GOLDENHOUR_STORE", help="Local store (default: store.path).")
@@ -139,11 +140,14 @@ Exit 0 when a bundle was written (failed or skipped collectors are recorded in i
 @click.option("--upload/--no-upload", "do_upload", default=None,
               help="Upload after capturing (default: when upload.url is configured).")
 @click.option("--upload-url", "upload_url", metavar="s3://BUCKET/PREFIX", help="Upload to this S3 location.")
+@click.option("--via-daemon", is_flag=True,
+              help="Ask the running daemon to capture (its queue and config) and wait; exit 5 if unreachable.")
 @pass_app
 def snapshot(app: App, incident: str, profile: str | None, store: str | None, logs: tuple[str, ...],
              only: tuple[str, ...], skip: tuple[str, ...], pids: tuple[int, ...], processes: tuple[str, ...],
              units: tuple[str, ...], heap: bool, time_budget: float | None, probe_seconds: float | None,
-             reason: str, title: str, as_json: bool, do_upload: bool | None, upload_url: str | None) -> None:
+             reason: str, title: str, as_json: bool, do_upload: bool | None, upload_url: str | None,
+             via_daemon: bool = False) -> None:
     """Capture this host's volatile state into one bundle, now.
 
     Collectors run in parallel, each in its own process with its own time
@@ -157,12 +161,34 @@ def snapshot(app: App, incident: str, profile: str | None, store: str | None, lo
 
     if only and skip:
         raise UsageError("use either --collector or --skip, not both")
-    try:
-        inc = Incident(id=incident, title=title)
-    except IncidentIdError as exc:
-        raise UsageError(str(exc)) from None
+    if via_daemon:
+        from agent.cli_daemon import snapshot_via_daemon
+        snapshot_via_daemon(app, {
+            "incident": incident, "title": title, "profile": profile, "collectors": list(only), "skip": list(skip),
+            "pids": list(pids), "processes": list(processes), "units": list(units), "logs": list(logs),
+            "time_budget_s": time_budget, "probe_seconds": probe_seconds, "heap": heap, "reason": reason,
+            "unit": units[0] if units else "", "by": _who()}, as_json)
+        return
     app.store_override(store)
+    if incident is not None:
+        try:
+            inc = Incident(id=incident, title=title)
+        except IncidentIdError as exc:
+            raise UsageError(str(exc)) from None
+    elif reason == "pre-restart":
+        from agent.cli_daemon import pre_restart_incident
+        chosen, why = pre_restart_incident(app, units)
+        if chosen is None:
+            emit_json({"captured": False, "reason": why}) if as_json else click.echo(f"goldenhour: {why}")
+            return
+        if not as_json:
+            click.echo(f"goldenhour: {why}: capturing before the restart", err=True)
+        inc, incident = chosen, chosen.id
+    else:
+        raise UsageError("--incident is required (it may be left out only with --reason pre-restart)")
     cfg = app.cfg
+    if reason == "pre-restart" and time_budget is None:
+        time_budget = float(cfg["daemon.pre_restart_budget_s"])
     kind = "pre-restart" if reason == "pre-restart" else "manual"
     req = CaptureRequest(
         incident=inc, trigger=Trigger(kind=kind, reason=reason, by=_who()),

@@ -2,3 +2,4 @@
 
 One line per area keeps ``agent/cli.py`` readable top to bottom.
 """
+from agent import cli_daemon  # noqa: F401

@@ -169,7 +169,10 @@ def unit_pids(unit: str) -> list[int]:
     if "." not in unit:
         unit += ".service"
     pids = []
+    own = _own_pids()   # the pre-restart hook runs inside the unit's cgroup (ExecStop=): never target ourselves
     for pid in _all_pids():
+        if pid in own:
+            continue
         cg = read_text(f"/proc/{pid}/cgroup", "") or ""
         for line in cg.splitlines():
             path = line.split(":", 2)[-1]

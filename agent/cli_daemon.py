@@ -1,0 +1,196 @@
+"""CLI commands of the daemon area: ``goldenhour daemon`` and the internal ``daemon-job``.
+
+Also the two helpers ``snapshot`` uses for ``--via-daemon`` and for
+``--reason pre-restart`` without ``--incident`` (kept here so ``agent/cli.py``
+stays about the capture itself).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from agent.cli import CONTEXT, App, emit_json, human_size, main, pass_app
+from agent.errors import EXIT_CAPTURE, EXIT_USAGE, GoldenhourError, UsageError
+
+
+@main.command(context_settings=CONTEXT, epilog="""\b
+Examples:
+  goldenhour daemon                                  run in the foreground (systemd: goldenhour.service)
+  goldenhour --config /etc/goldenhour/config.toml daemon
+  curl -s localhost:8787/healthz; curl -s localhost:8787/metrics
+
+\b
+Endpoints:
+  POST /v1/webhooks/{pagerduty,incidentio,alertmanager,opsgenie,generic}
+  GET  /healthz, /metrics
+  POST /v1/snapshot, GET /v1/incidents   (Unix socket daemon.socket, or HTTP with a bearer token)
+
+Logs are key=value lines on stderr. Exit 2 on a bad config (unknown key, an
+enabled tracker without a secret, a socket that cannot be bound).""")
+@click.option("--store", metavar="DIR", envvar="GOLDENHOUR_STORE", help="Local store (default: store.path).")
+@click.option("--listen", metavar="HOST:PORT", help="Override daemon.listen (port 0: any free port).")
+@pass_app
+def daemon(app: App, store: str | None, listen: str | None) -> None:
+    """Run the webhook receiver and capture queue: incidents declared in your tracker capture this host.
+
+    Verifies each tracker's signature over the raw body, answers 202 at once,
+    captures once per incident (duplicates and retries are recognised, also
+    across restarts) in a child process, one capture at a time, and uploads
+    the spool on a timer. See README "The daemon and webhooks".
+    """
+    from agent import daemon as daemon_mod
+    from agent.config import ConfigError
+    app.store_override(store)
+    cfg = app.cfg
+    if listen is not None:
+        cfg.set("daemon.listen", listen)
+    try:
+        rc = daemon_mod.run(cfg, app.config_path)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    sys.exit(rc)
+
+
+@main.command("daemon-job", hidden=True, context_settings=CONTEXT)
+@pass_app
+def daemon_job(app: App) -> None:
+    """Internal: run one job of the daemon (JSON on stdin) in this process; print one JSON result.
+
+    The daemon starts this as a child process for each capture, upload round
+    and salvage, so its own process never forks collectors.
+    """
+    try:
+        job = json.loads(sys.stdin.read() or "{}")
+    except ValueError:
+        raise UsageError("daemon-job reads one JSON object on stdin") from None
+    if job.get("store"):
+        app.store_override(job["store"])
+    kind = job.get("kind")
+    try:
+        if kind == "capture":
+            out = _job_capture(app, job)
+        elif kind == "upload":
+            out = _job_upload(app)
+        elif kind == "salvage":
+            from agent.capture import salvage
+            from agent.store import Store
+            out = {"salvaged": [str(r.bundle) for r in salvage(app.cfg, Store(app.cfg.store_path).ensure())]}
+        else:
+            raise UsageError(f"unknown job kind {kind!r}")
+    except GoldenhourError as exc:
+        emit_json({"error": str(exc), "exit_code": exc.exit_code})
+        sys.exit(exc.exit_code)
+    emit_json(out)
+
+
+def _job_capture(app: App, job: dict[str, Any]) -> dict[str, Any]:
+    from agent.capture import CaptureRequest, capture
+    from agent.incident import Incident, IncidentIdError, Trigger
+    try:
+        inc = Incident(**{k: v for k, v in job["incident"].items()
+                          if k in ("id", "source", "title", "url", "severity", "services")})
+        trig = Trigger(**{k: v for k, v in job.get("trigger", {}).items()
+                          if k in ("kind", "reason", "by", "at", "payload_sha256")})
+    except (IncidentIdError, KeyError, TypeError) as exc:
+        raise UsageError(f"bad job: {exc}") from None
+    req = CaptureRequest(
+        incident=inc, trigger=trig, profile=job.get("profile") or app.cfg["capture.profile"],
+        only=list(job.get("only") or []), skip=list(job.get("skip") or []),
+        pids=[int(p) for p in job.get("pids") or []], processes=list(job.get("processes") or []),
+        units=list(job.get("units") or []), log_paths=list(job.get("log_paths") or []),
+        time_budget_s=job.get("time_budget_s"), probe_seconds=job.get("probe_seconds"),
+        heap=bool(job.get("heap")))
+    res = capture(app.cfg, req)
+    return {"bundle": str(res.bundle), "sha256": res.sha256, "size": res.size, "incident": res.incident,
+            "host": res.manifest["host"]["hostname"], "profile": req.profile,
+            "duration_s": res.manifest["clocks"]["duration_s"], "collectors": res.statuses,
+            "collector_results": [{"name": c.get("name"), "key": c.get("key"), "status": c.get("status"),
+                                   "duration_s": c.get("duration_s")} for c in res.manifest["collectors"]]}
+
+
+def _job_upload(app: App) -> dict[str, Any]:
+    try:
+        from agent import upload as upload_mod
+    except ImportError:
+        return {"error": "upload support (agent.upload) is not installed", "uploaded": 0, "failed": 0}
+    res = upload_mod.upload_pending(app.cfg, respect_backoff=True)
+    return _count_uploads(res)
+
+
+def _count_uploads(res: Any) -> dict[str, Any]:
+    """Normalise what ``upload_pending`` returns (a dict of counts or lists, or a list of results)."""
+    def n(v: Any) -> int:
+        return len(v) if isinstance(v, (list, tuple, set, dict)) else int(v or 0)
+    if isinstance(res, dict):
+        out = {"uploaded": n(res.get("uploaded")), "failed": n(res.get("failed")),
+               "skipped": n(res.get("skipped") or res.get("deferred"))}
+        if res.get("error"):
+            out["error"] = str(res["error"])
+        return out
+    up = failed = 0
+    for r in res or []:
+        status = (r.get("status") if isinstance(r, dict) else getattr(r, "status", "")) or ""
+        err = r.get("error") if isinstance(r, dict) else getattr(r, "error", None)
+        if err or status in ("failed", "error", "pending"):
+            failed += 1
+        elif status in ("uploaded", "ok", "done", "already", ""):
+            up += 1
+    return {"uploaded": up, "failed": failed}
+
+
+# -- helpers for `snapshot` ---------------------------------------------------------
+
+def pre_restart_incident(app: App, units: tuple[str, ...]) -> tuple[Any, str]:
+    """(Incident or None, message) for ``snapshot --reason pre-restart`` without ``--incident``."""
+    from agent.daemon import pre_restart_choice
+    from agent.daemon_state import State
+    from agent.incident import Incident
+    cfg = app.cfg
+    state = State.for_config(cfg)
+    if state.problem:
+        click.echo(f"goldenhour: warning: {state.problem}", err=True)
+    chosen = pre_restart_choice(cfg, state, units[0] if units else "")
+    if chosen is None:
+        mode = cfg["daemon.pre_restart"]
+        why = ("pre-restart captures are off (daemon.pre_restart = never)" if mode == "never" else
+               "no incident is open for this host (daemon.pre_restart = incident): nothing captured")
+        return None, why
+    others = [r["id"] for r in state.open_incidents() if r["id"] != chosen["id"]]
+    inc = Incident(id=chosen["id"], source=chosen.get("source", "manual") or "manual",
+                   title=chosen.get("title", ""), url=chosen.get("url", ""), severity=chosen.get("severity", ""),
+                   services=list(chosen.get("services") or []))
+    msg = f"incident {inc.id} is open for this host" + (f" (also open: {', '.join(others)})" if others else "")
+    return inc, msg
+
+
+def snapshot_via_daemon(app: App, body: dict[str, Any], as_json: bool) -> None:
+    """Send a capture request to the daemon, wait for it, print like ``snapshot`` does; exits on failure."""
+    from agent import daemon_client
+    cfg = app.cfg
+    budget = float(body.get("time_budget_s") or cfg["capture.time_budget_s"])
+    status, out = daemon_client.request(cfg, "POST", "/v1/snapshot", {**body, "wait": True, "force": True},
+                                        timeout=budget + 600)
+    if as_json:
+        emit_json({**out, "via": "daemon"})
+    if status in (200, 202) and out.get("status") == "skipped":
+        if not as_json:
+            click.echo(f"goldenhour: {out.get('reason', 'nothing captured')}")
+        return
+    if status == 200 and out.get("status") == "done":
+        if not as_json:
+            click.echo(f"bundle  {out['bundle']}")
+            click.echo(f"sha256  {out['sha256']}")
+            counts: dict[str, int] = {}
+            for s in (out.get("collectors") or {}).values():
+                counts[s] = counts.get(s, 0) + 1
+            click.echo(f"size    {human_size(out.get('size', 0))}, {out.get('duration_s', 0):.2f} s via the daemon "
+                       f"(job {out.get('job')}); collectors: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        return
+    msg = out.get("error") or out.get("reason") or f"HTTP {status}"
+    code = EXIT_USAGE if status == 400 else EXIT_CAPTURE
+    if not as_json:
+        click.echo(f"goldenhour: error: the daemon did not capture: {msg}", err=True)
+    sys.exit(code)
