@@ -12,7 +12,7 @@ raw body (capped), and calls the tracker's module:
     case-insensitively. ``secrets`` is the list from the config (several during
     rotation: any one may match). Secrets never appear in an exception message.
 
-``parse(body)``
+``parse(body, *, opts=None)``
     maps the decoded JSON body to a list of ``Event`` (``trigger``, ``resolve``,
     ``ignore`` or ``ping``); raises ``Malformed`` (400) when required fields are
     missing. It knows nothing about this host: targeting is the daemon's job

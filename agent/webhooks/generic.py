@@ -92,7 +92,8 @@ def parse(body: Any, *, opts: dict[str, Any] | None = None) -> list[Event]:
     action = str(b.get("action") or "trigger")
     if action not in ACTIONS:
         raise Malformed(f"action must be one of {', '.join(ACTIONS)}")
-    labels = b.get("labels") or {}
+    labels = b.get("labels")
+    labels = {} if labels is None else labels
     if not isinstance(labels, dict):
         raise Malformed("labels must be an object")
     for k in ("services", "hosts"):
