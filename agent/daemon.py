@@ -167,6 +167,18 @@ class TooLarge(Exception):
     pass
 
 
+def collector_names() -> list[str]:
+    """Collector names without importing the modules (the registry names each after its module),
+    so the daemon never loads collector code (bcc...) into its own, long-lived process."""
+    import pkgutil
+
+    import collectors
+    names = [m.name for m in pkgutil.iter_modules(collectors.__path__) if not m.name.startswith("_")]
+    names += [d.strip().rsplit(".", 1)[-1] for d in os.environ.get("GOLDENHOUR_EXTRA_COLLECTORS", "").split(",")
+              if d.strip()]
+    return sorted(names)
+
+
 # -- the daemon -------------------------------------------------------------------
 
 class Daemon:
@@ -194,7 +206,6 @@ class Daemon:
 
     # -- config ---------------------------------------------------------------
     def _check_config(self) -> None:
-        from agent import registry
         for tracker in wh.TRACKERS:
             opts = self.cfg.webhook(tracker)
             if not opts["enabled"]:
@@ -204,7 +215,7 @@ class Daemon:
                 raise ConfigError(f"[webhooks.{tracker}] is enabled but has no secret or secret_file")
             self.secrets[tracker] = sec
         if self.cfg["daemon.collectors"]:
-            known, _ = registry.discover()
+            known = collector_names()
             bad = [c for c in self.cfg["daemon.collectors"] if c not in known]
             if bad:
                 raise ConfigError(f"daemon.collectors names unknown collectors {', '.join(bad)}; "

@@ -213,3 +213,22 @@ def test_healthz_and_metrics_report_what_happened(daemon):
     assert samples["goldenhour_capture_queue_length"] == 0
     assert "# TYPE goldenhour_capture_duration_seconds histogram" in text
     assert 'goldenhour_capture_duration_seconds_bucket{le="+Inf"}' in text
+
+
+def test_daemon_refuses_a_bad_config_with_one_line(tmp_path):
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    cases = {
+        "an enabled tracker without a secret": "[webhooks.pagerduty]\nenabled = true\n",
+        "an unknown collector": '[daemon]\ncollectors = ["nope"]\n',
+        "an unknown tracker": "[webhooks.servicenow]\nenabled = true\n",
+        "a bad listen address": '[daemon]\nlisten = "localhost"\n',
+    }
+    for why, text in cases.items():
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f'[store]\npath = "{tmp_path}"\n' + text.replace("[daemon]\n", f'[daemon]\nsocket = ""\n'))
+        cp = subprocess.run([sys.executable, "-m", "agent", "--config", str(cfg), "daemon"], capture_output=True,
+                            text=True, cwd=root, timeout=60)
+        assert cp.returncode == 2, (why, cp.stderr)
+        assert cp.stderr.startswith("goldenhour: error: ") and cp.stderr.count("\n") == 1, (why, cp.stderr)
