@@ -124,3 +124,28 @@ def test_a_stopping_daemon_finishes_the_running_capture_and_keeps_the_queued_one
     d.wait_idle()
     assert len(d.bundles("STOP-B")) == 1
     assert d.state()["incidents"]["generic/STOP-B"]["capture"] == "done"
+
+
+def test_uploader_runs_after_a_capture_and_keeps_failed_bundles_pending(new_daemon):
+    """An unreachable S3 endpoint: the uploader tries (in a child), backs off, the bundle stays pending."""
+    import time
+    d = new_daemon(extra='[upload]\nurl = "s3://gh-test-bucket/pfx"\nendpoint_url = "http://127.0.0.1:9"\n'
+                         'region = "us-east-1"\nretry_initial_s = 1\nretry_max_s = 60\n',
+                   env={"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"})
+    d.start()
+    assert d.post("generic", P.generic_delivery("UP-1")).status_code == 202
+    d.wait_idle()
+    deadline = time.monotonic() + 120
+    runs = {}
+    while time.monotonic() < deadline:
+        runs = {line.split('result="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+                for line in d.metrics().splitlines() if line.startswith("goldenhour_upload_runs_total{")}
+        if runs:
+            break
+        time.sleep(0.1)
+    assert set(runs) <= {"failed", "unavailable"} and sum(runs.values()) >= 1, runs
+    [bundle] = d.bundles("UP-1")
+    assert not bundle.with_name(bundle.name.replace(".tar.zst", ".upload.json")).exists()
+    h = d.health()
+    assert h["status"] == "ok" and h["pending_uploads"] == 1
+    assert 'goldenhour_uploads_pending 1' in d.metrics()
