@@ -227,7 +227,7 @@ def test_daemon_refuses_a_bad_config_with_one_line(tmp_path):
     }
     for why, text in cases.items():
         cfg = tmp_path / "c.toml"
-        cfg.write_text(f'[store]\npath = "{tmp_path}"\n' + text.replace("[daemon]\n", f'[daemon]\nsocket = ""\n'))
+        cfg.write_text(f'[store]\npath = "{tmp_path}"\n' + text.replace("[daemon]\n", '[daemon]\nsocket = ""\n'))
         cp = subprocess.run([sys.executable, "-m", "agent", "--config", str(cfg), "daemon"], capture_output=True,
                             text=True, cwd=root, timeout=60)
         assert cp.returncode == 2, (why, cp.stderr)
