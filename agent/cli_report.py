@@ -1,0 +1,133 @@
+"""``goldenhour report``: findings, plots and a timeline from the bundles of an incident.
+
+Registered on ``agent.cli.main`` by ``agent/cli_extra.py``. The work is in
+``agent/report/``; this module parses options, finds the bundles (paths, folders,
+store names, or every bundle of ``--incident`` in the local store, fetched from S3
+first when ``agent.retrieve`` offers it and ``--fetch`` is given) and writes the result.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from agent.cli import CONTEXT, App, main, pass_app
+from agent.errors import EXIT_MISMATCH, GoldenhourError, NotFoundError, UsageError
+
+
+@main.command("report", context_settings=CONTEXT, epilog="""\b
+Examples:
+  goldenhour report --incident INC-123                  every host's bundle of INC-123 -> HTML
+  goldenhour report BUNDLE.tar.zst --out /tmp/r.html
+  goldenhour report ./INC-123_web-1_20261123T101500Z_ab12cd34/   an extracted bundle
+  goldenhour report --incident INC-123 --format md > report.md
+  goldenhour report --incident INC-123 --timeline-md    rows for the postmortem's Timeline table
+  goldenhour report --incident INC-123 --format json | jq '.findings[].title'
+
+Writes one self-contained HTML file (no network, opens from disk) unless
+--format md/json. Exit 0 when written; 1 when written but a bundle does not match
+its hashes; 2 on bad input; 4 when no bundle is found.""")
+@click.argument("sources", nargs=-1, metavar="[BUNDLE_OR_DIR]...")
+@click.option("--incident", "-i", metavar="ID", help="Every bundle of this incident in the local store (all hosts).")
+@click.option("--out", "-o", metavar="FILE",
+              help="Where to write ('-' for stdout). Default: HTML to ./goldenhour-report-<incident>.html, "
+                   "md/json to stdout.")
+@click.option("--format", "fmt", type=click.Choice(["html", "md", "json"]), default="html", show_default=True,
+              help="HTML (self-contained), Markdown (postmortem-ready) or JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option("--timeline-md", is_flag=True,
+              help="Print only the Markdown \"Timeline (UTC)\" table (header and rows) for the postmortem template.")
+@click.option("--window", "window_min", type=click.FloatRange(1, 7 * 24 * 60), default=60.0, show_default=True,
+              metavar="MINUTES", help="Log and kernel lines this long before the trigger/capture go in the timeline.")
+@click.option("--store", metavar="DIR", envvar="GOLDENHOUR_STORE", help="Local store (default: store.path).")
+@click.option("--fetch", is_flag=True, help="With --incident: first fetch the incident's bundles from S3 "
+                                            "(needs upload support and upload.url).")
+@pass_app
+def report_cmd(app: App, sources: tuple[str, ...], incident: str | None, out: str | None, fmt: str,
+               as_json: bool, timeline_md: bool, window_min: float, store: str | None, fetch: bool) -> None:
+    """Turn bundles into an RCA report: findings with evidence, plots, a timeline, thread dumps.
+
+    Reads bundle archives (.tar.zst/.tar.gz, streamed, never extracted to disk),
+    extracted bundle folders, bundle names from the local store, or with
+    --incident every bundle of that incident (one per host and capture). Needs
+    only Python and goldenhour: none of the tools that captured the evidence.
+    """
+    from agent import report as report_mod
+    from agent.incident import IncidentIdError, check_id
+
+    if as_json:
+        fmt = "json"
+    if not sources and not incident:
+        raise UsageError("name bundles (paths, folders or store names) or --incident ID")
+    if sources and incident:
+        raise UsageError("use either BUNDLE... or --incident, not both")
+    app.store_override(store)
+    store_root = Path(app.cfg.store_path)
+    srcs = list(sources)
+    if incident:
+        try:
+            check_id(incident)
+        except IncidentIdError as exc:
+            raise UsageError(str(exc)) from None
+        if fetch:
+            _fetch(app, incident)
+        from agent.store import Store
+        found = Store(store_root).bundles(incident)
+        if not found:
+            raise NotFoundError(f"no bundle of incident {incident} in {store_root}"
+                                + ("" if fetch else " (fetch them first, or add --fetch)"))
+        srcs = [str(p) for p in found]
+    rep = report_mod.build(srcs, store_root=store_root, window_s=window_min * 60)
+    if timeline_md:
+        from agent.report.timeline import markdown_table
+        text = markdown_table(rep.events)
+        fmt_out = out or "-"
+    else:
+        text = report_mod.render(rep, fmt)
+        fmt_out = out or ("-" if fmt != "html" else f"goldenhour-report-{_slug(rep)}.html")
+    if fmt_out == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        _write(Path(fmt_out), text)
+        c = rep.counts()
+        click.echo(f"report  {fmt_out}  ({len(rep.bundles)} bundle(s), {c['critical']} critical, "
+                   f"{c['warning']} warning, {c['info']} info findings)", err=fmt_out == "-")
+    bad = [b for b in rep.bundles if not b.integrity.ok]
+    if bad:
+        click.echo(f"goldenhour: error: the report was written, but {len(bad)} bundle(s) do not match their hashes: "
+                   + "; ".join(f"{b.name}: {b.integrity.problems[0]}" for b in bad), err=True)
+        sys.exit(EXIT_MISMATCH)
+
+
+def _slug(rep) -> str:
+    incs = rep.incidents
+    return incs[0] if len(incs) == 1 else (rep.bundles[0].name if rep.bundles else "report")
+
+
+def _write(path: Path, text: str) -> None:
+    """Write atomically (a reader never sees half a report); a bad path is one line, exit 2."""
+    try:
+        if path.parent and not path.parent.exists():
+            raise UsageError(f"cannot write {path}: folder {path.parent} does not exist")
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _fetch(app: App, incident: str) -> None:
+    try:
+        from agent import retrieve
+    except ImportError:
+        raise UsageError("--fetch needs upload support (agent.retrieve), which is not installed") from None
+    fn = getattr(retrieve, "fetch_incident", None) or getattr(retrieve, "fetch", None)
+    if fn is None:
+        raise UsageError("--fetch: this goldenhour's retrieve module has no fetch function")
+    try:
+        fn(app.cfg, incident)
+    except GoldenhourError:
+        raise

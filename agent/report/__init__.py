@@ -1,0 +1,91 @@
+"""The RCA report: findings, plots and a timeline from the bundles of an incident.
+
+Where it sits: after the store (and retrieval). ``goldenhour report`` loads bundles
+(``loader``: archives streamed once, or extracted folders), runs every rule in
+``rules/`` on each (``rules.evaluate``), merges every host's kernel messages, log
+lines and capture events into one UTC timeline (``timeline``), and renders one
+self-contained HTML file (``html``: inline CSS and hand-built SVG, no script, no
+network), Markdown (``markdown``, whose timeline pastes into the postmortem
+template) or JSON. It needs nothing but Python and goldenhour: none of the tools
+that captured the evidence.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+from agent import __version__
+from agent.report import loader, rules, timeline
+from agent.report.loader import Bundle
+from agent.report.model import SEVERITIES, Event, Finding, iso
+
+
+@dataclass
+class Report:
+    bundles: list[Bundle]
+    findings: list[Finding]
+    events: list[Event]
+    window_s: float
+    generated: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @property
+    def incidents(self) -> list[str]:
+        return sorted({b.incident for b in self.bundles if b.incident})
+
+    @property
+    def hosts(self) -> list[str]:
+        return sorted({b.host for b in self.bundles})
+
+    @property
+    def title(self) -> str:
+        titles = sorted({(b.manifest.get("incident") or {}).get("title", "") for b in self.bundles} - {""})
+        inc = ", ".join(self.incidents) or "unknown incident"
+        return f"Incident {inc}" + (f": {titles[0]}" if titles else "")
+
+    def counts(self) -> dict[str, int]:
+        return {s: sum(1 for f in self.findings if f.severity == s) for s in SEVERITIES}
+
+    @property
+    def integrity_ok(self) -> bool:
+        return all(b.integrity.ok for b in self.bundles)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "generated": iso(self.generated), "goldenhour": __version__, "incidents": self.incidents,
+            "hosts": self.hosts, "window_s": self.window_s, "counts": self.counts(),
+            "bundles": [{"bundle": b.name, "host": b.host, "incident": b.incident, "source": b.source,
+                         "start_utc": (b.manifest.get("clocks") or {}).get("start_utc"),
+                         "end_utc": (b.manifest.get("clocks") or {}).get("end_utc"),
+                         "profile": b.manifest.get("profile"), "trigger": b.manifest.get("trigger"),
+                         "collectors": (b.manifest.get("summary") or {}).get("collectors"),
+                         "integrity": b.integrity.to_json(), "problems": b.problems} for b in self.bundles],
+            "findings": [f.to_json() for f in self.findings],
+            "timeline": [e.to_json() for e in self.events],
+        }
+
+
+def build(sources: Iterable[str], store_root: Path | None = None,
+          window_s: float = timeline.DEFAULT_WINDOW_S) -> Report:
+    bundles = loader.load(sources, store_root)
+    return from_bundles(bundles, window_s)
+
+
+def from_bundles(bundles: list[Bundle], window_s: float = timeline.DEFAULT_WINDOW_S) -> Report:
+    findings = rules.evaluate(bundles)
+    events = timeline.build(bundles, findings, window_s)
+    return Report(bundles=bundles, findings=findings, events=events, window_s=window_s)
+
+
+def render(report: Report, fmt: str) -> str:
+    if fmt == "html":
+        from agent.report.html import render_html
+        return render_html(report)
+    if fmt == "md":
+        from agent.report.markdown import render_markdown
+        return render_markdown(report)
+    if fmt == "json":
+        import json
+        return json.dumps(report.to_json(), indent=1, default=str) + "\n"
+    raise ValueError(f"unknown report format {fmt!r}")

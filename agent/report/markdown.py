@@ -1,0 +1,51 @@
+"""The report as Markdown: findings, the postmortem's "Timeline (UTC)" table, the bundles.
+
+The timeline table has exactly the postmortem template's header
+(``| Time | Host | Source | Event |``), times as ``YYYY-MM-DD HH:MM:SS`` UTC, one row
+per event with pipes escaped, so its rows paste under the template's header unchanged.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agent import __version__
+from agent.report.model import iso
+from agent.report.timeline import _cell, markdown_table
+
+if TYPE_CHECKING:  # pragma: no cover
+    from agent.report import Report
+
+
+def render_markdown(r: "Report") -> str:
+    c = r.counts()
+    out = [f"# {r.title}\n",
+           f"goldenhour {__version__} report, generated {iso(r.generated)} from {len(r.bundles)} bundle(s) "
+           f"of {', '.join(r.hosts)}: **{c['critical']} critical, {c['warning']} warning, {c['info']} info**.\n"]
+    out.append("\n## Findings\n")
+    if not r.findings:
+        out.append("\nNo findings: the evidence shows none of the conditions the rules look for.\n")
+    for f in r.findings:
+        when = f" at {f.time.strftime('%Y-%m-%d %H:%M:%S')} UTC" if f.time else ""
+        out.append(f"\n### {f.severity.upper()}: {f.title}\n\n*{f.host}{when} — rule `{f.rule}`*\n\n{f.explanation}\n")
+        if f.evidence:
+            out.append("\nEvidence:\n")
+            for e in f.evidence:
+                ex = f": {_cell(e.excerpt, 300)}" if e.excerpt else ""
+                out.append(f"- `{e.host}:{e.where()}`{ex}\n")
+    out.append("\n## Timeline (UTC)\n\n")
+    out.append(markdown_table(r.events))
+    if any(e.assumed_utc for e in r.events):
+        out.append("\nLog lines without a time zone were read as UTC.\n")
+    out.append("\n## Evidence\n\n| Host | Bundle | Captured (UTC) | Profile | Integrity | Collectors |\n"
+               "|------|--------|----------------|---------|-----------|------------|\n")
+    for b in r.bundles:
+        clocks = b.manifest.get("clocks") or {}
+        statuses = (b.manifest.get("summary") or {}).get("collectors") or {}
+        counts: dict[str, int] = {}
+        for s in statuses.values():
+            counts[s] = counts.get(s, 0) + 1
+        integ = f"ok ({b.integrity.checked} files)" if b.integrity.ok else f"{len(b.integrity.problems)} problems"
+        out.append(f"| {_cell(b.host)} | {_cell(b.name)} | {_cell(clocks.get('start_utc', ''))} | "
+                   f"{_cell(b.manifest.get('profile', ''))} | {integ} | "
+                   f"{_cell(', '.join(f'{n} {s}' for s, n in sorted(counts.items())))} |\n")
+    return "".join(out)

@@ -1,0 +1,104 @@
+"""System calls with outlier latency, from the eBPF syscall probe.
+
+Triggers (``collectors/syscalls/syscalls.json``, one record per process and system
+call with count, total, max, p50 and p99 latency and a log2 histogram), leaving out
+calls that wait by design (``epoll_wait``, ``poll``, ``select``, ``futex``,
+``nanosleep``, ``wait4``, ``accept``...):
+- critical: a call that took 1 s or more, or a p99 of 100 ms or more over 10+ calls;
+- warning: a call of 100 ms or more that is 100× its own median, or a p99 of 20 ms or
+  more. ``read``/``recv*``/``write`` to sockets and pipes may be waiting for a peer,
+  so they are at most warnings.
+Evidence: the record (pid, command, syscall, count, p50, p99, max) in ``syscalls.json``.
+The report plots each process's latency histogram.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from agent.report import hist
+from agent.report.model import CRITICAL, WARNING, Evidence, Finding
+from agent.report.rules import Rule
+from agent.report.rules._util import human_us, num
+
+WAITS = frozenset("""epoll_wait epoll_pwait epoll_pwait2 poll ppoll select pselect6 _newselect nanosleep
+clock_nanosleep futex futex_waitv wait4 waitid waitpid accept accept4 rt_sigtimedwait rt_sigsuspend sigsuspend pause
+io_getevents io_pgetevents io_uring_enter msgrcv semop semtimedop mq_timedreceive sched_yield restart_syscall
+select_tv""".split())
+MAYBE_PEER = frozenset("read readv recvfrom recvmsg recvmmsg recv write writev sendto sendmsg sendmmsg "
+                       "splice connect".split())
+MAX_FINDINGS = 8
+
+
+def us(rec: dict[str, Any], base: str) -> float | None:
+    """A latency field in microseconds, whatever unit suffix the collector used."""
+    for suffix, scale in (("_us", 1.0), ("_usecs", 1.0), ("_ns", 0.001), ("_ms", 1000.0), ("", 1.0)):
+        v = num(rec.get(base + suffix))
+        if v is not None:
+            return v * scale
+    return None
+
+
+def name_of(rec: dict[str, Any]) -> str:
+    return str(rec.get("syscall") or rec.get("name") or rec.get("sys") or rec.get("key") or "?")
+
+
+def load(b) -> tuple[str, dict[str, Any] | None, list[dict[str, Any]]]:
+    rel = "collectors/syscalls/syscalls.json"
+    data = b.json(rel)
+    return rel, data if isinstance(data, dict) else None, hist.records(data, "records", "syscalls", "stats")
+
+
+def evaluate(b) -> Iterator[Finding]:
+    rel, data, recs = load(b)
+    hits = []
+    for r in recs:
+        name = name_of(r)
+        if name in WAITS:
+            continue
+        bs = hist.find_hist(r)
+        count = int(num(r.get("count")) or hist.total(bs) or 0)
+        mx = us(r, "max") or (bs[-1][1] if bs else None)
+        p50 = us(r, "p50") or hist.percentile(bs, 0.5)
+        p99 = us(r, "p99") or hist.percentile(bs, 0.99)
+        if mx is None:
+            continue
+        sev = None
+        if mx >= 1e6 or (p99 is not None and p99 >= 1e5 and count >= 10):
+            sev = CRITICAL
+        elif (mx >= 1e5 and p50 and mx >= 100 * p50) or (p99 is not None and p99 >= 2e4 and count >= 10):
+            sev = WARNING
+        if sev is None:
+            continue
+        if name in MAYBE_PEER:
+            sev = WARNING
+        hits.append((sev, mx, r, name, count, p50, p99))
+    hits.sort(key=lambda h: (h[0] != CRITICAL, -h[1]))
+    for sev, mx, r, name, count, p50, p99 in hits[:MAX_FINDINGS]:
+        comm, pid = r.get("comm") or "?", r.get("pid")
+        peer = (" On a socket or pipe this call may simply be waiting for the other side; on a file or disk it "
+                "is the storage." if name in MAYBE_PEER else "")
+        yield Finding(
+            sev, f"{name}() in {comm} (pid {pid}) took up to {human_us(mx)} (p50 {human_us(p50)}, p99 {human_us(p99)})",
+            f"During the probe window {comm} made {count} {name}() calls; the typical one took {human_us(p50)} "
+            f"but the slowest took {human_us(mx)}. A system call that goes from microseconds to "
+            f"{'seconds' if mx >= 1e6 else 'tens or hundreds of milliseconds'} stalls the thread that made it "
+            "(a request, a lock holder): storage latency, a full disk queue, memory reclaim, a lock in the kernel, "
+            f"or a slow remote filesystem.{peer}",
+            rule="syscall_latency", host=b.host,
+            evidence=[Evidence(b.host, rel, record=f"pid {pid} {name}",
+                               excerpt=f"count {count}, total {human_us(us(r, 'total'))}, p50 {human_us(p50)}, "
+                                       f"p99 {human_us(p99)}, max {human_us(mx)}")],
+            data={"pid": pid, "comm": comm, "syscall": name, "count": count, "max_us": mx, "p50_us": p50,
+                  "p99_us": p99})
+    if len(hits) > MAX_FINDINGS:
+        rest = hits[MAX_FINDINGS:]
+        yield Finding(WARNING, f"{len(rest)} more system calls with outlier latency",
+                      "Listed in syscalls.json; the histograms below show them per process.",
+                      rule="syscall_latency", host=b.host,
+                      evidence=[Evidence(b.host, rel, record=", ".join(f"{h[2].get('comm')}:{h[3]}" for h in rest[:10]))])
+
+
+RULE = Rule(name="syscall_latency", summary="system calls with outlier latency (eBPF probe window)",
+            evaluate=evaluate, reads=("syscalls",),
+            severity="critical (≥ 1 s, or p99 ≥ 100 ms); warning (≥ 100 ms and 100× its median, or p99 ≥ 20 ms)",
+            order=50)
