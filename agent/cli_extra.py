@@ -3,3 +3,4 @@
 One line per area keeps ``agent/cli.py`` readable top to bottom.
 """
 from agent import cli_daemon  # noqa: F401
+from agent import cli_report  # noqa: F401
