@@ -11,7 +11,8 @@ A thread is *blocked on a lock* when its state says so (JVM ``BLOCKED``, or a
 lock acquisition (CPython ``lock_PyThread_acquire_lock``, glibc
 ``__lll_lock_wait``/``pthread_mutex_lock``, Go ``sync.(*Mutex).Lock``, Java
 ``ReentrantLock.lock``), unless the innermost code is a library that waits by design
-(``Thread.join``, ``Condition.wait``, ``queue.get``, thread-pool idling). A
+(Python's ``threading``/``queue``/``asyncio``, ``java.util.concurrent`` queues and
+pools, ``Object.wait``, Go's ``WaitGroup``/``Cond``). A
 *deadlock* is either reported by the runtime (``deadlocks``, e.g. the JVM's "Found
 one Java-level deadlock") or a cycle in the wait-for graph built from which thread
 holds the lock another waits on.
@@ -27,10 +28,12 @@ LOCK_NATIVE = re.compile(r"lock_PyThread_acquire_lock|PyThread_acquire_lock|rloc
                          r"pthread_mutex_(?:timed)?lock|pthread_rwlock_\w*lock|sync\.\(\*RW?Mutex\)\.R?Lock|"
                          r"sync\.runtime_SemacquireMutex|ReentrantLock\.lock|ReentrantReadWriteLock\S*\.lock|"
                          r"AbstractQueuedSynchronizer\.acquire\b")
-# innermost code that waits by design: an idle pool thread or a join is not "blocked on a lock"
-WAITS_BY_DESIGN = re.compile(r"(?:^|\.)(?:_wait_for_tstate_lock|join|wait|wait_for|get|put|_worker|"
-                             r"select|poll|epoll|accept|recv\w*|read|sleep|getTask|take|park|parkNanos|"
-                             r"awaitNanos|await|run_forever|_run_once)$")
+# library code that waits by design (an idle pool thread, a join): not "blocked on a lock"
+LIB_WAITS = re.compile(r"^(?:java\.util\.concurrent\.(?:LinkedBlockingQueue|ArrayBlockingQueue|SynchronousQueue|"
+                       r"LinkedTransferQueue|DelayQueue|ThreadPoolExecutor|ScheduledThreadPoolExecutor\S*|"
+                       r"CountDownLatch|CyclicBarrier|Semaphore|FutureTask|CompletableFuture|ForkJoinPool)\S*|"
+                       r"java\.lang\.(?:Object\.wait|Thread\.(?:sleep|join))\S*|"
+                       r"sync\.\(\*(?:WaitGroup|Cond)\)\.\w+|runtime\.gopark|internal/poll\.\S+)")
 DESIGN_FILES = re.compile(r"(?:^|/)(?:threading|queue|selectors|socket|socketserver|asyncio/\w+|"
                           r"concurrent/futures/\w+|multiprocessing/\w+)\.py$")
 
@@ -81,8 +84,7 @@ class Thread:
             return None
         top = self.top_code()
         if top is not None and top is not native_lock and not LOCK_NATIVE.search(top.function):
-            fn = top.function.rsplit(".", 1)[-1]
-            if DESIGN_FILES.search(top.file or "") or (WAITS_BY_DESIGN.search(fn) and "lock" not in fn.lower()):
+            if DESIGN_FILES.search(top.file or "") or LIB_WAITS.search(top.function):
                 return None
         return f"acquiring a lock ({native_lock.function})"
 
@@ -111,9 +113,13 @@ def _frame(f: Any) -> Frame | None:
     if f.get("class") and "." not in str(fn):
         fn = f"{f['class']}.{fn}"
     file = f.get("file") or f.get("filename") or f.get("module") or f.get("source") or ""
-    native = bool(f.get("native")) or (not file.endswith((".py", ".java", ".go", ".js", ".rb"))
-                                       and bool(re.search(r"\.so(?:\.[\d.]+)?$|\(lib", str(file))))
-    return Frame(function=str(fn), file=str(file), line=_int(f.get("line") or f.get("lineno")), native=native)
+    line = _int(f.get("line") or f.get("lineno"))
+    source = str(file).endswith((".py", ".java", ".go", ".js", ".mjs", ".rb", ".kt", ".scala")) or \
+        str(file).startswith("<")
+    # native: said so, or a shared object / executable without a source line (py-spy --native frames)
+    native = bool(f.get("native")) or (not source and (bool(re.search(r"\.so(?:\.[\d.]+)?$|\(lib", str(file)))
+                                                       or (not line and bool(file))))
+    return Frame(function=str(fn), file=str(file), line=line, native=native)
 
 
 def _thread(t: dict[str, Any]) -> Thread:

@@ -223,8 +223,9 @@ def kernel_events(b: Bundle, win: _Window, flagged: dict[tuple[str, Any], str]) 
             sev = KERNEL_LEVELS.get(str(r.get("level")))
             if sev is None:
                 continue
+        txt = b.has(DMESG_TXT)
         out.append(Event(t, b.host, "dmesg", str(r.get("message", "")).split("\n")[0], sev,
-                         file=DMESG_TXT if b.has(DMESG_TXT) else "collectors/dmesg/dmesg.json", line=r.get("_line")))
+                         file=DMESG_TXT if txt else "collectors/dmesg/dmesg.json", line=r.get("_line") if txt else None))
     return out
 
 
