@@ -40,7 +40,8 @@ its hashes; 2 on bad input; 4 when no bundle is found.""")
 @click.option("--timeline-md", is_flag=True,
               help="Print only the Markdown \"Timeline (UTC)\" table (header and rows) for the postmortem template.")
 @click.option("--window", "window_min", type=click.FloatRange(1, 7 * 24 * 60), default=60.0, show_default=True,
-              metavar="MINUTES", help="Log and kernel lines this long before the trigger/capture go in the timeline.")
+              metavar="MINUTES", help="How far before the trigger the incident reaches: log and kernel lines in the "
+              "timeline, and findings older than that count one level less severe.")
 @click.option("--store", metavar="DIR", envvar="GOLDENHOUR_STORE", help="Local store (default: store.path).")
 @click.option("--fetch", is_flag=True, help="With --incident: first fetch the incident's bundles from S3 "
                                             "(needs upload support and upload.url).")

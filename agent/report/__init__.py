@@ -73,7 +73,7 @@ def build(sources: Iterable[str], store_root: Path | None = None,
 
 
 def from_bundles(bundles: list[Bundle], window_s: float = timeline.DEFAULT_WINDOW_S) -> Report:
-    findings = rules.evaluate(bundles)
+    findings = rules.evaluate(bundles, window_s)
     events = timeline.build(bundles, findings, window_s)
     return Report(bundles=bundles, findings=findings, events=events, window_s=window_s)
 

@@ -71,7 +71,8 @@ th{background:var(--soft);font-weight:600}
 td.t{white-space:nowrap;font-variant-numeric:tabular-nums}
 table.timeline{table-layout:fixed}table.timeline td{overflow-wrap:anywhere}
 table.timeline code{font-size:12px;overflow-wrap:anywhere;color:var(--muted)}
-table{overflow-wrap:anywhere}
+table.glance td:nth-child(2){overflow-wrap:anywhere}
+table.glance td:first-child,table.glance td:nth-child(3),table.glance th{white-space:nowrap}
 tr.critical td:first-child{box-shadow:inset 4px 0 var(--crit)}tr.warning td:first-child{box-shadow:inset 4px 0 var(--warn)}
 .sev{font-weight:700;font-size:12px;text-transform:uppercase}
 .sev.critical{color:var(--crit)}.sev.warning{color:var(--warn)}.sev.info{color:var(--info)}
@@ -146,12 +147,18 @@ def _findings(findings: list[Finding]) -> str:
         out.append('<p class="empty">No findings: the evidence shows none of the conditions the rules look for '
                    '(see "Evidence" for what was captured).</p>')
     if findings:
-        out.append('<table class="glance"><caption>At a glance: every finding, most severe first</caption><thead><tr>'
-                   '<th scope="col">severity</th><th scope="col">finding</th><th scope="col">host</th>'
+        out.append('<table class="glance"><caption>At a glance: every finding, most severe first (the same finding on '
+                   'several hosts is one row)</caption><thead><tr>'
+                   '<th scope="col">severity</th><th scope="col">finding</th><th scope="col">hosts</th>'
                    '<th scope="col">when (UTC)</th></tr></thead><tbody>')
+        rows: dict[tuple[str, str], list[tuple[int, Finding]]] = {}
         for i, f in enumerate(findings, 1):
-            out.append(f'<tr class="{e(f.severity)}"><td><span class="sev {e(f.severity)}">{e(f.severity)}</span></td>'
-                       f'<td><a href="#finding-{i}">{e(f.title)}</a></td><td>{e(f.host)}</td>'
+            rows.setdefault((f.severity, f.title), []).append((i, f))
+        for (sev, title), fs in rows.items():
+            i, f = fs[0]
+            hosts = ", ".join(sorted({x.host for _, x in fs}))
+            out.append(f'<tr class="{e(sev)}"><td><span class="sev {e(sev)}">{e(sev)}</span></td>'
+                       f'<td><a href="#finding-{i}">{e(title)}</a></td><td>{e(hosts)}</td>'
                        f'<td class="t">{e(_time(f.time))}</td></tr>')
         out.append("</tbody></table>")
     for i, f in enumerate(findings, 1):

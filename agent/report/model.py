@@ -49,7 +49,8 @@ class Finding:
     rule: str
     host: str = ""
     evidence: list[Evidence] = field(default_factory=list)
-    time: datetime | None = None    # when it happened, if the evidence says
+    time: datetime | None = None    # when it happened (first), if the evidence says
+    last_time: datetime | None = None   # when it last happened, for findings grouping repeats
     data: dict[str, Any] = field(default_factory=dict)   # machine-readable facts (counts, pids...)
 
     def __post_init__(self) -> None:
@@ -65,6 +66,7 @@ class Finding:
         return {"severity": self.severity, "title": self.title, "explanation": self.explanation,
                 "rule": self.rule, "host": self.host,
                 "time": iso(self.time) if self.time else None,
+                "last_time": iso(self.last_time) if self.last_time else None,
                 "evidence": [e.to_json() for e in self.evidence], "data": self.data}
 
 

@@ -27,7 +27,8 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is
 def page(incident, tmp_path_factory):
     work = tmp_path_factory.mktemp("browser")
     out = work / "report.html"
-    cp = incident.gh("report", "--incident", incident.id, "--out", str(out))
+    # a short window: kernel messages of earlier test runs still in this machine's ring buffer become context
+    cp = incident.gh("report", "--incident", incident.id, "--out", str(out), "--window", "1")
     assert cp.returncode == 0, cp.stderr
     b = Browser(str(work / "profile"), width=1280, height=1000)
     try:

@@ -228,7 +228,7 @@ def test_log_timestamps_that_are_not():
 
 
 def test_timeline_folds_repeats_and_escapes_pipes(tmp_path):
-    lines = [(3, f"nf_conntrack: nf_conntrack: table full, dropping packet") for _ in range(50)]
+    lines = [(3, "nf_conntrack: nf_conntrack: table full, dropping packet") for _ in range(50)]
     rep = _report(tmp_path, {"collectors/dmesg/dmesg.json": bm.dmesg_json(lines)})
     rows = [e for e in rep.events if e.source == "dmesg"]
     assert len(rows) == 1 and rows[0].count == 50
@@ -352,3 +352,14 @@ def test_every_rule_module_keeps_the_contract():
         assert len(r.doc) > 120 and "Trigger" in r.doc, r.name
         assert r.summary and r.severity
         assert f"`{r.name}`" in readme, f"README does not explain rule {r.name}"
+
+
+def test_kernel_evidence_older_than_the_window_is_demoted(tmp_path):
+    old = bm.dmesg_json([(3, "Out of memory: Killed process 77 (worker) total-vm:100kB, anon-rss:50kB, file-rss:0kB, "
+                             "shmem-rss:0kB, UID:0 pgtables:4kB oom_score_adj:0")], start=bm.T0 - timedelta(days=3))
+    folder = bm.make(tmp_path, {"collectors/dmesg/dmesg.json": old})
+    f = next(f for f in from_bundles([load_folder(folder)]).findings if f.rule == "oom_kill")
+    assert f.severity == "warning" and "3 days before the incident's trigger" in f.explanation
+    assert f.data["before_window"]
+    f = next(f for f in from_bundles([load_folder(folder)], window_s=4 * 86400).findings if f.rule == "oom_kill")
+    assert f.severity == "critical"

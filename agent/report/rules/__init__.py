@@ -17,7 +17,9 @@ import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from agent.report.model import INFO, WARNING, Evidence, Finding
+from datetime import datetime
+
+from agent.report.model import CRITICAL, INFO, WARNING, Evidence, Finding, parse_iso
 
 if TYPE_CHECKING:  # pragma: no cover
     from agent.report.loader import Bundle
@@ -64,8 +66,41 @@ def discover() -> tuple[list[Rule], list[tuple[str, str]]]:
     return _cache
 
 
-def evaluate(bundles: list["Bundle"]) -> list[Finding]:
-    """Run every rule on every bundle; a rule that raises becomes a finding with its error."""
+def _anchor(b: "Bundle") -> datetime | None:
+    """The incident's moment for this bundle: its trigger, or the capture start."""
+    m = b.manifest
+    times = [parse_iso((m.get("trigger") or {}).get("at")), parse_iso((m.get("clocks") or {}).get("start_utc"))]
+    times = [t for t in times if t]
+    return min(times) if times else None
+
+
+def _age(seconds: float) -> str:
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} minutes"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.0f} hours"
+    return f"{seconds / 86400:.0f} days"
+
+
+def demote_old(f: Finding, anchor: datetime | None, window_s: float | None) -> None:
+    """A finding whose evidence is older than the window is context, not this incident: one level less severe."""
+    if window_s is None or anchor is None or f.time is None or f.rule == "bundle_integrity":
+        return
+    age = (anchor - (f.last_time or f.time)).total_seconds()
+    if age <= window_s:
+        return
+    f.severity = {CRITICAL: WARNING, WARNING: INFO}.get(f.severity, INFO)
+    f.explanation += (f" This happened {_age(age)} before the incident's trigger, outside the report's window "
+                      f"({_age(window_s)}): probably not this incident's cause, but worth knowing it happened before.")
+    f.data["before_window"] = True
+
+
+def evaluate(bundles: list["Bundle"], window_s: float | None = None) -> list[Finding]:
+    """Run every rule on every bundle; a rule that raises becomes a finding with its error.
+
+    With ``window_s``, findings dated earlier than that before the incident's trigger
+    (old kernel messages still in the ring buffer) are made one level less severe.
+    """
     rules, broken = discover()
     out: list[Finding] = []
     for name, err in broken:
@@ -73,11 +108,13 @@ def evaluate(bundles: list["Bundle"]) -> list[Finding]:
                            f"The rule module failed to load ({err}); what it looks for was not checked.",
                            rule="report"))
     for b in bundles:
+        anchor = _anchor(b)
         for r in rules:
             try:
                 for f in r.evaluate(b) or ():
                     if not f.host:
                         f.host = b.host
+                    demote_old(f, anchor, window_s)
                     out.append(f)
             except Exception as exc:  # noqa: BLE001
                 tb = traceback.format_exc(limit=3).strip().splitlines()[-1]

@@ -90,7 +90,8 @@ def evaluate(b) -> Iterator[Finding]:
                       "The kernel logged \"nf_conntrack: table full, dropping packet\": at those times new connections "
                       "were dropped because the connection tracking table had no room. The table may have emptied "
                       "since; the times in the timeline say when it happened.",
-                      rule="conntrack", host=b.host, evidence=cap(msg_ev), time=record_time(full_msgs[0]))
+                      rule="conntrack", host=b.host, evidence=cap(msg_ev), time=record_time(full_msgs[0]),
+                      last_time=record_time(full_msgs[-1]))
 
 
 RULE = Rule(name="conntrack", summary="conntrack table near or at nf_conntrack_max, and its drops",

@@ -147,6 +147,7 @@ def evaluate(b) -> Iterator[Finding]:
             expl += f" {plural(len(hits), 'message')} from {t0} to {t1}."
         yield Finding(kind.severity, kind.title(key[1], len(hits)), expl, rule="kernel_errors", host=b.host,
                       evidence=cap_spread([dmesg_evidence(b, r) for r, _ in hits]), time=record_time(first),
+                      last_time=record_time(hits[-1][0]),
                       data={"kind": kind.name, "key": key[1], "count": len(hits)})
 
 

@@ -97,7 +97,8 @@ def evaluate(b) -> Iterator[Finding]:
                       + ("sending SYN cookies" if any("cookies" in m.group("action") for _, m in floods)
                          else "dropping connection requests")
                       + ". The timeline shows when.", rule="listen_queue", host=b.host,
-                      evidence=cap([dmesg_evidence(b, r) for r, _ in floods]), time=record_time(floods[0][0]))
+                      evidence=cap([dmesg_evidence(b, r) for r, _ in floods]), time=record_time(floods[0][0]),
+                      last_time=record_time(floods[-1][0]))
 
 
 RULE = Rule(name="listen_queue", summary="full accept queues, listen overflows, SYN queue drops",

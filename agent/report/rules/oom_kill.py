@@ -117,7 +117,7 @@ def evaluate(b) -> Iterator[Finding]:
             recs = sorted([k["record"]] + k["related"], key=lambda r: r.get("seq", 0))
             ev.extend(dmesg_evidence(b, r) for r in recs)
         yield Finding(CRITICAL, title, expl, rule="oom_kill", host=b.host, evidence=cap(ev, 8),
-                      time=record_time(first["record"]),
+                      time=record_time(first["record"]), last_time=record_time(ks[-1]["record"]),
                       data={"comm": comm, "pids": [k["pid"] for k in ks], "rss_bytes": max(rss)})
 
     seen_pids = {k["pid"] for k in kills}
