@@ -186,6 +186,8 @@ def capture(cfg: Config, req: CaptureRequest,
         capture_ctx = {
             "incident": incident, "profile": req.profile, "store": str(store.root),
             "targets": [t.to_json() for t in tlist],
+            # given (--pid/--process/--unit, configured services) rather than the automatic top processes
+            "targets_explicit": any(t.reason != "top cpu/rss" for t in tlist),
             "log_paths": list(cfg["logs.paths"]) + list(req.log_paths),
             "explicit_log_paths": list(req.log_paths),
             "log_lines": cfg["logs.lines"], "journal": cfg["logs.journal"],

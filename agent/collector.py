@@ -54,6 +54,33 @@ def which(name: str) -> str | None:
     return shutil.which(name, path=f"{path}:{SBIN_PATH}" if path else SBIN_PATH)
 
 
+def tracefs_mounted() -> bool:
+    return any(os.path.isdir(f"{b}/events") for b in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"))
+
+
+_TRACEPOINTS: frozenset[str] | None = None
+
+
+def kernel_tracepoints() -> frozenset[str]:
+    """Names of the kernel's tracepoints from /proc/kallsyms (``__traceiter_<name>``), for hosts
+    where tracefs is not mounted (no systemd to mount it); event names only, without category."""
+    global _TRACEPOINTS
+    if _TRACEPOINTS is None:
+        names = set()
+        try:
+            with open("/proc/kallsyms", "rb") as fh:
+                for line in fh:
+                    parts = line.split() if b"__trace" in line else ()
+                    sym = parts[2] if len(parts) > 2 else b""   # "addr type name [module]"
+                    for prefix in (b"__traceiter_", b"__tracepoint_"):
+                        if sym.startswith(prefix):
+                            names.add(sym[len(prefix):].decode("ascii", "replace"))
+        except OSError:
+            pass
+        _TRACEPOINTS = frozenset(names)
+    return _TRACEPOINTS
+
+
 @dataclass(frozen=True)
 class Requirement:
     """Something a collector needs on the host; ``unmet()`` says why not, in words."""
@@ -84,6 +111,8 @@ class Requirement:
             for base in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
                 if os.path.isdir(f"{base}/events/{cat}/{name}"):
                     return None
+            if not tracefs_mounted() and name in kernel_tracepoints():
+                return None   # tracefs is not mounted here; the kernel's symbols show the tracepoint
             return f"tracepoint {v} not available in this kernel{why}"
         if k == "kernel_headers":
             rel = os.uname().release
