@@ -104,6 +104,11 @@ HOST = {
     "d_state": [{"pid": 8812 + i, "comm": "postgres", "ppid": 1, "state": "D", "wchan": "io_schedule",
                  "cmdline": "postgres: writer"} for i in range(4)],
     "sysctls": {"net.ipv4.ip_local_port_range": "32768\t60999"},
+    "cgroups": [{"path": "/", "oom_kills": 0},
+                {"path": "/system.slice/orders.service", "memory_current_bytes": 1_950 * 2**20,
+                 "memory_max_bytes": 2 * 2**30, "oom_kills": 3, "memory.events": {"oom_kill": 3},
+                 "cpu_quota_cores": 0.5, "throttled": {"nr_periods": 1000, "nr_throttled": 640,
+                                                       "throttled_usec": 31_000_000}}],
 }
 
 
@@ -122,6 +127,11 @@ def test_host_pressure_resources_fds_and_d_state(tmp_path):
     d = t["4 tasks in uninterruptible sleep (D state), 4 at io_schedule"]
     assert d.severity == "critical" and len(d.evidence) == 4
     assert t["2 OOM kills since boot, but no kernel message names the victim"].severity == "warning"
+    cg = t["cgroup /system.slice/orders.service had 3 OOM kills"]
+    assert cg.evidence[0].record == "cgroups /system.slice/orders.service memory.events"
+    assert "cgroup /system.slice/orders.service at 95% of its memory limit (1.9 GiB of 2.0 GiB)" in t
+    thr = t["cgroup /system.slice/orders.service CPU-throttled in 64% of periods"]
+    assert "0.5 CPUs" in thr.explanation and "31.0 s" in thr.explanation
     html = render(rep, "html")
     assert "Pressure (PSI) on db-1" in html
 
@@ -151,7 +161,11 @@ def test_failed_and_skipped_collectors_are_findings(tmp_path):
 
 # Evidence in the shape the eBPF collectors document (syscalls, runqlat, tcpretrans): until they land in
 # collectors/, the rules and plots are checked on these records.
-SYSCALLS = {"window_s": 5.0, "records": [
+SYSCALLS = {"window": {"seconds": 5.0}, "in_flight": [
+    {"pid": 4242, "tid": 4250 + i, "comm": "postgres", "syscall": "fdatasync", "nr": 75, "age_us": 4_900_000.0 - i,
+     "since_utc": bm.iso(bm.T0 + timedelta(seconds=1))} for i in range(3)] + [
+    {"pid": 77, "tid": 77, "comm": "nginx", "syscall": "epoll_wait", "nr": 232, "age_us": 5e6,
+     "since_utc": bm.iso(bm.T0)}], "records": [
     {"pid": 4242, "comm": "postgres", "syscall": "fsync", "count": 40, "total_us": 2_600_000, "max_us": 1_800_000,
      "p50_us": 900, "p99_us": 1_800_000, "hist": [0, 0, 0, 0, 0, 0, 0, 0, 0, 20, 10, 5, 0, 0, 0, 0, 0, 0, 0, 0, 5]},
     {"pid": 4242, "comm": "postgres", "syscall": "read", "count": 5000, "total_us": 90_000, "max_us": 60,
@@ -181,6 +195,8 @@ def test_probe_findings_and_plots(tmp_path):
     assert fs.severity == "critical" and fs.evidence[0].record == "pid 4242 fsync"
     assert t["write() in nginx (pid 77) took up to 250.0 ms (p50 30 µs, p99 800 µs)"].severity == "warning"
     assert not [x for x in t if x.startswith(("epoll_wait()", "read()"))]   # waiting by design / fast
+    stuck = t["fdatasync() in postgres (pid 4242) still blocked after 4.90 s (3 threads)"]
+    assert stuck.severity == "critical" and stuck.evidence[0].record == "in_flight pid 4242 tid 4250 fdatasync"
     rq = t["Run-queue latency for all CPUs: p99 131.1 ms (p50 3 µs, max 131.1 ms)"]
     assert rq.severity == "critical"
     assert "Run-queue latency for postgres (pid 4242): p99 131.1 ms (p50 2.0 ms, max 131.1 ms)" in t

@@ -1,10 +1,11 @@
-"""Host resources near exhaustion: memory, swap, disk space and inodes, load.
+"""Host resources near exhaustion: memory, swap, disk space and inodes, cgroup limits, load.
 
 Triggers (``host.json``): ``MemAvailable`` under 10 % of ``MemTotal`` (warning; under
 3 % critical); swap more than 50 % used (warning); a filesystem at 90 % of its space
 or inodes (warning; 98 % critical: writes fail with ENOSPC, logs stop, databases
-stop); a 1-minute load average above twice the CPU count (warning).
-Evidence: the ``host.json`` fields (memory, mounts entry, load).
+stop); a cgroup at 90 % of its memory limit, or CPU-throttled in 20 % or more of its
+scheduling periods (warning); a 1-minute load average above twice the CPU count (warning).
+Evidence: the ``host.json`` fields (memory, mounts entry, cgroup, load).
 """
 from __future__ import annotations
 
@@ -56,6 +57,29 @@ def evaluate(b) -> Iterator[Finding]:
                           evidence=[Evidence(b.host, HOST, record=f"mounts {mnt.get('mount')}",
                                              excerpt=f"{key} {p}, avail_bytes {mnt.get('avail_bytes')}, "
                                                      f"inodes_free {mnt.get('inodes_free')}")])
+    for cg in h.get("cgroups") or []:
+        if not isinstance(cg, dict) or cg.get("path") in (None, "/"):
+            continue
+        cur, mx = num(cg.get("memory_current_bytes")), num(cg.get("memory_max_bytes"))
+        if cur is not None and mx and mx < 2**60 and cur / mx >= 0.9:
+            yield Finding(WARNING, f"cgroup {cg.get('path')} at {cur / mx:.0%} of its memory limit "
+                                   f"({human_bytes(cur)} of {human_bytes(mx)})",
+                          "Processes in this cgroup are close to its memory limit: the kernel reclaims their page "
+                          "cache first (slower I/O), then the OOM killer picks one of them.",
+                          rule="host_resources", host=b.host,
+                          evidence=[Evidence(b.host, HOST, record=f"cgroups {cg.get('path')}",
+                                             excerpt=f"memory_current_bytes {int(cur)}, memory_max_bytes {int(mx)}")])
+        thr = cg.get("throttled") if isinstance(cg.get("throttled"), dict) else {}
+        periods, throttled = num(thr.get("nr_periods")), num(thr.get("nr_throttled"))
+        if periods and throttled and periods >= 100 and throttled / periods >= 0.2:
+            yield Finding(WARNING, f"cgroup {cg.get('path')} CPU-throttled in {throttled / periods:.0%} of periods",
+                          f"The cgroup's CPU quota ({cg.get('cpu_quota_cores') or '?'} CPUs) was used up before the "
+                          f"end of {int(throttled)} of {int(periods)} scheduling periods, so its threads waited "
+                          f"{(num(thr.get('throttled_usec')) or 0) / 1e6:.1f} s in total without running: latency "
+                          "that no CPU graph of the host shows. Raise the quota or reduce the work.",
+                          rule="host_resources", host=b.host,
+                          evidence=[Evidence(b.host, HOST, record=f"cgroups {cg.get('path')} throttled",
+                                             excerpt=str(thr))])
     load = num((h.get("load") or {}).get("1m"))
     cpus = num((h.get("cpu") or {}).get("count"))
     if load is not None and cpus and load > 2 * cpus:

@@ -5,8 +5,8 @@ Triggers: a kernel message ``Out of memory: Killed process PID (COMM)`` or
 (with the ``oom-kill:constraint=...`` line for the cgroup, ``COMM invoked
 oom-killer`` for the process that asked for memory, ``oom_reaper: reaped``);
 kills recorded by the ``oomkill`` eBPF collector; and, when the kernel messages
-are gone, the ``oom_kill`` counter of ``/proc/vmstat`` and cgroups'
-``memory.events`` from ``host.json``.
+are gone, the ``oom_kill`` counter of ``/proc/vmstat`` and the cgroups' OOM kill
+counts (``memory.events`` on cgroup v2, ``memory.oom_control`` on v1) from ``host.json``.
 Severity: critical for each process killed (grouped by command name); warning for
 kill counters without the messages that name the victim.
 Evidence: the dmesg records (``dmesg.txt`` line, ``seq``), the eBPF event, the
@@ -146,15 +146,23 @@ def evaluate(b) -> Iterator[Finding]:
                               evidence=[Evidence(b.host, "collectors/host/host.json", record="vmstat.oom_kill",
                                                  excerpt=f"oom_kill {int(n)}")])
             for cg in host.get("cgroups") or []:
-                events = cg.get("memory.events") if isinstance(cg, dict) else None
-                if isinstance(events, dict) and num(events.get("oom_kill")):
-                    yield Finding(WARNING, f"cgroup {cg.get('path')} had {int(num(events['oom_kill']) or 0)} OOM kills",
-                                  "The cgroup's memory.events counts processes killed because the cgroup "
-                                  "reached its memory limit (memory.max).",
+                if not isinstance(cg, dict):
+                    continue
+                events = cg.get("memory.events") if isinstance(cg.get("memory.events"), dict) else {}
+                ctl = cg.get("memory.oom_control") if isinstance(cg.get("memory.oom_control"), dict) else {}
+                kills = num(cg.get("oom_kills")) or num(events.get("oom_kill")) or num(ctl.get("oom_kill"))
+                if kills:
+                    src = "memory.events" if events.get("oom_kill") else "memory.oom_control" if ctl else "oom_kills"
+                    yield Finding(WARNING, f"cgroup {cg.get('path')} had {int(kills)} OOM kills",
+                                  "The cgroup's memory controller counts processes killed because the cgroup reached "
+                                  "its memory limit (memory.max, or memory.limit_in_bytes on cgroup v1); the kernel "
+                                  "messages naming them are gone or were not captured.",
                                   rule="oom_kill", host=b.host,
                                   evidence=[Evidence(b.host, "collectors/host/host.json",
-                                                     record=f"cgroups {cg.get('path')} memory.events",
-                                                     excerpt=str(events))])
+                                                     record=f"cgroups {cg.get('path')} {src}",
+                                                     excerpt=f"oom_kill {int(kills)}"
+                                                     + (f", memory limit {human_bytes(num(cg.get('memory_max_bytes')))}"
+                                                        if num(cg.get("memory_max_bytes")) else ""))])
 
 
 RULE = Rule(name="oom_kill", summary="processes killed by the kernel's OOM killer", evaluate=evaluate,

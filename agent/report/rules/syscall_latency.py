@@ -6,7 +6,9 @@ calls that wait by design (``epoll_wait``, ``poll``, ``select``, ``futex``,
 ``nanosleep``, ``wait4``, ``accept``...):
 - critical: a call that took 1 s or more, or a p99 of 100 ms or more over 10+ calls;
 - warning: a call of 100 ms or more that is 100× its own median, or a p99 of 20 ms or
-  more. ``read``/``recv*``/``write`` to sockets and pipes may be waiting for a peer,
+  more;
+- a call still in flight when the window ended (``in_flight``), blocked 1 s or more
+  (critical) or 100 ms or more (warning): the stall itself, caught in the act. ``read``/``recv*``/``write`` to sockets and pipes may be waiting for a peer,
   so they are at most warnings.
 Evidence: the record (pid, command, syscall, count, p50, p99, max) in ``syscalls.json``.
 The report plots each process's latency histogram.
@@ -16,7 +18,7 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from agent.report import hist
-from agent.report.model import CRITICAL, WARNING, Evidence, Finding
+from agent.report.model import CRITICAL, WARNING, Evidence, Finding, parse_iso
 from agent.report.rules import Rule
 from agent.report.rules._util import human_us, num
 
@@ -90,6 +92,29 @@ def evaluate(b) -> Iterator[Finding]:
                                        f"p99 {human_us(p99)}, max {human_us(mx)}")],
             data={"pid": pid, "comm": comm, "syscall": name, "count": count, "max_us": mx, "p50_us": p50,
                   "p99_us": p99})
+    stuck: dict[tuple[Any, str], list[dict[str, Any]]] = {}
+    for r in (data or {}).get("in_flight") or []:
+        if not isinstance(r, dict) or name_of(r) in WAITS:
+            continue
+        age = us(r, "age")
+        if age is not None and age >= 1e5:
+            stuck.setdefault((r.get("pid"), name_of(r)), []).append(r)
+    for (pid, name), rs in sorted(stuck.items(), key=lambda kv: -max(us(r, "age") or 0 for r in kv[1]))[:MAX_FINDINGS]:
+        age = max(us(r, "age") or 0 for r in rs)
+        comm = rs[0].get("comm") or "?"
+        sev = CRITICAL if age >= 1e6 and name not in MAYBE_PEER else WARNING
+        tids = ", ".join(str(r.get("tid")) for r in rs[:8])
+        yield Finding(
+            sev, f"{name}() in {comm} (pid {pid}) still blocked after {human_us(age)} "
+                 f"({len(rs)} thread{'s' if len(rs) != 1 else ''})",
+            f"When the probe window ended, {len(rs)} thread(s) of {comm} (tids {tids}) had been inside {name}() for "
+            f"up to {human_us(age)} without returning. A call that never comes back during the window is the stall "
+            "itself: the resource behind it (disk, remote filesystem, a kernel lock, a peer) is not answering."
+            + (" On a socket or pipe it may be waiting for the other side." if name in MAYBE_PEER else ""),
+            rule="syscall_latency", host=b.host, time=parse_iso(rs[0].get("since_utc")),
+            evidence=[Evidence(b.host, rel, record=f"in_flight pid {pid} tid {r.get('tid')} {name}",
+                               excerpt=f"age {human_us(us(r, 'age'))}, since {r.get('since_utc')}") for r in rs[:6]],
+            data={"pid": pid, "comm": comm, "syscall": name, "age_us": age, "threads": len(rs)})
     if len(hits) > MAX_FINDINGS:
         rest = hits[MAX_FINDINGS:]
         yield Finding(WARNING, f"{len(rest)} more system calls with outlier latency",
