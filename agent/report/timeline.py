@@ -351,7 +351,13 @@ def build(bundles: list[Bundle], findings: list[Finding], window_s: float = DEFA
         events += fold(kernel_events(b, win, flagged))
         events += fold(log_events(b, win))
     events += finding_events(findings)
-    events = _cap(events)
+    # two captures of one host hold the same kernel records and log lines: keep each once
+    unique: dict[tuple, Event] = {}
+    for e in events:
+        key = (e.host, e.source, e.time, e.event)
+        if key not in unique or e.count > unique[key].count:
+            unique[key] = e
+    events = _cap(list(unique.values()))
     events.sort(key=lambda e: e.sort_key())
     return events
 

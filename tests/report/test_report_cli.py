@@ -171,3 +171,20 @@ def test_missing_collectors_are_findings(incident, report):
     web2 = next(b for b in report["bundles"] if b["host"] == "web-2")
     assert set(web2["collectors"]) == {"dmesg", "host"}
     assert not [f for f in report["findings"] if f["host"] == "web-2" and f["rule"] in ("listen_queue", "conntrack")]
+
+
+def test_two_captures_of_one_host_do_not_double_the_timeline(incident, tmp_path):
+    """web-2 captured twice (say a webhook, then the pre-restart hook): its kernel lines appear once."""
+    cfg2 = incident.workdir / "config-web2.toml"
+    from tests.report.conftest import run_gh
+    cp = run_gh(cfg2, "snapshot", "--incident", incident.id, "--json", "--collector", "dmesg")
+    assert cp.returncode == 0, cp.stderr
+    second = Path(json.loads(cp.stdout)["bundle"])
+    try:
+        rep = incident.report_json(str(incident.bundles[1]), str(second))
+        oom = [e for e in rep["timeline"] if f"Killed process {incident.oom_pid}" in e["event"]]
+        assert len(oom) == 1 and oom[0]["host"] == "web-2"
+        assert len([e for e in rep["timeline"] if e["event"].startswith("Capture started")]) == 2
+    finally:
+        for p in second.parent.glob(second.name.split(".tar.")[0] + "*"):
+            p.unlink()
