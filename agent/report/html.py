@@ -293,12 +293,17 @@ def _host_plots(b: "Bundle") -> str:
         out.append("<h4>System call latency per process</h4><div class='plots'>" + sys_charts + "</div>")
     from agent.report.rules.runqueue_latency import series
     rq = []
-    for rel, label, rec, bs in series(b)[:6]:
+    plotted = [x for x in series(b) if x[3]]
+    host_wide = [x for x in plotted if x[1] == "all CPUs"]
+    per_proc = sorted((x for x in plotted if x[1] != "all CPUs"),
+                      key=lambda x: -(hist.percentile(x[3], 0.99) or 0))
+    for rel, label, rec, bs in host_wide[:1] + per_proc[:3]:
         rq.append(svg.latency_histogram(bs, f"Run-queue latency: {label}", xlabel="wait for a CPU (log₂ buckets)",
                                         ylabel="wake-ups", marks={"p50": hist.percentile(bs, 0.5),
                                                                   "p99": hist.percentile(bs, 0.99)}))
     if rq:
-        out.append("<h4>Run-queue latency</h4><div class='plots'>" + "".join(rq) + "</div>")
+        more = f"<p class='meta'>{len(per_proc) - 3} more processes in runqlat.json.</p>" if len(per_proc) > 3 else ""
+        out.append("<h4>Run-queue latency</h4><div class='plots'>" + "".join(rq) + "</div>" + more)
     return "".join(out)
 
 

@@ -83,6 +83,7 @@ class Event:
     line: int | None = None
     count: int = 1                   # identical messages folded into one row
     assumed_utc: bool = False        # the log line had no zone; read as UTC
+    ident: str = ""                  # identity across captures of one host (a kernel record's seq)
 
     def sort_key(self) -> tuple:
         # at the same instant the trigger comes before the capture it caused

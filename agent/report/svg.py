@@ -54,23 +54,32 @@ def fmt_count(v: float) -> str:
 
 
 def fmt_us(us: float) -> str:
+    """A duration in µs, compact (two significant digits): 16µs, 1ms, 33ms, 1.0s."""
     if us < 1:
         return "0"
-    if us < 1000:
-        return f"{us:g}µs"
-    if us < 1e6:
-        return f"{us / 1000:g}ms"
-    return f"{us / 1e6:g}s"
+    for unit, div in (("s", 1e6), ("ms", 1e3), ("µs", 1.0)):
+        if us >= div:
+            v = us / div
+            return f"{v:.0f}{unit}" if v >= 10 or v == int(v) else f"{v:.1f}{unit}"
+    return f"{us:g}µs"
 
 
 def latency_histogram(buckets: Sequence[tuple[float, float, int]], title: str, desc: str = "",
                       xlabel: str = "latency (log₂ buckets)", ylabel: str = "calls",
-                      marks: dict[str, float | None] | None = None, width: int = 560, height: int = 240) -> str:
-    """Bars per log2 bucket; bars at 10 ms and above in amber, at 1 s and above in red; p50/p99 marked."""
+                      marks: dict[str, float | None] | None = None, width: int = 540, height: int = 240,
+                      min_slots: int = 14) -> str:
+    """Bars per log2 bucket; bars at 10 ms and above in amber, at 1 s and above in red; p50/p99 marked.
+
+    The x axis spans at least ``min_slots`` buckets (from 1 µs when they fit) so a narrow
+    histogram still shows where it sits on the scale.
+    """
     if not buckets:
         return ""
     lo_i = max(0, int(math.log2(max(buckets[0][0], 1))))
-    hi_i = max(lo_i + 1, int(math.log2(max(buckets[-1][1], 2))))
+    hi_i = max(lo_i + 1, int(math.log2(max(buckets[-1][0], 1))) + 1)
+    if hi_i - lo_i < min_slots:
+        lo_i = max(0, hi_i - min_slots)
+        hi_i = max(hi_i, lo_i + min_slots)
     slots = list(range(lo_i, hi_i))
     counts = {i: 0 for i in slots}
     for lo, hi, c in buckets:
@@ -83,7 +92,6 @@ def latency_histogram(buckets: Sequence[tuple[float, float, int]], title: str, d
     top = math.ceil(ymax / step) * step
     head, tail = _open(width, height, title, desc or f"{title}: {sum(counts.values())} samples")
     out = [head, f'<text x="{ml}" y="18" font-size="13" font-weight="600" fill="#1b2631">{esc(title)}</text>']
-    # y grid and labels
     v = 0.0
     while v <= top + 1e-9:
         y = mt + ph - ph * v / top
@@ -91,6 +99,7 @@ def latency_histogram(buckets: Sequence[tuple[float, float, int]], title: str, d
                    f'<text x="{ml - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#4d5656">{fmt_count(v)}</text>')
         v += step
     bw = pw / len(slots)
+    every = max(1, math.ceil(44 / bw))
     for k, i in enumerate(slots):
         c = counts[i]
         lo, hi = (0 if i == 0 else 2 ** i), 2 ** (i + 1)
@@ -100,15 +109,20 @@ def latency_histogram(buckets: Sequence[tuple[float, float, int]], title: str, d
             color = "#C0392B" if lo >= 1e6 else "#E69F00" if lo >= 1e4 else "#0072B2"
             out.append(f'<rect x="{x + 1:.1f}" y="{mt + ph - h:.1f}" width="{max(bw - 2, 1):.1f}" height="{h:.1f}" '
                        f'fill="{color}"><title>{fmt_us(lo)}–{fmt_us(hi)}: {c}</title></rect>')
-        if k % max(1, len(slots) // 8) == 0:
-            out.append(f'<text x="{x:.1f}" y="{mt + ph + 16}" text-anchor="middle" fill="#4d5656">{fmt_us(lo)}</text>')
-    for name, val in (marks or {}).items():
+        if (i - lo_i) % every == 0:
+            out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{mt + ph}" y2="{mt + ph + 4}" stroke="#566573"/>'
+                       f'<text x="{x:.1f}" y="{mt + ph + 16}" text-anchor="middle" fill="#4d5656">{fmt_us(lo)}</text>')
+    for n, (name, val) in enumerate((marks or {}).items()):
         if not val:
             continue
         pos = min(max(math.log2(max(val, 1)) - lo_i, 0), len(slots))
         x = ml + pos * bw
+        right = x > ml + pw - 90
+        tx = x - 3 if right else x + 3
+        anchor = ' text-anchor="end"' if right else ""
         out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{mt}" y2="{mt + ph}" stroke="#1b2631" stroke-dasharray="3,3"/>'
-                   f'<text x="{x + 3:.1f}" y="{mt + 10}" fill="#1b2631" font-size="11">{esc(name)} {fmt_us(val)}</text>')
+                   f'<text x="{tx:.1f}" y="{mt + 10 + 13 * n}" fill="#1b2631" font-size="11"{anchor}>'
+                   f'{esc(name)} {fmt_us(val)}</text>')
     out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{mt + ph}" y2="{mt + ph}" stroke="#566573"/>'
                f'<line x1="{ml}" x2="{ml}" y1="{mt}" y2="{mt + ph}" stroke="#566573"/>'
                f'<text x="{ml + pw / 2}" y="{height - 10}" text-anchor="middle" fill="#1b2631">{esc(xlabel)}</text>'

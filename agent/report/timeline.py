@@ -225,7 +225,8 @@ def kernel_events(b: Bundle, win: _Window, flagged: dict[tuple[str, Any], str]) 
                 continue
         txt = b.has(DMESG_TXT)
         out.append(Event(t, b.host, "dmesg", str(r.get("message", "")).split("\n")[0], sev,
-                         file=DMESG_TXT if txt else "collectors/dmesg/dmesg.json", line=r.get("_line") if txt else None))
+                         file=DMESG_TXT if txt else "collectors/dmesg/dmesg.json", line=r.get("_line") if txt else None,
+                         ident=f"{(b.manifest.get('host') or {}).get('boot_id', '')}/{r.get('seq')}"))
     return out
 
 
@@ -354,7 +355,9 @@ def build(bundles: list[Bundle], findings: list[Finding], window_s: float = DEFA
     # two captures of one host hold the same kernel records and log lines: keep each once
     unique: dict[tuple, Event] = {}
     for e in events:
-        key = (e.host, e.source, e.time, e.event)
+        # kernel records by boot and seq (their wall-clock time is computed per capture, so it may differ
+        # by microseconds between two captures)
+        key = (e.host, e.source, e.ident) if e.ident else (e.host, e.source, e.time, e.event)
         if key not in unique or e.count > unique[key].count:
             unique[key] = e
     events = _cap(list(unique.values()))

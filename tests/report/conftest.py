@@ -9,8 +9,10 @@ snapshot`` as responders would:
   (the max is global and read-only inside a namespace on this kernel, so the namespace
   is filled to the host's max, about 5 s);
 - a listen-queue overflow on loopback in a second namespace (backlog 1, never accepting);
-- a deadlocked Python target (two threads, two locks) and a descriptor-hungry process
-  (soft RLIMIT_NOFILE 256, 240 open);
+- a deadlocked Python target (two threads, two locks), a descriptor-hungry process
+  (soft RLIMIT_NOFILE 256, 240 open), a process whose thread waits 0.3 s at a time for a
+  file lock another thread holds (slow ``flock`` calls), and busy loops sharing one CPU
+  (run-queue latency) while the eBPF probes run;
 - an application log with timestamped lines around the capture.
 Host ``web-1`` captures all of it; host ``web-2`` (the same machine under another
 ``host.name``) captures kernel messages and host facts into the same incident, so the
@@ -31,7 +33,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS = Path(__file__).resolve().parent / "targets"
-WANTED = ("dmesg", "host", "sockets", "conntrack", "logs", "process", "threads")
+WANTED = ("dmesg", "host", "sockets", "conntrack", "logs", "process", "threads", "runqlat", "syscalls", "tcpretrans")
+PROBES = {"runqlat", "syscalls", "tcpretrans"}
+SPINNERS = 6
 
 
 def run_gh(cfg: Path, *args: str, timeout: float = 300, env: dict | None = None,
@@ -109,10 +113,12 @@ class Incident:
     listen_port: int
     deadlock_pid: int
     fd_pid: int
+    lock_pid: int
     app_log: Path
     log_error: str
     conntrack_skip: str | None
     collectors: set[str]
+    spinners: list[int] = field(default_factory=list)
     bundles: list[Path] = field(default_factory=list)
     snapshots: list[dict] = field(default_factory=list)
 
@@ -155,7 +161,7 @@ def incident(tmp_path_factory):
             subprocess.run(["ip", "netns", "exec", ns_ct, sys.executable, "-c", FILL], check=True, timeout=120)
         # targets: a deadlock and a descriptor-hungry process (default signal dispositions, own session)
         targets = {}
-        for name in ("deadlock", "fd_hungry"):
+        for name in ("deadlock", "fd_hungry", "lock_contention"):
             p = subprocess.Popen([sys.executable, str(TARGETS / f"{name}.py")], stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True, start_new_session=True, restore_signals=True)
             procs.append(p)
@@ -196,14 +202,32 @@ def incident(tmp_path_factory):
                        f'paths = []\n{ns_lines}')
         inc = Incident(id=inc_id, store=store, cfg=cfg, workdir=work, oom_pid=oom_pid, oom_comm=oom_comm,
                        segv_pid=segv_pid, listen_port=listen_port, deadlock_pid=targets["deadlock"],
-                       fd_pid=targets["fd_hungry"], app_log=app_log, log_error=log_error,
+                       fd_pid=targets["fd_hungry"], lock_pid=targets["lock_contention"], app_log=app_log, log_error=log_error,
                        conntrack_skip=ct_skip, collectors=collectors)
         args = ["snapshot", "--incident", inc_id, "--title", "checkout latency and errors", "--json",
-                "--pid", str(targets["deadlock"]), "--pid", str(targets["fd_hungry"]), "--log", str(app_log),
+                "--pid", str(targets["deadlock"]), "--pid", str(targets["fd_hungry"]),
+                "--pid", str(targets["lock_contention"]), "--log", str(app_log),
                 "--reason", "report test"]
         for c in sorted(collectors):
             args += ["--collector", c]
-        cp = inc.gh(*args)
+        spinners: list[subprocess.Popen] = []
+        if collectors & PROBES:
+            args += ["--probe-seconds", "1"]
+        if "runqlat" in collectors:
+            # busy loops sharing CPU 0 wait for it in turn: real run-queue latency, only while captured
+            for _ in range(SPINNERS):
+                sp = subprocess.Popen([sys.executable, str(TARGETS / "spinner.py")], stdout=subprocess.PIPE,
+                                      text=True, start_new_session=True)
+                spinners.append(sp)
+                procs.append(sp)
+                assert sp.stdout.readline().startswith("READY")
+                args += ["--pid", str(sp.pid)]
+            inc.spinners = [sp.pid for sp in spinners]
+        try:
+            cp = inc.gh(*args)
+        finally:
+            for sp in spinners:
+                sp.kill()
         assert cp.returncode == 0, cp.stderr
         inc.snapshots.append(json.loads(cp.stdout))
         # a second host of the same incident

@@ -185,6 +185,7 @@ def test_two_captures_of_one_host_do_not_double_the_timeline(incident, tmp_path)
         oom = [e for e in rep["timeline"] if f"Killed process {incident.oom_pid}" in e["event"]]
         assert len(oom) == 1 and oom[0]["host"] == "web-2"
         assert len([e for e in rep["timeline"] if e["event"].startswith("Capture started")]) == 2
+        assert len([f for f in rep["findings"] if f["rule"] == "oom_kill" and incident.oom_comm in f["title"]]) == 1
     finally:
         for p in second.parent.glob(second.name.split(".tar.")[0] + "*"):
             p.unlink()

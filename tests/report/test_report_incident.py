@@ -5,6 +5,8 @@ import re
 
 import pytest
 
+SPINNERS_SEEN = 3    # of the 6 spinners: each waits for the other five, p99 well above 10 ms
+
 
 def _find(report: dict, rule: str, pattern: str, host: str | None = "web-1") -> dict:
     hits = [f for f in report["findings"] if f["rule"] == rule and re.search(pattern, f["title"])
@@ -149,3 +151,27 @@ def test_report_needs_no_capture_tool(incident, tmp_path):
     html = out.read_text()
     assert f"OOM killer killed {incident.oom_comm}" in html
     assert "report  " in cp.stdout and str(out) in cp.stdout
+
+
+def test_run_queue_latency_of_processes_sharing_a_cpu(incident, report):
+    if "runqlat" not in incident.collectors:
+        pytest.skip("no runqlat collector")
+    f = _find(report, "runqueue_latency", r"Run-queue latency: \d+ processes waited for a CPU, p99 up to ")
+    assert f["severity"] in ("warning", "critical")
+    seen = {int(re.search(r"pid (\d+)", p["label"]).group(1)): p for p in f["data"]["processes"]}
+    assert len(set(seen) & set(incident.spinners)) >= SPINNERS_SEEN, f["data"]
+    assert all(seen[pid]["p99_us"] >= 10_000 for pid in set(seen) & set(incident.spinners))
+    assert all(e["file"] == "collectors/runqlat/runqlat.json" for e in f["evidence"])
+
+
+def test_slow_lock_syscall_is_an_outlier_with_its_histogram(incident, report, tmp_path):
+    if "syscalls" not in incident.collectors:
+        pytest.skip("no syscalls collector")
+    f = _find(report, "syscall_latency", rf"^flock\(\) in python\S* \(pid {incident.lock_pid}\) took up to ")
+    assert f["severity"] in ("warning", "critical") and 200_000 <= f["data"]["max_us"] < 1_000_000
+    assert "file lock" in f["explanation"]
+    assert f["evidence"][0]["file"] == "collectors/syscalls/syscalls.json"
+    assert f["evidence"][0]["record"] == f"pid {incident.lock_pid} flock"
+    out = tmp_path / "r.html"
+    assert incident.gh("report", "--incident", incident.id, "--out", str(out)).returncode == 0
+    assert f"(pid {incident.lock_pid}): syscall latency" in out.read_text()

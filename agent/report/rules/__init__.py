@@ -122,5 +122,13 @@ def evaluate(bundles: list["Bundle"], window_s: float | None = None) -> list[Fin
                                    f"{type(exc).__name__}: {exc} ({tb}). What it looks for was not checked "
                                    f"on {b.host}; the evidence files are in the bundle for a manual look.",
                                    rule=r.name, host=b.host, evidence=[Evidence(b.host, "manifest.json")]))
-    out.sort(key=lambda f: f.sort_key())
-    return out
+    # two captures of one host see the same kernel records: one finding each
+    seen: set[tuple[str, str, str, str]] = set()
+    unique = []
+    for f in out:
+        key = (f.host, f.rule, f.title, f.severity)
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    unique.sort(key=lambda f: f.sort_key())
+    return unique

@@ -5,8 +5,7 @@ call with count, total, max, p50 and p99 latency and a log2 histogram), leaving 
 calls that wait by design (``epoll_wait``, ``poll``, ``select``, ``futex``,
 ``nanosleep``, ``wait4``, ``accept``...):
 - critical: a call that took 1 s or more, or a p99 of 100 ms or more over 10+ calls;
-- warning: a call of 100 ms or more that is 100× its own median, or a p99 of 20 ms or
-  more;
+- warning: a call of 100 ms or more, or a p99 of 20 ms or more over 10+ calls;
 - a call still in flight when the window ended (``in_flight``), blocked 1 s or more
   (critical) or 100 ms or more (warning): the stall itself, caught in the act. ``read``/``recv*``/``write`` to sockets and pipes may be waiting for a peer,
   so they are at most warnings.
@@ -28,6 +27,7 @@ io_getevents io_pgetevents io_uring_enter msgrcv semop semtimedop mq_timedreceiv
 select_tv""".split())
 MAYBE_PEER = frozenset("read readv recvfrom recvmsg recvmmsg recv write writev sendto sendmsg sendmmsg "
                        "splice connect".split())
+FILE_LOCKS = frozenset("flock fcntl".split())
 MAX_FINDINGS = 8
 
 
@@ -67,7 +67,7 @@ def evaluate(b) -> Iterator[Finding]:
         sev = None
         if mx >= 1e6 or (p99 is not None and p99 >= 1e5 and count >= 10):
             sev = CRITICAL
-        elif (mx >= 1e5 and p50 and mx >= 100 * p50) or (p99 is not None and p99 >= 2e4 and count >= 10):
+        elif mx >= 1e5 or (p99 is not None and p99 >= 2e4 and count >= 10):
             sev = WARNING
         if sev is None:
             continue
@@ -75,23 +75,6 @@ def evaluate(b) -> Iterator[Finding]:
             sev = WARNING
         hits.append((sev, mx, r, name, count, p50, p99))
     hits.sort(key=lambda h: (h[0] != CRITICAL, -h[1]))
-    for sev, mx, r, name, count, p50, p99 in hits[:MAX_FINDINGS]:
-        comm, pid = r.get("comm") or "?", r.get("pid")
-        peer = (" On a socket or pipe this call may simply be waiting for the other side; on a file or disk it "
-                "is the storage." if name in MAYBE_PEER else "")
-        yield Finding(
-            sev, f"{name}() in {comm} (pid {pid}) took up to {human_us(mx)} (p50 {human_us(p50)}, p99 {human_us(p99)})",
-            f"During the probe window {comm} made {count} {name}() calls; the typical one took {human_us(p50)} "
-            f"but the slowest took {human_us(mx)}. A system call that goes from microseconds to "
-            f"{'seconds' if mx >= 1e6 else 'tens or hundreds of milliseconds'} stalls the thread that made it "
-            "(a request, a lock holder): storage latency, a full disk queue, memory reclaim, a lock in the kernel, "
-            f"or a slow remote filesystem.{peer}",
-            rule="syscall_latency", host=b.host,
-            evidence=[Evidence(b.host, rel, record=f"pid {pid} {name}",
-                               excerpt=f"count {count}, total {human_us(us(r, 'total'))}, p50 {human_us(p50)}, "
-                                       f"p99 {human_us(p99)}, max {human_us(mx)}")],
-            data={"pid": pid, "comm": comm, "syscall": name, "count": count, "max_us": mx, "p50_us": p50,
-                  "p99_us": p99})
     stuck: dict[tuple[Any, str], list[dict[str, Any]]] = {}
     for r in (data or {}).get("in_flight") or []:
         if not isinstance(r, dict) or name_of(r) in WAITS:
@@ -99,6 +82,37 @@ def evaluate(b) -> Iterator[Finding]:
         age = us(r, "age")
         if age is not None and age >= 1e5:
             stuck.setdefault((r.get("pid"), name_of(r)), []).append(r)
+
+    def stuck_evidence(pid: Any, name: str) -> list[Evidence]:
+        return [Evidence(b.host, rel, record=f"in_flight pid {pid} tid {r.get('tid')} {name}",
+                         excerpt=f"still in the call at the end of the window: {human_us(us(r, 'age'))} so far, "
+                                 f"since {r.get('since_utc')}") for r in stuck.get((pid, name), [])[:3]]
+
+    for sev, mx, r, name, count, p50, p99 in hits[:MAX_FINDINGS]:
+        comm, pid = r.get("comm") or "?", r.get("pid")
+        peer = (" On a socket or pipe this call may simply be waiting for the other side; on a file or disk it "
+                "is the storage." if name in MAYBE_PEER else
+                " It waits for a file lock another process or thread holds: lock contention." if name in FILE_LOCKS
+                else "")
+        still = stuck.pop((pid, name), [])
+        if still:
+            peer += (f" {len(still)} call(s) were still blocked when the window ended, for up to "
+                     f"{human_us(max(us(x, 'age') or 0 for x in still))} so far.")
+            stuck[(pid, name)] = still
+        yield Finding(
+            sev, f"{name}() in {comm} (pid {pid}) took up to {human_us(mx)} (p50 {human_us(p50)}, p99 {human_us(p99)})",
+            f"During the probe window {comm} made {count} {name}() calls; the typical one took {human_us(p50)} "
+            f"and the slowest {human_us(mx)}. A system call that goes from microseconds to "
+            f"{'seconds' if mx >= 1e6 else 'tens or hundreds of milliseconds'} stalls the thread that made it "
+            "(a request, a lock holder): storage latency, a full disk queue, memory reclaim, a lock in the kernel, "
+            f"or a slow remote filesystem.{peer}",
+            rule="syscall_latency", host=b.host,
+            evidence=[Evidence(b.host, rel, record=f"pid {pid} {name}",
+                               excerpt=f"count {count}, total {human_us(us(r, 'total'))}, p50 {human_us(p50)}, "
+                                       f"p99 {human_us(p99)}, max {human_us(mx)}")] + stuck_evidence(pid, name),
+            data={"pid": pid, "comm": comm, "syscall": name, "count": count, "max_us": mx, "p50_us": p50,
+                  "p99_us": p99, "in_flight": len(still)})
+        stuck.pop((pid, name), None)
     for (pid, name), rs in sorted(stuck.items(), key=lambda kv: -max(us(r, "age") or 0 for r in kv[1]))[:MAX_FINDINGS]:
         age = max(us(r, "age") or 0 for r in rs)
         comm = rs[0].get("comm") or "?"
