@@ -10,7 +10,11 @@ started, never anything else: targets are never in our sessions) and records
 
 Pausing collectors (``pauses_target``) are serialised per target and bracketed by
 the pause ledger (``agent.pauses``), so a target stopped by a dump is running
-again afterwards, even if goldenhour itself is killed.
+again afterwards, even if goldenhour itself is killed. Stopped by SIGTERM or
+Ctrl-C while collectors run, the runner first stops them and releases their
+ledger entries (resuming what they paused, closing a Node inspector they
+opened), then exits as it would have. What a collector measured of its pause
+(``notes["pause"]``) is kept in the result's ``pause`` with the ledger's check.
 """
 from __future__ import annotations
 
@@ -268,6 +272,8 @@ def run_items(items: list[Item], staging: Path, *, deadline: float, capture: dic
     with ("start", item, None) and ("end", item, result) for progress display.
     """
     limits = limits or Limits()
+    if ledger_dir is not None:   # collectors that open something on a target (a Node inspector) record it there
+        capture = {**capture, "ledger_dir": str(ledger_dir)}
     jdir = staging / ".journal"
     jdir.mkdir(parents=True, exist_ok=True)
     pending = list(items)
@@ -313,9 +319,57 @@ def run_items(items: list[Item], staging: Path, *, deadline: float, capture: dic
             paused_targets.discard(run.item.target.pid)
             if run.ledger is not None:
                 res.pause = pauses.release(run.ledger)
+            if isinstance(res.notes.get("pause"), dict):     # what the collector measured
+                res.pause = {**(res.pause or {}), "measured": res.notes["pause"]}
         results[run.item.key] = res
         emit("end", run.item, res)
 
+    def abandon(why: str) -> None:
+        """On our way out (SIGTERM, Ctrl-C, an error): stop every running collector and resume
+        the targets they paused, so nothing stays stopped or open behind us."""
+        for fd, run in list(running.items()):
+            kill_session(run.pid)
+            finish(running.pop(fd), why)
+            results[run.item.key].status = INTERRUPTED
+
+    on_term = _install_term_handler(abandon)
+    try:
+        _loop(pending, running, results, paused_targets, start, finish, deadline, max_parallel, emit)
+    except BaseException:
+        abandon("interrupted: goldenhour was stopped; the collector was stopped with it")
+        raise
+    finally:
+        _restore_term_handler(on_term)
+    return [results[i.key] for i in items if i.key in results]
+
+
+def _install_term_handler(abandon: Callable[[str], None]) -> Any:
+    """SIGTERM while collectors run: clean up (resume paused targets), then die of SIGTERM as before,
+    so the staged evidence is salvaged by the next run. Only where SIGTERM still has its default action."""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        try:
+            abandon("interrupted: goldenhour received SIGTERM")
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+    signal.signal(signal.SIGTERM, handler)
+    return handler
+
+
+def _restore_term_handler(handler: Any) -> None:
+    if handler is not None and signal.getsignal(signal.SIGTERM) is handler:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _loop(pending: list[Item], running: dict[int, _Running], results: dict[str, ItemResult],
+          paused_targets: set[int], start: Callable[[Item], None], finish: Callable[[_Running, str | None], None],
+          deadline: float, max_parallel: int, emit: Callable[..., None]) -> None:
     while pending or running:
         now = time.monotonic()
         # start what may start
@@ -351,7 +405,6 @@ def run_items(items: list[Item], staging: Path, *, deadline: float, capture: dic
                 why = (f"exceeded its {run.item.timeout_s:g} s budget"
                        if run.deadline < deadline else "capture time budget exhausted")
                 finish(running.pop(fd), f"{why}; stopped (only goldenhour's own processes were killed)")
-    return [results[i.key] for i in items if i.key in results]
 
 
 def run_one(name: str, staging: Path, *, target: Target | None = None, options: dict[str, Any] | None = None,

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 from agent.collector import TargetGone, read_text
+from agent.redact import Redactor
 
 
 class TargetError(ValueError):
@@ -58,30 +59,180 @@ def parse_status(text: str) -> dict[str, str]:
     return out
 
 
+RUNTIMES = ("jvm", "python", "node", "go", "native")
+PY_EXE = re.compile(r"^python(\d(\.\d+)?)?[a-z]*(-dbg)?$")
+NODE_EXE = re.compile(r"^(node|nodejs)(\d+)?$")
+
+
 def detect_runtime(pid: int, exe: str = "", maps: str | None = None) -> str:
-    """jvm | python | node | go | native, from the executable, its maps and (Go) ELF notes."""
-    base = os.path.basename(exe)
+    """jvm | python | node | go | native (see ``runtime_evidence`` for the why)."""
+    return runtime_evidence(pid, exe, maps)[0]
+
+
+def runtime_evidence(pid: int, exe: str = "", maps: str | None = None,
+                     environ: dict[str, str] | None = None) -> tuple[str, str]:
+    """The runtime and the evidence for it, from the mapped libraries, the executable and the environment.
+
+    In order: ``libjvm.so`` mapped (HotSpot; also java launched under another name), an
+    executable named like CPython or ``libpython`` mapped (uwsgi, embedded interpreters),
+    an executable named ``node`` or ``libnode.so`` mapped, an ELF with Go's build-info
+    sections; then the executable's dynamic symbols (``_PyRuntime`` for a renamed CPython,
+    ``napi_module_register`` for a renamed Node); the environment last, for interpreters
+    whose executable cannot be read (``GOMAXPROCS``/``GODEBUG``/``GOTRACEBACK`` set).
+    """
+    base = os.path.basename(exe.removesuffix(" (deleted)"))
     if maps is None:
         maps = read_text(f"/proc/{pid}/maps", "") or ""
-    if "libjvm.so" in maps:
-        return "jvm"
-    if re.match(r"^python(\d(\.\d+)?)?[a-z]*$", base) or re.search(r"/libpython\d", maps):
-        return "python"
-    if base in ("node", "nodejs") or "libnode.so" in maps:
-        return "node"
-    if _is_go_binary(pid):
-        return "go"
-    return "native"
+    if "/libjvm.so" in maps:
+        return "jvm", "libjvm.so mapped"
+    if PY_EXE.match(base):
+        return "python", f"executable {base}"
+    m = re.search(r"/(libpython\d[\w.]*\.so)", maps)
+    if m:
+        return "python", f"{m.group(1)} mapped"
+    if NODE_EXE.match(base):
+        return "node", f"executable {base}"
+    if "/libnode.so" in maps:
+        return "node", "libnode.so mapped"
+    elf = elf_facts(f"/proc/{pid}/exe")
+    if elf.get("go"):
+        return "go", f"ELF section {elf['go']}"
+    if elf.get("python"):
+        return "python", "executable exports _PyRuntime"
+    if elf.get("node"):
+        return "node", "executable exports napi_module_register"
+    if environ is None:
+        environ = read_environ(pid)
+    if not elf.get("readable") and any(k in environ for k in ("GOMAXPROCS", "GODEBUG", "GOTRACEBACK")):
+        return "go", "environment GOMAXPROCS/GODEBUG/GOTRACEBACK (executable unreadable)"
+    return "native", "no runtime recognised"
 
 
-def _is_go_binary(pid: int) -> bool:
-    """Go binaries carry a .note.go.buildid / .go.buildinfo section; look for its magic."""
+def read_environ(pid: int) -> dict[str, str]:
+    raw = read_text(f"/proc/{pid}/environ", "") or ""
+    out = {}
+    for item in raw.split("\0"):
+        k, sep, v = item.partition("=")
+        if sep:
+            out[k] = v
+    return out
+
+
+def elf_facts(path: str, max_bytes: int = 64 * 2**20) -> dict[str, Any]:
+    """Go build-info sections and a few telling dynamic symbols of an ELF file, from its headers."""
+    import struct
+    out: dict[str, Any] = {"readable": False}
     try:
-        with open(f"/proc/{pid}/exe", "rb") as fh:
-            head = fh.read(4 * 2**20)
+        fh = open(path, "rb")
     except OSError:
-        return False
-    return b"\xff Go buildinf:" in head or b"Go build ID:" in head
+        return out
+    with fh:
+        head = fh.read(64)
+        if len(head) < 64 or head[:4] != b"\x7fELF":
+            return out
+        out["readable"] = True
+        is64, e = head[4] == 2, "<" if head[5] == 1 else ">"
+        try:
+            if is64:
+                shoff, = struct.unpack(e + "Q", head[40:48])
+                shentsize, shnum, shstrndx = struct.unpack(e + "HHH", head[58:64])
+            else:
+                shoff, = struct.unpack(e + "I", head[32:36])
+                shentsize, shnum, shstrndx = struct.unpack(e + "HHH", head[46:52])
+            if not shoff or not shnum or shnum > 4096:
+                return out
+            fh.seek(shoff)
+            table = fh.read(shentsize * shnum)
+            secs = []
+            for i in range(shnum):
+                ent = table[i * shentsize:(i + 1) * shentsize]
+                if is64:
+                    name, typ, _fl, _addr, off, size = struct.unpack(e + "IIQQQQ", ent[:40])
+                else:
+                    name, typ, _fl, _addr, off, size = struct.unpack(e + "IIIIII", ent[:24])
+                secs.append((name, typ, off, size))
+            _n, _t, stroff, strsize = secs[shstrndx]
+            fh.seek(stroff)
+            names = fh.read(min(strsize, 2**20))
+
+            def sec_name(n: int) -> str:
+                return names[n:names.index(b"\0", n)].decode("ascii", "replace") if n < len(names) else ""
+            by_name = {sec_name(n): (off, size) for n, _t, off, size in secs}
+        except (struct.error, ValueError, IndexError, OSError):
+            return out
+        for go in (".go.buildinfo", ".note.go.buildid", ".gopclntab"):
+            if go in by_name:
+                out["go"] = go
+                break
+        if ".dynstr" in by_name:
+            off, size = by_name[".dynstr"]
+            fh.seek(off)
+            dynstr = fh.read(min(size, max_bytes))
+            out["python"] = b"\0_PyRuntime\0" in dynstr
+            out["node"] = b"\0napi_module_register\0" in dynstr
+    return out
+
+
+NS_KINDS = ("pid", "mnt", "net", "user", "uts", "ipc", "cgroup")
+
+
+def namespaces(pid: int) -> dict[str, dict[str, Any]]:
+    """Each namespace of the process and whether it differs from goldenhour's."""
+    out: dict[str, dict[str, Any]] = {}
+    for ns in NS_KINDS:
+        try:
+            theirs = os.readlink(f"/proc/{pid}/ns/{ns}")
+        except OSError:
+            continue
+        try:
+            ours = os.readlink(f"/proc/self/ns/{ns}")
+        except OSError:
+            ours = ""
+        out[ns] = {"id": theirs, "shared_with_agent": theirs == ours}
+    return out
+
+
+_CONTAINER_PATTERNS = (
+    ("kubernetes", re.compile(r"kubepods.*?(?:cri-containerd-|crio-|docker-|/)([0-9a-f]{64})")),
+    ("docker", re.compile(r"(?:/docker/|docker-)([0-9a-f]{64})")),
+    ("podman", re.compile(r"libpod-(?:conmon-)?([0-9a-f]{64})")),
+    ("containerd", re.compile(r"cri-containerd-([0-9a-f]{64})")),
+    ("lxc", re.compile(r"/lxc(?:\.payload)?[./]([^/]+)")),
+    ("systemd-nspawn", re.compile(r"machine\.slice/(?:systemd-nspawn@|machine-)([^/]+?)(?:\.service|\.scope)")),
+)
+
+
+def cgroup_path(pid: int) -> str:
+    text = read_text(f"/proc/{pid}/cgroup", "") or ""
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            return line[3:]
+    return text.splitlines()[0].split(":", 2)[-1] if text.strip() else ""
+
+
+def container_info(pid: int, nspid: list[int], ns: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Is the process containerised, by which engine (from its cgroup), and how goldenhour reaches it."""
+    ns = ns if ns is not None else namespaces(pid)
+    cg = cgroup_path(pid)
+    own = [k for k, v in ns.items() if not v["shared_with_agent"]]
+    info: dict[str, Any] = {"in_container": len(nspid) > 1 or "mnt" in own, "own_namespaces": own,
+                            "cgroup": cg}
+    for kind, rx in _CONTAINER_PATTERNS:
+        m = rx.search(cg)
+        if m:
+            info["engine"], info["id"] = kind, m.group(1)
+            break
+    unit = re.findall(r"([^/]+\.(?:service|scope))(?=/|$)", cg)
+    if unit:
+        info["unit"] = unit[-1]
+    if len(nspid) > 1:
+        info["pid_in_namespace"] = nspid[-1]
+    if own:
+        info["how"] = ("handled from the host: host PID for ptrace tools (py-spy, gdb, eu-stack) and signals; "
+                       "files through /proc/PID/root; the Node inspector reached by entering the target's network "
+                       "namespace (setns); jcmd through /proc/PID/root/tmp, or inside the target's mount namespace "
+                       "(nsenter -m) when only that differs")
+    return info
 
 
 @dataclass
@@ -96,6 +247,10 @@ class Target:
     nspid: list[int] = field(default_factory=list)   # the PID in each nested PID namespace
     container: bool = False          # in another PID or mount namespace than ours
     reason: str = ""                 # why it was chosen (--pid, --unit x, top-cpu...)
+    runtime_evidence: str = ""       # why ``runtime`` was chosen
+    namespaces: dict[str, Any] = field(default_factory=dict)   # kind -> {id, shared_with_agent}
+    container_info: dict[str, Any] = field(default_factory=dict)
+    cmdline_redactions: int = 0      # values in ``cmdline`` replaced by agent.redact
 
     @classmethod
     def from_pid(cls, pid: int, reason: str = "") -> "Target":
@@ -108,17 +263,26 @@ class Target:
         except OSError:
             exe = ""
         raw = (read_text(f"/proc/{pid}/cmdline", "") or "")
-        cmdline = [a for a in raw.split("\0") if a]
+        red = Redactor()
+        cmdline = red.argv([a for a in raw.split("\0") if a])   # the manifest lists targets: no secrets
         nspid = [int(x) for x in status.get("NSpid", str(pid)).split()]
         uid = int(status["Uid"].split()[0]) if "Uid" in status else None
         container = len(nspid) > 1 or _other_ns(pid, "mnt")
+        runtime, evidence = runtime_evidence(pid, exe)
+        ns = namespaces(pid)
         return cls(pid=pid, start_time=st["starttime"], comm=st["comm"], exe=exe, cmdline=cmdline,
-                   runtime=detect_runtime(pid, exe), uid=uid, nspid=nspid, container=container,
-                   reason=reason)
+                   runtime=runtime, uid=uid, nspid=nspid, container=container,
+                   reason=reason, runtime_evidence=evidence, namespaces=ns,
+                   container_info=container_info(pid, nspid, ns), cmdline_redactions=red.count)
 
     @property
     def key(self) -> str:
         return f"{self.pid}"
+
+    @property
+    def ns_pid(self) -> int:
+        """The PID as the process sees itself (last NSpid field)."""
+        return self.nspid[-1] if self.nspid else self.pid
 
     def alive(self) -> bool:
         """True if the same process (PID and start time) still exists."""

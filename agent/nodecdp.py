@@ -1,0 +1,403 @@
+"""A stdlib-only Chrome DevTools Protocol client for running Node.js processes, that never
+leaves an inspector open.
+
+Where it sits: the ``threads`` collector (diagnostic report, main-thread JS stack) and the
+``heap`` collector (heap snapshot) use ``Inspector``; the pause ledger (``agent.pauses``) runs
+``python -m agent.nodecdp close-left-open ENTRY_JSON`` at start-up for an inspector a dead
+goldenhour may have left open.
+
+Opening (``Inspector.__enter__``), each step a guard from the danger list:
+
+1. the port: ``--inspect-port``/``--inspect[-brk]=[host:]port`` on the command line or in
+   ``NODE_OPTIONS``, else 9229;
+2. enter the target's network namespace (``setns``): the inspector listens there, and a
+   client in the wrong namespace would fail *and leave the port open*. Only ever done in a
+   process of our own (a collector child, or the ledger's helper), never in goldenhour itself;
+3. if the port already answers, the target must be the one behind it (``process.pid`` equals
+   the last ``NSpid`` field): an inspector we did not open is used as it is and left open;
+   anyone else's port means refusal, no signal;
+4. record "inspector opened on (pid, start time)" in the ledger *before* signalling;
+5. ``SIGUSR1`` through ``agent.safety.send`` (identity by pidfd, SigCgt must have SIGUSR1);
+6. connect, check ``process.pid`` again.
+
+Closing (``__exit__``, also on errors and on SIGTERM): ``inspector.close()`` evaluated in the
+target (runs via a V8 interrupt, so it works on a stuck event loop too), wait until the port
+no longer answers, then remove the ledger entry. If the port stays open the entry stays, and
+the next goldenhour start tries again.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import ctypes
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+CLONE_NEWNET = 0x40000000
+CLOSE_EXPR = ("(process.getBuiltinModule ? process.getBuiltinModule('node:inspector')"
+              " : process.mainModule.require('inspector')).close()")
+
+
+class CDPError(Exception):
+    pass
+
+
+# -- where the inspector listens -------------------------------------------------
+
+def _proc_argv(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return [a.decode("utf-8", "replace") for a in fh.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def _node_options(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            for item in fh.read().split(b"\0"):
+                if item.startswith(b"NODE_OPTIONS="):
+                    return item[len(b"NODE_OPTIONS="):].decode("utf-8", "replace").split()
+    except OSError:
+        pass
+    return []
+
+
+def inspector_address(pid: int) -> tuple[str, int, bool]:
+    """(host to connect to, port, started with --inspect*) from the command line and NODE_OPTIONS."""
+    host, port, started = "127.0.0.1", 9229, False
+    for a in _node_options(pid) + _proc_argv(pid):
+        m = re.match(r"^--(inspect(?:-brk|-wait)?|inspect-port|debug-port)(?:=(.*))?$", a)
+        if not m:
+            continue
+        if m.group(1) != "inspect-port" and m.group(1) != "debug-port":
+            started = True
+        val = m.group(2)
+        if not val:
+            continue
+        h, _, p = val.rpartition(":")
+        if p.isdigit():
+            port = int(p)
+        if h and h not in ("0.0.0.0", "[::]", "::", "localhost"):
+            host = h.strip("[]")
+    return host, port, started
+
+
+def enter_netns(pid: int) -> bool:
+    """setns(2) this process into ``pid``'s network namespace; False if it is already ours."""
+    if os.readlink(f"/proc/{pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+        return False
+    fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if hasattr(os, "setns"):
+            os.setns(fd, CLONE_NEWNET)
+        else:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)
+    return True
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def list_targets(host: str, port: int, timeout: float = 1.0) -> list[dict[str, Any]]:
+    h = f"[{host}]" if ":" in host else host
+    with urllib.request.urlopen(f"http://{h}:{port}/json/list", timeout=timeout) as r:
+        return json.load(r)
+
+
+# -- the WebSocket and the CDP session -----------------------------------------------
+
+class WS:
+    """RFC 6455 client: masked text frames out, reassembled messages in."""
+
+    def __init__(self, url: str, timeout: float = 30):
+        if not url.startswith("ws://"):
+            raise CDPError(f"unexpected debugger URL {url!r}")
+        hostport, path = url[5:].split("/", 1)
+        host, port = hostport.rsplit(":", 1)
+        self.s = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.s.sendall((f"GET /{path} HTTP/1.1\r\nHost: {hostport}\r\nUpgrade: websocket\r\n"
+                        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                        "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.s.recv(1)
+            if not chunk:
+                raise ConnectionError("inspector closed during the handshake")
+            head += chunk
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            raise ConnectionError(head.decode(errors="replace").splitlines()[0])
+        self.buf = b""
+
+    def _read(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            chunk = self.s.recv(max(65536, n - len(self.buf)))
+            if not chunk:
+                raise ConnectionError("inspector closed the connection")
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def send(self, obj: Any) -> None:
+        data = json.dumps(obj).encode()
+        n = len(data)
+        if n < 126:
+            head = bytes([0x81, 0x80 | n])
+        elif n < 65536:
+            head = bytes([0x81, 0x80 | 126]) + struct.pack(">H", n)
+        else:
+            head = bytes([0x81, 0x80 | 127]) + struct.pack(">Q", n)
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+        self.s.sendall(head + mask + masked)
+
+    def recv(self) -> dict[str, Any]:
+        msg = b""
+        while True:
+            b0, b1 = self._read(2)
+            n = b1 & 0x7F
+            if n == 126:
+                n = struct.unpack(">H", self._read(2))[0]
+            elif n == 127:
+                n = struct.unpack(">Q", self._read(8))[0]
+            payload = self._read(n)
+            op = b0 & 0x0F
+            if op == 0x8:
+                raise ConnectionError("inspector sent close")
+            if op in (0x9, 0xA):
+                continue
+            msg += payload
+            if b0 & 0x80:
+                return json.loads(msg)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.s.close()
+
+
+class Session:
+    def __init__(self, ws: WS):
+        self.ws, self.next_id = ws, 0
+        self.timings: list[dict[str, Any]] = []   # (method, seconds): the event loop was busy at most this
+
+    def call(self, method: str, on_event: Callable[[dict[str, Any]], None] | None = None,
+             timeout: float | None = None, **params: Any) -> dict[str, Any]:
+        self.next_id += 1
+        my = self.next_id
+        t0 = time.monotonic()
+        self.ws.s.settimeout(timeout if timeout is not None else 60)
+        self.ws.send({"id": my, "method": method, "params": params})
+        while True:
+            m = self.ws.recv()
+            if m.get("id") == my:
+                self.timings.append({"method": method, "s": round(time.monotonic() - t0, 4)})
+                if "error" in m:
+                    raise CDPError(f"{method}: {m['error'].get('message', m['error'])}")
+                return m.get("result", {})
+            if on_event:
+                on_event(m)
+
+    def evaluate(self, expr: str, timeout: float | None = None) -> Any:
+        r = self.call("Runtime.evaluate", expression=expr, returnByValue=True, timeout=timeout)
+        if "exceptionDetails" in r:
+            d = r["exceptionDetails"]
+            raise CDPError(f"evaluation failed: {(d.get('exception') or {}).get('description') or d.get('text')}")
+        return r.get("result", {}).get("value")
+
+
+# -- the inspector's lifecycle ---------------------------------------------------------
+
+def _nspid(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("NSpid:"):
+                return int(line.split()[-1])
+    return pid
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            text = fh.read().decode("utf-8", "replace")
+        return int(text[text.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _connect(host: str, port: int, pid: int) -> tuple[WS, Session]:
+    targets = list_targets(host, port)
+    if not targets:
+        raise CDPError(f"the inspector on {host}:{port} lists no targets")
+    ws = WS(targets[0]["webSocketDebuggerUrl"])
+    sess = Session(ws)
+    try:
+        theirs = sess.evaluate("process.pid", timeout=10)
+    except Exception:
+        ws.close()
+        raise
+    if int(theirs) != _nspid(pid):
+        ws.close()
+        raise CDPError(f"the inspector on {host}:{port} belongs to PID {theirs} (in its namespace), "
+                       f"not to {pid}: refusing to use it")
+    return ws, sess
+
+
+def close_via(sess: Session, ws: WS, host: str, port: int, wait_s: float = 3.0) -> bool:
+    """Evaluate inspector.close() in the target; True once the port no longer answers."""
+    sess.next_id += 1
+    with contextlib.suppress(OSError, ConnectionError):
+        ws.send({"id": sess.next_id, "method": "Runtime.evaluate", "params": {"expression": CLOSE_EXPR}})
+        ws.s.settimeout(5)
+        while True:         # Node ends our session itself
+            ws.recv()
+    ws.close()
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if not port_open(host, port):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+class _Terminated(BaseException):
+    pass
+
+
+class Inspector:
+    """``with Inspector(pid, start_time, ledger_dir) as sess:`` a verified CDP session, always closed.
+
+    Must run in a process of goldenhour's own that may change network namespace (a collector
+    child). ``facts`` collects what happened, for the manifest.
+    """
+
+    def __init__(self, pid: int, start_time: int, ledger_dir: str | os.PathLike[str] | None,
+                 open_wait_s: float = 5.0):
+        self.pid, self.start_time = pid, start_time
+        self.ledger_dir = Path(ledger_dir) if ledger_dir else None
+        self.open_wait_s = open_wait_s
+        self.host, self.port, self.started_with_inspector = inspector_address(pid)
+        self.facts: dict[str, Any] = {"port": self.port, "host": self.host}
+        self.ws: WS | None = None
+        self.sess: Session | None = None
+        self.we_opened = False
+        self.entry: Path | None = None
+        self._old_term: Any = None
+
+    def _ledger_entry(self) -> Path | None:
+        if self.ledger_dir is None:
+            return None
+        self.ledger_dir.mkdir(parents=True, exist_ok=True)
+        path = self.ledger_dir / f"{self.pid}-{self.start_time}-inspector.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"kind": "inspector", "pid": self.pid, "start_time": self.start_time,
+                                   "host": self.host, "port": self.port, "owner_pid": os.getpid(),
+                                   "owner_start": _start_time(os.getpid()), "at": time.time()}))
+        os.replace(tmp, path)
+        return path
+
+    def __enter__(self) -> Session:
+        from agent import safety
+        if threading.current_thread() is threading.main_thread():
+            def on_term(signum: int, frame: Any) -> None:
+                raise _Terminated()
+            self._old_term = signal.signal(signal.SIGTERM, on_term)
+        try:
+            self.facts["netns_entered"] = enter_netns(self.pid)
+            if port_open(self.host, self.port):
+                # someone listens already: only the target itself is acceptable, and then we leave it open
+                self.ws, self.sess = _connect(self.host, self.port, self.pid)
+                self.facts["inspector_was_open"] = True
+                return self.sess
+            safety.check_signal(self.pid, signal.SIGUSR1, "node")
+            self.entry = self._ledger_entry()
+            self.we_opened = True
+            safety.send(self.pid, self.start_time, signal.SIGUSR1, "node")
+            self.facts["opened_by"] = "SIGUSR1"
+            deadline = time.monotonic() + self.open_wait_s
+            while True:
+                try:
+                    list_targets(self.host, self.port, timeout=0.5)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise CDPError(f"the inspector did not open on {self.host}:{self.port} within "
+                                       f"{self.open_wait_s:g} s (port taken, or --disable-sigusr1)") from None
+                    time.sleep(0.02)
+            self.ws, self.sess = _connect(self.host, self.port, self.pid)
+            return self.sess
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            if self.we_opened:
+                closed = False
+                if self.sess is not None and self.ws is not None:
+                    closed = close_via(self.sess, self.ws, self.host, self.port)
+                elif not port_open(self.host, self.port):
+                    closed = True
+                else:
+                    with contextlib.suppress(Exception):
+                        ws, sess = _connect(self.host, self.port, self.pid)
+                        closed = close_via(sess, ws, self.host, self.port)
+                self.facts["inspector_closed"] = closed
+                if closed and self.entry is not None:
+                    self.entry.unlink(missing_ok=True)
+            elif self.ws is not None:
+                self.ws.close()     # not ours to close: leave it as we found it
+        finally:
+            if self._old_term is not None:
+                signal.signal(signal.SIGTERM, self._old_term)
+                self._old_term = None
+
+
+def close_left_open(entry: dict[str, Any]) -> dict[str, Any]:
+    """For the ledger: close an inspector a dead goldenhour opened on (pid, start time)."""
+    pid = int(entry["pid"])
+    out: dict[str, Any] = {"pid": pid, "kind": "inspector"}
+    if _start_time(pid) != entry.get("start_time"):
+        out["state_after"] = "gone"
+        return out
+    host, port = entry.get("host", "127.0.0.1"), int(entry.get("port", 9229))
+    try:
+        enter_netns(pid)
+        if not port_open(host, port):
+            out["inspector"] = "already closed"
+            return out
+        ws, sess = _connect(host, port, pid)
+        out["inspector"] = "closed" if close_via(sess, ws, host, port) else "still open"
+    except Exception as exc:  # noqa: BLE001 - reported to the caller
+        out["inspector"] = f"not closed: {type(exc).__name__}: {exc}"
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "close-left-open":
+        print(json.dumps(close_left_open(json.loads(argv[1]))))
+        return 0
+    print("usage: python -m agent.nodecdp close-left-open ENTRY_JSON", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,135 @@
+"""Secret redaction for command lines and environments.
+
+Used by ``agent.targets`` (the manifest's target list), the ``process`` collector
+(``/proc/PID/cmdline``, ``/proc/PID/environ``) and ``threads`` (the Node.js diagnostic
+report's environment and command line). A redacted value becomes ``[REDACTED]``;
+names are kept, so a responder still sees *that* a variable was set. Every replacement is
+counted and the count and the rules below go into the manifest (``redaction``).
+
+Rules (``RULES``, in the manifest word for word):
+
+1. **Sensitive names.** A variable, option, property or ``key=value`` pair whose *name*
+   contains ``token``, ``secret``, ``passw`` (password, passwd), ``credential``,
+   ``authorization``, ``cookie``, ``session``, ``private``, ``apikey``/``api_key``,
+   ``access_key``, ``signature`` or ``passphrase`` anywhere (case-insensitive), or has a
+   word (split at ``_ . -`` and camelCase) equal to ``key``, ``pass``, ``pwd``, ``pw``,
+   ``auth``, ``jwt``, ``dsn``, ``salt`` or ``otp``, has its value redacted, unless the
+   name's last word is ``file``, ``path``, ``dir`` or ``filename`` (it names where a secret
+   lives, not the secret).
+2. **Command-line forms.** ``--name=value``, ``-Dname=value``, ``name=value`` and
+   ``--name value`` (the next argument, when it does not start with ``-``) with a sensitive
+   name.
+3. **Secret-shaped values, whatever their name**: the password in a URL's user info
+   (``scheme://user:PASSWORD@host``), ``Bearer``/``Basic``/``Token``/``Digest`` credentials,
+   JSON Web Tokens (``eyJ...``), AWS access key IDs (``AKIA``/``ASIA``...), GitHub
+   (``ghp_``, ``gho_``, ``ghu_``, ``ghs_``, ``ghr_``, ``github_pat_``), GitLab (``glpat-``),
+   Slack (``xox?-``), Stripe (``sk_live_``/``rk_live_``), Google API keys (``AIza...``), npm
+   (``npm_``) tokens, and PEM private key blocks.
+
+Heap dumps and core images cannot be redacted: they hold whatever the process held.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable
+
+MASK = "[REDACTED]"
+STRONG = ("token", "secret", "passw", "credential", "authorization", "cookie", "session", "private",
+          "apikey", "api_key", "api-key", "access_key", "accesskey", "signature", "passphrase")
+WORDS = frozenset({"key", "pass", "pwd", "pw", "auth", "jwt", "dsn", "salt", "otp"})
+EXEMPT_LAST = frozenset({"file", "path", "dir", "filename"})
+
+RULES = [
+    "names containing " + ", ".join(s for s in STRONG if "-" not in s) + " (case-insensitive)",
+    "names with a word (split at _ . - and camelCase) equal to " + ", ".join(sorted(WORDS)),
+    "except names whose last word is " + ", ".join(sorted(EXEMPT_LAST)),
+    "command-line forms --name=value, -Dname=value, name=value and --name value",
+    "URL user-info passwords, Bearer/Basic/Token/Digest credentials, JWTs, AWS access key IDs, "
+    "GitHub/GitLab/Slack/Stripe/Google/npm tokens, PEM private keys, whatever their name",
+]
+
+_SHAPES = [
+    (re.compile(r"(?P<keep>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^/\s:@]*:)(?P<secret>[^/\s@]+)(?=@)"), "url"),
+    (re.compile(r"(?P<keep>\b(?:Bearer|Basic|Token|Digest)\s+)(?P<secret>[A-Za-z0-9._~+/=\-]{8,})", re.I), "auth"),
+    (re.compile(r"(?P<secret>\beyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*)"), "jwt"),
+    (re.compile(r"(?P<secret>\b(?:AKIA|ASIA)[A-Z0-9]{16}\b)"), "aws"),
+    (re.compile(r"(?P<secret>\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}|glpat-[A-Za-z0-9_\-]{20,}"
+                r"|xox[abprs]-[A-Za-z0-9\-]{10,}|(?:sk|rk)_live_[A-Za-z0-9]{16,}|AIza[0-9A-Za-z_\-]{35}"
+                r"|npm_[A-Za-z0-9]{36})\b)"), "token"),
+    (re.compile(r"(?P<secret>-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$))", re.S), "pem"),
+]
+_INLINE = re.compile(r"(?P<key>(?<![A-Za-z0-9_.\-])-{0,2}[A-Za-z_][A-Za-z0-9_.\-]*)=(?P<value>[^\s&;,]+)")
+
+
+def _words(name: str) -> list[str]:
+    name = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)
+    return [w for w in re.split(r"[^A-Za-z0-9]+", name.lower()) if w]
+
+
+def sensitive_name(name: str) -> bool:
+    """Rule 1: does this variable/option/property name hold a secret?"""
+    words = _words(name.lstrip("-").removeprefix("D") if name.startswith("-D") else name.lstrip("-"))
+    if not words or words[-1] in EXEMPT_LAST:
+        return False
+    low = name.lower()
+    return any(s in low for s in STRONG) or any(w in WORDS for w in words)
+
+
+class Redactor:
+    """Counts what it redacts; ``count`` goes into the manifest."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def text(self, s: str) -> str:
+        """Rule 3 (secret shapes) and inline ``name=value`` pairs with a sensitive name."""
+        for rx, _kind in _SHAPES:
+            s, n = rx.subn(lambda m: (m.groupdict().get("keep") or "") + MASK, s)
+            self.count += n
+
+        def inline(m: re.Match[str]) -> str:
+            if m.group("value") == MASK or not sensitive_name(m.group("key")):
+                return m.group(0)
+            self.count += 1
+            return f"{m.group('key')}={MASK}"
+        return _INLINE.sub(inline, s)
+
+    def env(self, items: Iterable[str]) -> list[str]:
+        """``NAME=value`` strings (an environ block)."""
+        out = []
+        for item in items:
+            name, sep, value = item.partition("=")
+            if sep and value and sensitive_name(name):
+                self.count += 1
+                out.append(f"{name}={MASK}")
+            else:
+                out.append(f"{name}{sep}{self.text(value)}" if sep else self.text(item))
+        return out
+
+    def mapping(self, env: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for k, v in env.items():
+            if isinstance(v, str) and v and sensitive_name(k):
+                self.count += 1
+                out[k] = MASK
+            else:
+                out[k] = self.text(v) if isinstance(v, str) else v
+        return out
+
+    def argv(self, args: list[str]) -> list[str]:
+        """A command line: rules 2 and 3."""
+        out: list[str] = []
+        redact_next = False
+        for a in args:
+            if redact_next and not a.startswith("-"):
+                self.count += 1
+                out.append(MASK)
+                redact_next = False
+                continue
+            redact_next = False
+            if a.startswith("-") and "=" not in a and len(a) > 2 and sensitive_name(a):
+                out.append(a)
+                redact_next = True
+                continue
+            out.append(self.text(a))
+        return out
