@@ -1,0 +1,447 @@
+"""User-space thread dumps of each target, with the least harmful tool for its runtime.
+
+What, per runtime (``agent.targets`` detects it; ../shared/runtime-dumps.md has the measurements):
+- CPython: ``py-spy dump --json --native`` (Python and native frames, thread names, idle/active,
+  GIL owner); without ``--native`` in another mount namespace; ``--nonblocking`` (no ptrace
+  stop, a stack may be torn) when the process is traced already or has threads in D state.
+- JVM: ``jcmd PID Thread.print`` (``-l`` with ``jvm_locks = true``: it walks the heap, ~0.2 s
+  per GiB) after the identity and SIGQUIT checks of ``agent.safety.jvm_attach_precheck``; a JVM
+  without a SIGQUIT handler (``-Xrs``) is dumped only through its existing attach socket
+  (HotSpot's attach protocol, spoken directly: no signal can be sent), else refused. Parsed
+  into threads, frames, held/awaited monitors and the deadlocks the JVM found.
+- Node.js: the inspector (``agent.nodecdp``): SIGUSR1 only if the process catches it, CDP in the
+  target's network namespace, ``process.pid`` verified, ``process.report.getReport()`` (native
+  stack, libuv handles, resource usage; environment redacted), the main thread's JS stack via
+  ``Debugger.pause`` (idle event loop: recorded as idle), worker names; then
+  ``inspector.close()`` always, and the ledger entry that would close it at the next start if
+  goldenhour died.
+- Go: ``/debug/pprof/goroutine?debug=2`` when ``go_pprof`` names the address (fetched inside the
+  target's network namespace); else ``dlv attach`` answering ``n`` to "kill the process?"; else
+  gdb's native stacks. Never SIGQUIT (it ends a Go program).
+- native (and fallbacks): ``eu-stack -p PID -m -s -i`` (1-2 ms), gdb
+  ``-batch -nx -iex 'set debuginfod enabled off' -iex 'set sysroot /proc/PID/root' /proc/PID/exe
+  -p PID -ex 'thread apply all bt'`` (~0.2 s, thread names, namespace-aware) for containers.
+Why: which threads were blocked on what, a deadlock, a stuck event loop: the evidence a
+restart destroys first.
+Produces: ``threads.txt`` (human-readable dump: the tool's own text, or py-spy/Node rendered),
+the tool's raw output (``py-spy.json``, ``node-report.json``, ``goroutines.txt``...) and
+``threads.json``: {runtime, tool, pid, threads: [{name, tid, state, frames: [{function, file,
+line, native?}], waiting_on?, holds?, os_state?}], deadlocks: [{threads, text}], pause}.
+Overhead: pauses the target (ptrace stop or safepoint): py-spy 2-10 ms, jcmd Thread.print
+6-90 ms (``-l``: +0.2 s/GiB of heap), eu-stack 1-2 ms, gdb ~0.2 s, Node report 12-31 ms
+(+ ~70 ms for the JS stack), dlv ~1 s. One pausing collector per target at a time (runner);
+the pause is measured (JVM: its safepoint counters; Node: the CDP calls; ptrace tools: the
+tool's wall time, an upper bound) and recorded as ``pause`` in the manifest. Helpers run at
+normal priority while the target is paused.
+Caveats: ptrace-based tools refuse a process already traced or with threads in D state (their
+kernel stacks are in ``process``). eu-stack symbolizes with the host's files: a container gets gdb.
+Options: ``[collectors.threads] native`` (py-spy --native, default true), ``locals`` (py-spy
+--locals, default false: locals can hold secrets), ``jvm_locks`` (false), ``js_stack`` (true),
+``go_pprof`` ("" or "127.0.0.1:6060"), ``native_tool`` ("auto", "eu-stack" or "gdb"), and tool
+paths ``py_spy``, ``jcmd``, ``eu_stack``, ``gdb``, ``dlv``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from agent import safety
+from agent.collector import Collector, Scope, Skip, TargetGone, read_text, which
+from agent.redact import RULES, Redactor
+from collectors import _jvm, _stacks
+
+TOOL_TIMEOUT_S = 30.0
+
+
+def tool(ctx, key: str, name: str) -> str | None:
+    """A helper's path: the option ``key`` if set (a path, or empty to disable), else PATH."""
+    if key in ctx.options:
+        p = str(ctx.options[key] or "")
+        return p if p and os.access(p, os.X_OK) else None
+    if name == "py-spy":
+        venv = Path(sys.executable).parent / "py-spy"
+        if venv.exists():
+            return str(venv)
+    return which(name)
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    out = {}
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            out[int(tid)] = (read_text(f"/proc/{pid}/task/{tid}/comm", "") or "").strip()
+    except OSError:
+        pass
+    return out
+
+
+def _os_states(doc: dict[str, Any], pid: int) -> None:
+    states = safety.thread_states(pid)
+    for t in doc["threads"]:
+        tid = t.get("tid")
+        if isinstance(tid, int) and tid in states:
+            t["os_state"] = states[tid]
+            if not t.get("state"):
+                t["state"] = states[tid]
+
+
+def _gone_or(t, msg: str) -> Exception:
+    if not t.alive():
+        return TargetGone(f"process {t.pid} ({t.comm}) exited during the dump")
+    return RuntimeError(msg)
+
+
+def _tail(ctx, name: str | None) -> str:
+    if not name:
+        return ""
+    p = ctx.out / name
+    try:
+        return p.read_text(errors="replace").strip()[-400:]
+    except OSError:
+        return ""
+
+
+# -- CPython -----------------------------------------------------------------------
+
+def dump_python(ctx) -> dict[str, Any]:
+    t = ctx.target
+    exe = tool(ctx, "py_spy", "py-spy")
+    if not exe:
+        raise Skip("py-spy not found (it is a goldenhour dependency: pip install py-spy)")
+    why = safety.ptrace_precheck(t.pid)
+    nonblocking = bool(ctx.options.get("nonblocking", False))
+    if why:
+        if why.startswith("kernel.yama") or "zombie" in why:
+            raise Skip(why)
+        nonblocking = True     # no ptrace stop: py-spy reads the memory with process_vm_readv
+        ctx.partial(f"{why}; used py-spy --nonblocking (the process was not stopped; a stack may be torn)")
+    native = bool(ctx.options.get("native", True)) and not t.container and not nonblocking
+    argv = [exe, "dump", "--pid", str(t.pid), "--json"]
+    if ctx.options.get("locals"):
+        argv.append("--locals")
+    if nonblocking:
+        argv.append("--nonblocking")
+    t.ensure_alive()
+    safety.normal_priority()
+    res = ctx.run(argv + (["--native"] if native else []), stdout="py-spy.json", timeout_s=TOOL_TIMEOUT_S)
+    pause = res.duration_s
+    if not res.ok and native:
+        if not t.alive():
+            raise TargetGone(f"process {t.pid} exited during the dump")
+        ctx.note(native_failed=_tail(ctx, res.stderr))
+        res = ctx.run(argv, stdout="py-spy.json", timeout_s=TOOL_TIMEOUT_S)
+        pause = max(pause, res.duration_s)
+        native = False
+    if not res.ok:
+        raise _gone_or(t, f"py-spy failed (rc {res.returncode}): {_tail(ctx, res.stderr) or res.error}")
+    try:
+        data = json.loads((ctx.out / "py-spy.json").read_text())
+    except ValueError as exc:
+        raise _gone_or(t, f"py-spy printed no JSON: {exc}") from None
+    header = f"Process {t.pid}: {' '.join(t.cmdline)[:300]}\n(py-spy dump{' --native' if native else ''})\n"
+    ctx.write_text("threads.txt", _stacks.render_pyspy(data, header))
+    return {"tool": "py-spy dump" + (" --native" if native else "") + (" --nonblocking" if nonblocking else ""),
+            "threads": _stacks.from_pyspy(data),
+            "pause": {"technique": "py-spy (ptrace)" if not nonblocking else "py-spy --nonblocking (no stop)",
+                      "upper_bound_s": 0.0 if nonblocking else pause,
+                      "how": "the helper's wall time: the process is stopped only while py-spy reads it"}}
+
+
+# -- JVM -----------------------------------------------------------------------------
+
+def jcmd(ctx, command: list[str], stdout: str, timeout_s: float = TOOL_TIMEOUT_S) -> tuple[str, dict[str, Any]]:
+    """Run a jcmd command against the target after every check; returns (output, pause facts)."""
+    t = ctx.target
+    nspid = t.ns_pid
+    perf_before = _jvm.perfdata(t.pid, nspid)
+    why = safety.jvm_attach_precheck(t.pid, t.start_time, perf=perf_before)
+    direct = False
+    if why:
+        if why.startswith(safety.NO_SIGQUIT_HANDLER) and os.path.exists(_jvm.socket_path(t.pid, nspid)):
+            direct = True     # the attach listener runs already: speak its protocol, no signal possible
+        else:
+            raise Skip(why)
+    exe = tool(ctx, "jcmd", "jcmd")
+    if not exe and not direct:
+        raise Skip("jcmd not found: install a JDK (Debian: openjdk-17-jdk-headless) to dump JVMs")
+    safety.normal_priority()
+    t0 = time.monotonic()
+    if direct:
+        try:
+            rc, out = _jvm.attach(t.pid, nspid, " ".join(command), timeout_s=timeout_s)
+        except OSError as exc:
+            raise _gone_or(t, f"attach socket: {exc}") from None
+        ctx.write_text(stdout, out)
+        ctx.note(jvm_attach="HotSpot attach socket, spoken directly (the JVM has no SIGQUIT handler)")
+        if rc != 0:
+            raise _gone_or(t, f"the JVM answered {rc}: {out.strip()[:300]}")
+    else:
+        argv = [exe, str(t.pid), *command]
+        ns = t.namespaces or {}
+        if ns.get("mnt", {}).get("shared_with_agent") is False and ns.get("pid", {}).get("shared_with_agent", True):
+            # private /tmp, same PID namespace (systemd PrivateTmp=): jcmd must see the JVM's /tmp
+            argv = [which("nsenter") or "nsenter", "-t", str(t.pid), "-m", exe, str(t.pid), *command]
+            ctx.note(jvm_attach="jcmd inside the JVM's mount namespace (nsenter -m): private /tmp")
+        res = ctx.run(argv, stdout=stdout, timeout_s=timeout_s)
+        out = (ctx.out / stdout).read_text(errors="replace") if (ctx.out / stdout).exists() else ""
+        if not res.ok or "Exception" in out[:2000].split("\n", 3)[-1][:300]:
+            msg = (out.strip().splitlines() or [""])[-1] or _tail(ctx, res.stderr) or res.error or ""
+            raise _gone_or(t, f"jcmd {' '.join(command)} failed (rc {res.returncode}): {msg[:300]}")
+    wall = round(time.monotonic() - t0, 4)
+    pause = _jvm.pause_between(perf_before, _jvm.perfdata(t.pid, nspid)) or {
+        "upper_bound_s": wall, "how": "jcmd's wall time (no JVM perf counters: -XX:-UsePerfData?)"}
+    return out, {"technique": f"jcmd {' '.join(command)} (safepoint)", "wall_s": wall, **pause}
+
+
+def dump_jvm(ctx) -> dict[str, Any]:
+    cmd = ["Thread.print"] + (["-l"] if ctx.options.get("jvm_locks") else [])
+    out, pause = jcmd(ctx, cmd, "threads.txt")
+    parsed = _jvm.parse_thread_print(out)
+    if not parsed["threads"]:
+        raise RuntimeError(f"jcmd Thread.print printed no threads: {out.strip()[:300]}")
+    return {"tool": "jcmd " + " ".join(cmd), "threads": parsed["threads"], "deadlocks": parsed["deadlocks"],
+            "pause": pause}
+
+
+# -- Node.js ---------------------------------------------------------------------------
+
+def dump_node(ctx) -> dict[str, Any]:
+    from agent.nodecdp import CDPError, Inspector
+    t = ctx.target
+    t.ensure_alive()
+    safety.normal_priority()
+    red = Redactor()
+    ins = Inspector(t.pid, t.start_time, ctx.capture.get("ledger_dir"))
+    js_frames: list[dict[str, Any]] | None = None
+    paused_s = 0.0
+    workers: list[dict[str, Any]] = []
+    try:
+        with ins as sess:
+            report = json.loads(sess.evaluate("JSON.stringify(process.report.getReport())", timeout=30))
+            if ctx.options.get("js_stack", True):
+                js_frames, paused_s = _js_stack(sess, float(ctx.options.get("js_stack_wait_s", 1.0)))
+            events: list[dict[str, Any]] = []
+            try:
+                sess.call("NodeWorker.enable", on_event=events.append, waitForDebuggerOnStart=False, timeout=5)
+                sess.ws.s.settimeout(0.2)
+                try:
+                    while True:
+                        events.append(sess.ws.recv())
+                except (OSError, ConnectionError):
+                    pass
+                sess.call("NodeWorker.disable", on_event=lambda m: None, timeout=5)
+            except (CDPError, OSError) as exc:
+                ctx.note(workers_error=str(exc))
+            workers = [e["params"]["workerInfo"] for e in events if e.get("method") == "NodeWorker.attachedToWorker"]
+            timings = list(sess.timings)
+    except (CDPError, OSError, ConnectionError) as exc:
+        ctx.note(inspector=ins.facts)
+        if not t.alive():
+            raise TargetGone(f"process {t.pid} exited during the dump") from None
+        raise RuntimeError(f"Node inspector: {exc}") from None
+    except Exception as exc:
+        ctx.note(inspector=ins.facts)
+        if type(exc).__name__ == "UnsafeSignal":
+            raise Skip(str(exc)) from None
+        raise
+    ctx.note(inspector=ins.facts)
+    if ins.facts.get("inspector_closed") is False:
+        ctx.partial("the inspector did not close: the ledger keeps it, the next goldenhour start closes it")
+    if isinstance(report.get("environmentVariables"), dict):
+        report["environmentVariables"] = red.mapping(report["environmentVariables"])
+    hdr = report.get("header") or {}
+    if isinstance(hdr.get("commandLine"), list):
+        hdr["commandLine"] = red.argv([str(a) for a in hdr["commandLine"]])
+    for w in report.get("workers") or []:
+        if isinstance(w.get("environmentVariables"), dict):
+            w["environmentVariables"] = red.mapping(w["environmentVariables"])
+    ctx.note(redaction={"count": red.count, "rules": RULES})
+    ctx.write_json("node-report.json", report)
+    main_state = "idle" if js_frames is not None and not js_frames else "running" if js_frames else ""
+    threads = [{"name": "main", "tid": t.pid, "state": main_state, "frames": js_frames or [],
+                "native_stack": [f.get("symbol", "").strip() for f in report.get("nativeStack") or []][:64]}]
+    for i, w in enumerate(workers):
+        sub = (report.get("workers") or [{}] * len(workers))[i] if i < len(report.get("workers") or []) else {}
+        st = (sub.get("javascriptStack") or {}).get("stack") or []
+        threads.append({"name": w.get("title", f"worker {w.get('workerId')}"), "tid": None, "state": "",
+                        "frames": [{"function": s.removeprefix("at ").strip()} for s in st if s != "Unavailable."]})
+    lines = [f"Node.js {hdr.get('nodejsVersion', '')} pid {t.pid}: {' '.join(hdr.get('commandLine') or [])}"]
+    for th in threads:
+        lines.append(f'Thread "{th["name"]}" ({th["state"] or "?"})')
+        lines += [f"    {f['function']} ({f.get('file', '')}:{f.get('line', '')})" for f in th["frames"]]
+    lines.append("Main thread native stack (at the report):")
+    lines += [f"    {s}" for s in threads[0]["native_stack"]]
+    ctx.write_text("threads.txt", "\n".join(lines) + "\n")
+    evals = [x["s"] for x in timings if x["method"] == "Runtime.evaluate"]
+    return {"tool": "Node inspector (CDP): process.report.getReport()" + (", Debugger.pause" if js_frames is not None else ""),
+            "threads": threads,
+            "pause": {"technique": "Node inspector evaluation on the main thread",
+                      "upper_bound_s": round(max(evals + [paused_s]), 4),
+                      "debugger_paused_s": round(paused_s, 4),
+                      "how": "CDP round trips: the event loop was blocked at most this long"},
+            "libuv_handles": len(report.get("libuv") or []),
+            "workers": workers}
+
+
+def _js_stack(sess, wait_s: float) -> tuple[list[dict[str, Any]], float]:
+    """Main thread's JS frames via Debugger.pause; [] when no JS runs within ``wait_s`` (idle loop)."""
+    noop = lambda m: None  # noqa: E731
+    scripts: dict[str, str] = {}               # scriptId -> url (CallFrame.url may be empty)
+
+    def on_script(m: dict[str, Any]) -> None:
+        if m.get("method") == "Debugger.scriptParsed":
+            scripts[m["params"]["scriptId"]] = m["params"].get("url", "")
+    sess.call("Debugger.enable", on_event=on_script, timeout=30)
+    paused: dict[str, Any] = {}
+
+    def on_event(m: dict[str, Any]) -> None:
+        on_script(m)
+        if m.get("method") == "Debugger.paused":
+            paused.update(m["params"])
+            paused["_at"] = time.monotonic()
+    try:
+        sess.call("Debugger.pause", on_event=on_event, timeout=10)
+        sess.ws.s.settimeout(wait_s)
+        try:
+            while not paused:
+                on_event(sess.ws.recv())
+        except (TimeoutError, OSError):
+            pass
+        frames: list[dict[str, Any]] = []
+        held = 0.0
+        if paused:
+            for f in paused.get("callFrames") or []:
+                loc = f["location"]
+                frames.append({"function": f.get("functionName") or "(anonymous)",
+                               "file": f.get("url") or scripts.get(loc.get("scriptId", ""), ""),
+                               "line": f["location"]["lineNumber"] + 1, "column": f["location"]["columnNumber"] + 1})
+            sess.call("Debugger.resume", on_event=noop, timeout=10)
+            held = time.monotonic() - paused["_at"]
+    finally:
+        sess.call("Debugger.disable", on_event=noop, timeout=10)   # also cancels a pending pause
+    return frames, held
+
+
+# -- Go --------------------------------------------------------------------------------
+
+def dump_go(ctx) -> dict[str, Any]:
+    t = ctx.target
+    addr = str(ctx.options.get("go_pprof") or "")
+    if addr:
+        from agent.nodecdp import enter_netns
+        try:
+            enter_netns(t.pid)
+            t0 = time.monotonic()
+            with urllib.request.urlopen(f"http://{addr}/debug/pprof/goroutine?debug=2", timeout=15) as r:
+                text = r.read(ctx.limits.max_file_bytes).decode("utf-8", "replace")
+            took = time.monotonic() - t0
+            ctx.write_text("threads.txt", text)
+            threads = _stacks.parse_goroutines(text)
+            if threads:
+                return {"tool": f"pprof goroutine?debug=2 at {addr}", "threads": threads,
+                        "pause": {"technique": "goroutine profile (stop-the-world walk)", "upper_bound_s": round(took, 4),
+                                  "how": "HTTP round trip"}}
+            ctx.note(go_pprof_error="no goroutines in the answer")
+        except OSError as exc:
+            ctx.note(go_pprof_error=str(exc))
+    dlv = tool(ctx, "dlv", "dlv")
+    if dlv:
+        why = safety.ptrace_precheck(t.pid)
+        if why:
+            raise Skip(why)
+        t.ensure_alive()
+        safety.normal_priority()
+        # Delve asks "Would you like to kill the process? [Y/n]" on exit: the default kills (danger 8)
+        res = ctx.run([dlv, "attach", str(t.pid), "--allow-non-terminal-interactive=true"], stdout="threads.txt",
+                      stdin=b"goroutines -t 50\nexit\nn\n", timeout_s=60)
+        if not t.alive():
+            raise TargetGone(f"process {t.pid} exited during the dlv dump")
+        text = (ctx.out / "threads.txt").read_text(errors="replace")
+        threads = _stacks.parse_dlv_goroutines(text)
+        if threads:
+            return {"tool": "dlv attach: goroutines -t", "threads": threads,
+                    "pause": {"technique": "Delve (ptrace)", "upper_bound_s": res.duration_s,
+                              "how": "the helper's wall time"}}
+        ctx.note(dlv_error=_tail(ctx, res.stderr) or "no goroutines parsed")
+    ctx.note(go_fallback="native stacks of the OS threads (no goroutines): set go_pprof or install delve")
+    return dump_native(ctx, prefer="gdb")
+
+
+# -- native ------------------------------------------------------------------------------
+
+def dump_native(ctx, prefer: str = "") -> dict[str, Any]:
+    t = ctx.target
+    why = safety.ptrace_precheck(t.pid)
+    if why:
+        raise Skip(why)
+    choice = str(ctx.options.get("native_tool", "auto") or "auto")
+    eu, gdb = tool(ctx, "eu_stack", "eu-stack"), tool(ctx, "gdb", "gdb")
+    use_gdb = choice == "gdb" or prefer == "gdb" or (choice == "auto" and t.container) or not eu
+    names = thread_names(t.pid)
+    t.ensure_alive()
+    safety.normal_priority()
+    if not use_gdb and eu:
+        res = ctx.run([eu, "-p", str(t.pid), "-m", "-s", "-i"], stdout="threads.txt", timeout_s=TOOL_TIMEOUT_S)
+        threads = _stacks.parse_eu_stack((ctx.out / "threads.txt").read_text(errors="replace"), names)
+        if threads and res.returncode in (0, 1):
+            return {"tool": "eu-stack", "threads": threads,
+                    "pause": {"technique": "eu-stack (ptrace)", "upper_bound_s": res.duration_s,
+                              "how": "the helper's wall time"}}
+        if not t.alive():
+            raise TargetGone(f"process {t.pid} exited during the dump")
+        ctx.note(eu_stack_error=_tail(ctx, res.stderr) or f"rc {res.returncode}")
+    if not gdb:
+        raise Skip("neither eu-stack (Debian: elfutils) nor gdb found")
+    res = ctx.run(gdb_argv(gdb, t.pid, ["thread apply all bt"]), stdout="threads.txt",
+                  env={**os.environ, "DEBUGINFOD_URLS": ""}, timeout_s=TOOL_TIMEOUT_S)
+    threads = _stacks.parse_gdb((ctx.out / "threads.txt").read_text(errors="replace"), names)
+    if not threads:
+        raise _gone_or(t, f"gdb showed no threads (rc {res.returncode}): {_tail(ctx, res.stderr)}")
+    return {"tool": "gdb thread apply all bt", "threads": threads,
+            "pause": {"technique": "gdb (ptrace)", "upper_bound_s": res.duration_s, "how": "the helper's wall time"}}
+
+
+def gdb_argv(gdb: str, pid: int, commands: list[str], symbols: bool = True) -> list[str]:
+    """gdb in batch mode, no init files, no debuginfod (no network wait while the target is stopped),
+    the target's own files (sysroot /proc/PID/root: right inside containers, and allowed by the
+    systemd sandbox where gdb's own setns is not)."""
+    argv = [gdb, "-batch", "-nx", "-iex", "set debuginfod enabled off", "-iex", f"set sysroot /proc/{pid}/root"]
+    if not symbols:
+        argv += ["-iex", "set auto-solib-add off"]
+    argv += [f"/proc/{pid}/exe", "-p", str(pid)]
+    for c in commands:
+        argv += ["-ex", c]
+    return argv
+
+
+DUMPERS = {"python": dump_python, "jvm": dump_jvm, "node": dump_node, "go": dump_go, "native": dump_native}
+
+
+def collect(ctx) -> None:
+    t = ctx.target
+    t.ensure_alive()
+    runtime = t.runtime if t.runtime in DUMPERS else "native"
+    doc = DUMPERS[runtime](ctx)
+    doc = {"runtime": runtime, "pid": t.pid, "start_time": t.start_time, "comm": t.comm, **doc}
+    doc.setdefault("deadlocks", [])
+    if runtime in ("python", "jvm", "native", "go") and doc["tool"].split()[0] in ("py-spy", "jcmd", "eu-stack", "gdb"):
+        _os_states(doc, t.pid)
+    doc["captured_at"] = time.time()
+    ctx.write_json("threads.json", doc)
+    ctx.note(tool=doc["tool"], threads=len(doc["threads"]), deadlocks=len(doc["deadlocks"]), pause=doc["pause"])
+    st = t.state()
+    if st is None:
+        raise TargetGone(f"process {t.pid} exited during the dump")
+
+
+COLLECTOR = Collector(
+    name="threads",
+    summary="per target: user-space thread dump with the runtime's own tool (py-spy, jcmd Thread.print, Node "
+            "inspector report, Go pprof/dlv, eu-stack/gdb), parsed to threads.json with deadlocks.",
+    scope=Scope.PROCESS, collect=collect, profiles=frozenset({"standard", "full"}), timeout_s=60,
+    pauses_target=True, volatility=20)
