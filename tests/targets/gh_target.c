@@ -40,8 +40,11 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "--ticker")) ticker_path = argv[++i];
         else if (!strcmp(argv[i], "--heap-mb")) heap_mb = atol(argv[++i]);
     }
-    srand(42);                                  /* text-like bytes (~6 bits/byte), not zeros */
-    for (long i = 0; i < heap_mb; i++) { char *p = malloc(1 << 20); for (int j = 0; j < (1 << 20); j++) p[j] = (char)(32 + (rand() & 63)); }
+    unsigned long long x = 42;                  /* text-like bytes (~6 bits/byte), not zeros (xorshift: fast) */
+    for (long i = 0; i < heap_mb; i++) {
+        char *p = malloc(1 << 20);
+        for (int j = 0; j < (1 << 20); j++) { x ^= x << 13; x ^= x >> 7; x ^= x << 17; p[j] = (char)(32 + (x & 63)); }
+    }
     pthread_barrier_init(&both_hold_one, NULL, 3);
     start("gh-deadlock-a", deadlock_a);
     start("gh-deadlock-b", deadlock_b);
