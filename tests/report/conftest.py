@@ -13,6 +13,8 @@ snapshot`` as responders would:
   (soft RLIMIT_NOFILE 256, 240 open), a process whose thread waits 0.3 s at a time for a
   file lock another thread holds (slow ``flock`` calls), and busy loops sharing one CPU
   (run-queue latency) while the eBPF probes run;
+- a JVM whose two threads deadlock on two monitors (``tests/dumptargets.py``), when a JDK
+  and the threads collector are here;
 - an application log with timestamped lines around the capture.
 Host ``web-1`` captures all of it; host ``web-2`` (the same machine under another
 ``host.name``) captures kernel messages and host facts into the same incident, so the
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -114,6 +117,8 @@ class Incident:
     deadlock_pid: int
     fd_pid: int
     lock_pid: int
+    jvm_pid: int | None
+    jvm_skip: str
     app_log: Path
     log_error: str
     conntrack_skip: str | None
@@ -142,8 +147,23 @@ def incident(tmp_path_factory):
     collectors = {c for c in WANTED if c in avail}
     ct_skip = conntrack_fillable() if "conntrack" in collectors else "no conntrack collector"
     procs: list[subprocess.Popen] = []
+    stoppers: list = []
     namespaces: list[str] = []
     try:
+        # a JVM whose two threads deadlock (the runtime itself reports it), when the threads collector and a
+        # JDK are here; started first so its deadlock has formed long before the capture
+        jvm, jvm_skip = None, ""
+        if "threads" not in collectors:
+            jvm_skip = "no threads collector"
+        elif not (shutil.which("java") and shutil.which("javac") and shutil.which("jcmd")):
+            jvm_skip = "no JDK (java, javac, jcmd)"
+        else:
+            try:
+                from tests import dumptargets
+                jvm = dumptargets.jvm_target(work)
+                stoppers.append(jvm.stop)
+            except (ImportError, AttributeError) as exc:
+                jvm_skip = f"tests/dumptargets.py has no JVM target ({exc})"
         # listen-queue overflow in its own namespace (fresh counters: exactly what we caused)
         ns_listen = make_netns("gh-rpt-ls", conntrack=False)
         namespaces.append(ns_listen)
@@ -202,11 +222,13 @@ def incident(tmp_path_factory):
                        f'paths = []\n{ns_lines}')
         inc = Incident(id=inc_id, store=store, cfg=cfg, workdir=work, oom_pid=oom_pid, oom_comm=oom_comm,
                        segv_pid=segv_pid, listen_port=listen_port, deadlock_pid=targets["deadlock"],
-                       fd_pid=targets["fd_hungry"], lock_pid=targets["lock_contention"], app_log=app_log, log_error=log_error,
+                       fd_pid=targets["fd_hungry"], lock_pid=targets["lock_contention"],
+                       jvm_pid=jvm.pid if jvm else None, jvm_skip=jvm_skip, app_log=app_log, log_error=log_error,
                        conntrack_skip=ct_skip, collectors=collectors)
         args = ["snapshot", "--incident", inc_id, "--title", "checkout latency and errors", "--json",
                 "--pid", str(targets["deadlock"]), "--pid", str(targets["fd_hungry"]),
                 "--pid", str(targets["lock_contention"]), "--log", str(app_log),
+                *(["--pid", str(jvm.pid)] if jvm else []),
                 "--reason", "report test"]
         for c in sorted(collectors):
             args += ["--collector", c]
@@ -239,6 +261,8 @@ def incident(tmp_path_factory):
         inc.bundles = [Path(s["bundle"]) for s in inc.snapshots]
         yield inc
     finally:
+        for stop in stoppers:
+            stop()
         for p in procs:
             if p.poll() is None:
                 if p.stdin:
