@@ -116,7 +116,7 @@ def parse_format(text: str) -> dict[str, dict[str, Any]]:
         line = line.strip()
         if not line.startswith("field:"):
             continue
-        parts = dict(p.split(":", 1) for p in line.split(";") if ":" in p)
+        parts = {k.strip(): v.strip() for k, v in (p.split(":", 1) for p in line.split(";") if ":" in p)}
         decl = parts.get("field", "")
         fname = decl.split()[-1].split("[")[0] if decl.split() else ""
         if not fname or fname.startswith("common_"):

@@ -121,3 +121,8 @@ def pid_alive(pid: int) -> bool:
 def target_json(pid: int, reason: str = "--pid") -> dict[str, Any]:
     from agent.targets import Target
     return Target.from_pid(pid, reason).to_json()
+
+
+def which_all(*names: str) -> bool:
+    from agent.collector import which
+    return all(which(n) for n in names)
