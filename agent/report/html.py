@@ -152,9 +152,22 @@ def _findings(findings: list[Finding]) -> str:
                    '<th scope="col">severity</th><th scope="col">finding</th><th scope="col">hosts</th>'
                    '<th scope="col">when (UTC)</th></tr></thead><tbody>')
         rows: dict[tuple[str, str], list[tuple[int, Finding]]] = {}
+        old: dict[str, list[tuple[int, Finding]]] = {}
         for i, f in enumerate(findings, 1):
-            rows.setdefault((f.severity, f.title), []).append((i, f))
-        for (sev, title), fs in rows.items():
+            if f.data.get("before_window"):
+                old.setdefault(f.rule, []).append((i, f))
+            else:
+                rows.setdefault((f.severity, f.title), []).append((i, f))
+        for rule, fs in old.items():       # context from before the window: a few rows, or one for many
+            if len(fs) <= 3:
+                for i, f in fs:
+                    rows.setdefault((f.severity, f.title), []).append((i, f))
+            else:
+                first = min(fs, key=lambda x: x[0])
+                rows[(first[1].severity, f"{len(fs)} earlier findings of rule {rule}, from before the window")] = \
+                    sorted(fs, key=lambda x: x[1].time or datetime.min.replace(tzinfo=timezone.utc))
+        order = {CRITICAL: 0, WARNING: 1, INFO: 2}
+        for (sev, title), fs in sorted(rows.items(), key=lambda kv: (order[kv[0][0]], min(i for i, _ in kv[1]))):
             i, f = fs[0]
             hosts = ", ".join(sorted({x.host for _, x in fs}))
             out.append(f'<tr class="{e(sev)}"><td><span class="sev {e(sev)}">{e(sev)}</span></td>'

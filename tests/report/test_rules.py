@@ -380,3 +380,15 @@ def test_kernel_evidence_older_than_the_window_is_demoted(tmp_path):
     assert f.data["before_window"]
     f = next(f for f in from_bundles([load_folder(folder)], window_s=4 * 86400).findings if f.rule == "oom_kill")
     assert f.severity == "critical"
+
+
+def test_many_old_findings_are_one_row_at_a_glance(tmp_path):
+    lines = [(3, f"Out of memory: Killed process {100 + i} (job-{i}) total-vm:100kB, anon-rss:50kB, file-rss:0kB, "
+                 "shmem-rss:0kB, UID:0 pgtables:4kB oom_score_adj:0") for i in range(6)]
+    folder = bm.make(tmp_path, {"collectors/dmesg/dmesg.json": bm.dmesg_json(lines, start=bm.T0 - timedelta(hours=5))})
+    rep = from_bundles([load_folder(folder)])
+    assert len([f for f in rep.findings if f.rule == "oom_kill" and f.severity == "warning"]) == 6
+    html = render(rep, "html")
+    glance = html[html.index('<table class="glance">'):html.index("</table>", html.index('<table class="glance">'))]
+    assert "6 earlier findings of rule oom_kill, from before the window" in glance
+    assert "job-3" not in glance and html.count('<article class="finding warning"') == 6
