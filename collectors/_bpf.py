@@ -76,20 +76,36 @@ def _libc():
 
 
 def ensure_tracefs() -> dict[str, Any]:
-    """A readable tracefs for bcc; mounts one privately in this process when the host has none."""
+    """A readable tracefs for bcc, in a private mount namespace of this process.
+
+    The collector's child process gets its own mount namespace (propagation private), so
+    someone unmounting the host's tracefs mid-window cannot pull it away, and when the
+    host has none mounted (no systemd), the one mounted here is seen by nothing else and
+    disappears with the process.
+    """
+    global _TRACEFS
+    if _TRACEFS is not None and os.getpid() == _TRACEFS[0]:
+        return _TRACEFS[1]
+    info = _ensure_tracefs()
+    _TRACEFS = (os.getpid(), info)
+    return info
+
+
+_TRACEFS: tuple[int, dict[str, Any]] | None = None
+
+
+def _ensure_tracefs() -> dict[str, Any]:
+    libc = _libc()
+    private = libc.unshare(CLONE_NEWNS) == 0 and libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) == 0
+    err = ctypes.get_errno()
     base = tracefs_path()
     if base:
-        return {"path": base, "mount": "host"}
+        return {"path": base, "mount": "host" + (" (private copy)" if private else "")}
     if "tracefs" not in (read_text("/proc/filesystems", "") or ""):
         raise Skip("the kernel has no tracefs: tracepoints cannot be attached")
-    libc = _libc()
-    if libc.unshare(CLONE_NEWNS) != 0:
-        err = ctypes.get_errno()
+    if not private:
         raise Skip(f"tracefs is not mounted and a private mount namespace was refused: {os.strerror(err)}")
-    # stop our mount from propagating to the host's namespace, then mount tracefs
-    if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0 or \
-            libc.mount(b"tracefs", TRACEFS_PATHS[0].encode(), b"tracefs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                       None) != 0:
+    if libc.mount(b"tracefs", TRACEFS_PATHS[0].encode(), b"tracefs", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) != 0:
         err = ctypes.get_errno()
         raise Skip(f"tracefs is not mounted and could not be mounted privately: {os.strerror(err)}")
     return {"path": TRACEFS_PATHS[0],
