@@ -261,20 +261,31 @@ def _connect(host: str, port: int, pid: int) -> tuple[WS, Session]:
     return ws, sess
 
 
-def close_via(sess: Session, ws: WS, host: str, port: int, wait_s: float = 3.0) -> bool:
-    """Evaluate inspector.close() in the target; True once the port no longer answers."""
-    sess.next_id += 1
-    with contextlib.suppress(OSError, ConnectionError):
-        ws.send({"id": sess.next_id, "method": "Runtime.evaluate", "params": {"expression": CLOSE_EXPR}})
-        ws.s.settimeout(5)
-        while True:         # Node ends our session itself
-            ws.recv()
-    ws.close()
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        if not port_open(host, port):
-            return True
-        time.sleep(0.02)
+def close_via(sess: Session, ws: WS, host: str, port: int, pid: int | None = None, wait_s: float = 3.0,
+              grace_s: float = 0.25) -> bool:
+    """Evaluate inspector.close() in the target; True once the port no longer answers.
+
+    ``inspector.close()`` blocks the target's main thread until every session has gone, and Node
+    usually ends ours itself. When it does not within ``grace_s`` we hang up ourselves (waiting
+    longer would only keep the target blocked); if the port is still open then, once more."""
+    for attempt in range(2):
+        sess.next_id += 1
+        with contextlib.suppress(OSError, ConnectionError):
+            ws.send({"id": sess.next_id, "method": "Runtime.evaluate", "params": {"expression": CLOSE_EXPR}})
+            ws.s.settimeout(grace_s)
+            while True:         # until Node ends our session, or the grace period ends
+                ws.recv()
+        ws.close()
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if not port_open(host, port):
+                return True
+            time.sleep(0.02)
+        if attempt == 0 and pid is not None:
+            try:
+                ws, sess = _connect(host, port, pid)      # still the target's inspector?
+            except (OSError, ConnectionError, CDPError, ValueError):
+                return False
     return False
 
 
@@ -353,13 +364,13 @@ class Inspector:
             if self.we_opened:
                 closed = False
                 if self.sess is not None and self.ws is not None:
-                    closed = close_via(self.sess, self.ws, self.host, self.port)
+                    closed = close_via(self.sess, self.ws, self.host, self.port, self.pid)
                 elif not port_open(self.host, self.port):
                     closed = True
                 else:
                     with contextlib.suppress(Exception):
                         ws, sess = _connect(self.host, self.port, self.pid)
-                        closed = close_via(sess, ws, self.host, self.port)
+                        closed = close_via(sess, ws, self.host, self.port, self.pid)
                 self.facts["inspector_closed"] = closed
                 if closed and self.entry is not None:
                     self.entry.unlink(missing_ok=True)
@@ -385,7 +396,7 @@ def close_left_open(entry: dict[str, Any]) -> dict[str, Any]:
             out["inspector"] = "already closed"
             return out
         ws, sess = _connect(host, port, pid)
-        out["inspector"] = "closed" if close_via(sess, ws, host, port) else "still open"
+        out["inspector"] = "closed" if close_via(sess, ws, host, port, pid) else "still open"
     except Exception as exc:  # noqa: BLE001 - reported to the caller
         out["inspector"] = f"not closed: {type(exc).__name__}: {exc}"
     return out

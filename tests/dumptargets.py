@@ -162,15 +162,15 @@ def c_target(tmp: Path, heap_mb: int = 4, name: str = "c") -> Target:
                   ticker=tmp / f"{name}.tick").wait_deadlocked()
 
 
-def jvm_target(tmp: Path, *jvm_opts: str, name: str = "jvm") -> Target:
-    return Target(["java", "-Xmx64m", "-XX:+UseSerialGC", "-Xshare:auto", *jvm_opts, "-cp", build_java(), "GhTarget",
-                   "--ticker", tmp / f"{name}.tick", "--heap-mb", "4"], ticker=tmp / f"{name}.tick")
+def jvm_target(tmp: Path, *jvm_opts: str, name: str = "jvm", heap_mb: int = 4) -> Target:
+    return Target(["java", "-Xmx64m", "-XX:+UseSerialGC", *jvm_opts, "-cp", build_java(), "GhTarget",
+                   "--ticker", tmp / f"{name}.tick", "--heap-mb", str(heap_mb)], ticker=tmp / f"{name}.tick")
 
 
 def node_target(tmp: Path, *extra: str, env: dict | None = None, prefix: list[str] | None = None,
-                name: str = "node") -> Target:
+                name: str = "node", heap_mb: int = 4) -> Target:
     return Target([*(prefix or []), "node", TARGETS / "gh_target.js", "--ticker", tmp / f"{name}.tick",
-                   "--heap-mb", "4", *extra], ticker=tmp / f"{name}.tick", env=env)
+                   "--heap-mb", str(heap_mb), *extra], ticker=tmp / f"{name}.tick", env=env)
 
 
 def go_target(tmp: Path, *extra: str) -> Target | None:

@@ -1,8 +1,9 @@
 // goldenhour dump target (Node.js), adapted from ../shared/runtime-targets/gh_target.js.
 // A retained heap of --heap-mb MiB, a worker thread named gh-worker that appends
 // process.hrtime (CLOCK_MONOTONIC ns) to --ticker FILE about every millisecond (a heartbeat
-// that keeps beating while the main thread is busy), and with --spin a main thread that spins
-// in spinForever() after READY (a stuck event loop; its JS stack is then known).
+// that keeps beating while the main thread is busy; with --main-ticker the main thread's event
+// loop ticks instead, to measure how long it is blocked), and with --spin a main thread that
+// spins in spinForever() after READY (a stuck event loop; its JS stack is then known).
 'use strict';
 const fs = require('fs');
 const { Worker, isMainThread, workerData } = require('worker_threads');
@@ -23,7 +24,12 @@ if (!isMainThread) {
     retained.push({ id: i, name: 'gh-item-' + i, pad: text.toString('latin1', off, off + 900) });
   }
   globalThis.ghRetained = retained;
-  const w = new Worker(__filename, { name: 'gh-worker', workerData: { ticker: arg('--ticker') } });
+  const mainTicker = process.argv.includes('--main-ticker');
+  const w = new Worker(__filename, { name: 'gh-worker', workerData: { ticker: mainTicker ? null : arg('--ticker') } });
+  if (mainTicker) {
+    const fd = fs.openSync(arg('--ticker'), 'a');
+    setInterval(function tick() { fs.writeSync(fd, process.hrtime.bigint().toString() + '\n'); }, 1);
+  }
   function spinForever() { let x = 0; for (;;) { x = (x + 1) % 1e9; } }
   w.once('online', () => {
     console.log('READY ' + process.pid);
