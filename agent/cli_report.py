@@ -2,19 +2,22 @@
 
 Registered on ``agent.cli.main`` by ``agent/cli_extra.py``. The work is in
 ``agent/report/``; this module parses options, finds the bundles (paths, folders,
-store names, or every bundle of ``--incident`` in the local store, fetched from S3
-first when ``agent.retrieve`` offers it and ``--fetch`` is given) and writes the result.
+store names, or every bundle of ``--incident`` in the local store, plus with ``--fetch``
+those only in S3, downloaded and verified by ``agent.retrieve`` into a temporary folder
+removed afterwards) and writes the result.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import click
 
 from agent.cli import CONTEXT, App, main, pass_app
-from agent.errors import EXIT_MISMATCH, GoldenhourError, NotFoundError, UsageError
+from agent.errors import EXIT_MISMATCH, EXIT_NOT_FOUND, GoldenhourError, NotFoundError, UsageError
 
 
 @main.command("report", context_settings=CONTEXT, epilog="""\b
@@ -43,8 +46,8 @@ its hashes; 2 on bad input; 4 when no bundle is found.""")
               metavar="MINUTES", help="How far before the trigger the incident reaches: log and kernel lines in the "
               "timeline, and findings older than that count one level less severe.")
 @click.option("--store", metavar="DIR", envvar="GOLDENHOUR_STORE", help="Local store (default: store.path).")
-@click.option("--fetch", is_flag=True, help="With --incident: first fetch the incident's bundles from S3 "
-                                            "(needs upload support and upload.url).")
+@click.option("--fetch", is_flag=True, help="With --incident: also the incident's bundles that are only in S3 "
+                                            "(upload.url), downloaded and verified into a temporary folder.")
 @pass_app
 def report_cmd(app: App, sources: tuple[str, ...], incident: str | None, out: str | None, fmt: str,
                as_json: bool, timeline_md: bool, window_min: float, store: str | None, fetch: bool) -> None:
@@ -67,20 +70,26 @@ def report_cmd(app: App, sources: tuple[str, ...], incident: str | None, out: st
     app.store_override(store)
     store_root = Path(app.cfg.store_path)
     srcs = list(sources)
+    fetched_dir: Path | None = None
     if incident:
         try:
             check_id(incident)
         except IncidentIdError as exc:
             raise UsageError(str(exc)) from None
-        if fetch:
-            _fetch(app, incident)
         from agent.store import Store
         found = Store(store_root).bundles(incident)
+        if fetch:
+            fetched_dir, fetched = _fetch(app, incident)
+            found += fetched
         if not found:
             raise NotFoundError(f"no bundle of incident {incident} in {store_root}"
-                                + ("" if fetch else " (fetch them first, or add --fetch)"))
+                                + (" nor only in S3" if fetch else " (add --fetch for those in S3)"))
         srcs = [str(p) for p in found]
-    rep = report_mod.build(srcs, store_root=store_root, window_s=window_min * 60)
+    try:
+        rep = report_mod.build(srcs, store_root=store_root, window_s=window_min * 60)
+    finally:
+        if fetched_dir is not None:
+            shutil.rmtree(fetched_dir, ignore_errors=True)
     if timeline_md:
         from agent.report.timeline import markdown_table
         text = markdown_table(rep.events)
@@ -120,15 +129,18 @@ def _write(path: Path, text: str) -> None:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def _fetch(app: App, incident: str) -> None:
+def _fetch(app: App, incident: str) -> tuple[Path, list[Path]]:
+    """Download (and verify) the incident's bundles that are only in S3, into a temporary folder."""
     try:
         from agent import retrieve
     except ImportError:
         raise UsageError("--fetch needs upload support (agent.retrieve), which is not installed") from None
-    fn = getattr(retrieve, "fetch_incident", None) or getattr(retrieve, "fetch", None)
-    if fn is None:
-        raise UsageError("--fetch: this goldenhour's retrieve module has no fetch function")
+    dest = Path(tempfile.mkdtemp(prefix=f"goldenhour-report-{incident}-"))
     try:
-        fn(app.cfg, incident)
-    except GoldenhourError:
-        raise
+        rows = retrieve.fetch(app.cfg, incident, None, dest, extract=False)
+    except GoldenhourError as exc:
+        if exc.exit_code != EXIT_NOT_FOUND:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+        rows = []                           # nothing in S3 that is not already here
+    return dest, [Path(r["path"]) for r in rows]

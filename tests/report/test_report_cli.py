@@ -189,3 +189,61 @@ def test_two_captures_of_one_host_do_not_double_the_timeline(incident, tmp_path)
     finally:
         for p in second.parent.glob(second.name.split(".tar.")[0] + "*"):
             p.unlink()
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """moto's standalone S3 server on loopback (a real S3 API over HTTP)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **creds})
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "moto server did not start"
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}", creds
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_fetch_reports_bundles_that_are_only_in_s3(incident, tmp_path, s3_endpoint):
+    """web-2's bundle uploaded from its host; a responder's laptop (empty store) reports it with --fetch."""
+    pytest.importorskip("agent.retrieve")
+    import boto3
+    url, creds = s3_endpoint
+    bucket = f"evidence-{incident.id.lower()}"
+    boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket=bucket)
+    upload_cfg = f'[upload]\nurl = "s3://{bucket}/prod"\nendpoint_url = "{url}"\n'
+    host_cfg = tmp_path / "web2.toml"
+    host_cfg.write_text(f'[store]\npath = "{incident.store}"\n[host]\nname = "web-2"\n{upload_cfg}')
+    from tests.report.conftest import run_gh
+    cp = run_gh(host_cfg, "upload", str(incident.bundles[1]), env=creds)
+    assert cp.returncode == 0, cp.stderr
+    laptop = tmp_path / "laptop"
+    laptop.mkdir()
+    lap_cfg = tmp_path / "laptop.toml"
+    lap_cfg.write_text(f'[store]\npath = "{laptop}"\n{upload_cfg}')
+    cp = run_gh(lap_cfg, "report", "--incident", incident.id, "--json", env=creds)
+    assert cp.returncode == 4 and "add --fetch" in cp.stderr
+    cp = run_gh(lap_cfg, "report", "--incident", incident.id, "--fetch", "--json", env=creds)
+    assert cp.returncode == 0, cp.stderr
+    rep = json.loads(cp.stdout)
+    assert rep["hosts"] == ["web-2"] and rep["bundles"][0]["integrity"]["ok"]
+    assert [f for f in rep["findings"] if f["rule"] == "oom_kill" and incident.oom_comm in f["title"]]
+    assert not list(Path("/tmp").glob(f"goldenhour-report-{incident.id}-*"))     # the download is removed
