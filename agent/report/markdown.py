@@ -36,8 +36,9 @@ def render_markdown(r: "Report") -> str:
     out.append(markdown_table(r.events))
     if any(e.assumed_utc for e in r.events):
         out.append("\nLog lines without a time zone were read as UTC.\n")
-    out.append("\n## Evidence\n\n| Host | Bundle | Captured (UTC) | Profile | Integrity | Collectors |\n"
-               "|------|--------|----------------|---------|-----------|------------|\n")
+    out.append("\n## Evidence\n\nBundles captured for this incident (host, time, sha256, location).\n\n"
+               "| Host | Captured (UTC) | Bundle | SHA-256 | Location | Integrity | Collectors |\n"
+               "|------|----------------|--------|---------|----------|-----------|------------|\n")
     for b in r.bundles:
         clocks = b.manifest.get("clocks") or {}
         statuses = (b.manifest.get("summary") or {}).get("collectors") or {}
@@ -45,7 +46,8 @@ def render_markdown(r: "Report") -> str:
         for s in statuses.values():
             counts[s] = counts.get(s, 0) + 1
         integ = f"ok ({b.integrity.checked} files)" if b.integrity.ok else f"{len(b.integrity.problems)} problems"
-        out.append(f"| {_cell(b.host)} | {_cell(b.name)} | {_cell(clocks.get('start_utc', ''))} | "
-                   f"{_cell(b.manifest.get('profile', ''))} | {integ} | "
-                   f"{_cell(', '.join(f'{n} {s}' for s, n in sorted(counts.items())))} |\n")
+        sha = b.integrity.archive_sha256 if b.kind == "archive" else ""
+        start = str(clocks.get("start_utc", "")).replace("T", " ")[:19]
+        out.append(f"| {_cell(b.host)} | {_cell(start)} | {_cell(b.name)} | {_cell(sha)} | {_cell(b.source)} | "
+                   f"{integ} | {_cell(', '.join(f'{n} {s}' for s, n in sorted(counts.items())))} |\n")
     return "".join(out)
