@@ -159,8 +159,10 @@ def test_failed_and_skipped_collectors_are_findings(tmp_path):
     assert tl and tl[0].severity == "warning"
 
 
-# Evidence in the shape the eBPF collectors document (syscalls, runqlat, tcpretrans): until they land in
-# collectors/, the rules and plots are checked on these records.
+# Records in the shape the eBPF collectors write (syscalls.json, runqlat.json, tcpretrans.json) for what this
+# machine cannot produce on demand: a 1.8 s fsync (slow storage), a 130 ms run-queue wait, a retransmit burst
+# and resets (tcpretrans cannot attach here: this kernel's tcp:tcp_retransmit_skb has no usable format).
+# The real collectors' output is checked in test_report_incident.py (flock contention, CPU-sharing spinners).
 SYSCALLS = {"window": {"seconds": 5.0}, "in_flight": [
     {"pid": 4242, "tid": 4250 + i, "comm": "postgres", "syscall": "fdatasync", "nr": 75, "age_us": 4_900_000.0 - i,
      "since_utc": bm.iso(bm.T0 + timedelta(seconds=1))} for i in range(3)] + [
@@ -183,7 +185,11 @@ RUNQLAT = {"window_s": 5.0, "unit": "us", "hist": [{"low": 0, "high": 1, "count"
 TCPRETRANS = {"window_s": 5.0, "events": [
     {"time": bm.iso(bm.T0 + timedelta(seconds=2)), "pid": 4242, "comm": "postgres", "saddr": "10.0.0.5",
      "sport": 5432, "daddr": "10.0.0.9", "dport": 40000 + i % 3, "state": "ESTABLISHED", "type": "R"}
-    for i in range(60)]}
+    for i in range(60)] + [
+    {"kind": "send_reset", "saddr": "10.0.0.5", "sport": 8080, "daddr": "10.0.0.7", "dport": 51000, "count": 25,
+     "reason": "NO_SOCKET", "time": bm.iso(bm.T0)},
+    {"kind": "receive_reset", "saddr": "10.0.0.5", "sport": 41000, "daddr": "10.0.0.9", "dport": 5432, "count": 3,
+     "time": bm.iso(bm.T0)}]}
 
 
 def test_probe_findings_and_plots(tmp_path):
@@ -204,6 +210,8 @@ def test_probe_findings_and_plots(tmp_path):
     rt = t["TCP retransmit burst: 60 retransmissions in 5 s, most to 10.0.0.9:40000"]
     assert rt.severity == "critical" and rt.time == bm.T0 + timedelta(seconds=2)
     assert [e for e in rep.events if e.source == "tcp_retransmits"]
+    rst = t["TCP resets: 25 sent, 3 received in 5 s, most with 10.0.0.7:51000"]
+    assert "NO_SOCKET ×25" in rst.explanation
     html = render(rep, "html")
     assert "postgres (pid 4242): syscall latency" in html and "nginx (pid 77): syscall latency" in html
     assert "Run-queue latency: all CPUs" in html

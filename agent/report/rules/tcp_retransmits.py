@@ -1,8 +1,10 @@
-"""TCP retransmit bursts: packets lost on the way to (or from) a peer.
+"""TCP retransmit bursts and resets: packets lost on the way to a peer, connections refused or killed.
 
 Triggers: retransmissions seen by the eBPF ``tcpretrans`` probe
 (``collectors/tcpretrans/*.json``): 10 or more in the window is a warning, 100 or
-more (or 5 per second) critical, grouped by remote address and port; and
+more (or 5 per second) critical, grouped by remote address and port; 10 or more resets
+sent or received in the window (warning: refused connections, crashed peers, idle
+connections killed by a middlebox), with the kernel's reasons; and
 connections that were retransmitting when the socket table was read
 (``sockets.jsonl``: ``info.retrans`` > 0, or 10+ retransmissions in their lifetime)
 — a warning naming the peers. Retransmits mean loss or a peer that stopped
@@ -31,37 +33,72 @@ def _peer(e: dict[str, Any]) -> str:
         f"[{addr}]:{port}" if port is not None else str(addr))
 
 
+def _burst(b, rel: str, events: list[dict[str, Any]], window: float | None) -> Finding | None:
+    counts: Counter[str] = Counter()
+    for e in events:
+        counts[_peer(e)] += int(num(e.get("count")) or 1)
+    n = sum(counts.values())
+    if n < WARN_N:
+        return None
+    rate = n / window if window else None
+    sev = CRITICAL if n >= CRIT_N or (rate is not None and rate >= CRIT_RATE) else WARNING
+    top = counts.most_common(5)
+    times = sorted(t for t in (parse_iso(e.get("time") or e.get("first_utc")) for e in events) if t)
+    comms = Counter(str(e.get("comm")) for e in events if e.get("comm"))
+    return Finding(
+        sev, f"TCP retransmit burst: {n} retransmissions" + (f" in {window:.0f} s" if window else "")
+             + f", most to {top[0][0]}",
+        f"The kernel retransmitted {plural(n, 'TCP segment')}"
+        + (f" ({rate:.1f}/s)" if rate is not None else "") + " during the probe window: segments or their "
+        "acknowledgements were lost, or the peer stopped answering. Each retransmission adds at least the "
+        "retransmission timeout (200 ms, doubling) to a request. Peers: "
+        + ", ".join(f"{p} ×{c}" for p, c in top) + "."
+        + (f" Processes: {join_names(f'{c} ×{k}' for c, k in comms.most_common(4))}." if comms else ""),
+        rule="tcp_retransmits", host=b.host, time=times[0] if times else None,
+        evidence=[Evidence(b.host, rel, record=f"peer {p}", excerpt=f"{c} retransmissions") for p, c in top],
+        data={"count": n, "peers": dict(top), "window_s": window})
+
+
+def _resets(b, rel: str, events: list[dict[str, Any]], window: float | None) -> Finding | None:
+    sent = sum(int(num(e.get("count")) or 1) for e in events if e.get("kind") == "send_reset")
+    received = sum(int(num(e.get("count")) or 1) for e in events if e.get("kind") == "receive_reset")
+    if sent + received < WARN_N:
+        return None
+    peers: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    for e in events:
+        peers[_peer(e)] += int(num(e.get("count")) or 1)
+        if e.get("reason"):
+            reasons[str(e["reason"])] += int(num(e.get("count")) or 1)
+    top = peers.most_common(5)
+    return Finding(
+        WARNING, f"TCP resets: {sent} sent, {received} received" + (f" in {window:.0f} s" if window else "")
+                 + f", most with {top[0][0]}",
+        "Connections were refused or torn down with RST: a port with no listener or a full accept queue (sent), "
+        "peers that crashed, restarted or dropped the connection, or a firewall or load balancer killing idle "
+        "connections (received). Peers: " + ", ".join(f"{p} ×{c}" for p, c in top) + "."
+        + (f" Kernel reasons: {', '.join(f'{r} ×{c}' for r, c in reasons.most_common(4))}." if reasons else ""),
+        rule="tcp_retransmits", host=b.host,
+        evidence=[Evidence(b.host, rel, record=f"peer {p}", excerpt=f"{c} resets") for p, c in top],
+        data={"sent": sent, "received": received, "peers": dict(top)})
+
+
 def evaluate(b) -> Iterator[Finding]:
     for rel in b.files("collectors/tcpretrans/*.json"):
         data = b.json(rel)
         events = hist.records(data, "events", "retransmits", "records", "flows")
         if not events:
             continue
-        counts: Counter[str] = Counter()
-        for e in events:
-            counts[_peer(e)] += int(num(e.get("count")) or 1)
-        n = sum(counts.values())
-        if n < WARN_N:
-            continue
         window = num(data.get("window_s") or data.get("seconds") or data.get("duration_s")) if isinstance(data, dict) \
             else None
-        rate = n / window if window else None
-        sev = CRITICAL if n >= CRIT_N or (rate is not None and rate >= CRIT_RATE) else WARNING
-        top = counts.most_common(5)
-        times = sorted(t for t in (parse_iso(e.get("time")) for e in events) if t)
-        comms = Counter(str(e.get("comm")) for e in events if e.get("comm"))
-        yield Finding(
-            sev, f"TCP retransmit burst: {n} retransmissions" + (f" in {window:.0f} s" if window else "")
-                 + f", most to {top[0][0]}",
-            f"The kernel retransmitted {plural(n, 'TCP segment')}"
-            + (f" ({rate:.1f}/s)" if rate is not None else "") + " during the probe window: segments or their "
-            "acknowledgements were lost, or the peer stopped answering. Each retransmission adds at least the "
-            "retransmission timeout (200 ms, doubling) to a request. Peers: "
-            + ", ".join(f"{p} ×{c}" for p, c in top) + "."
-            + (f" Processes: {join_names(f'{c} ×{k}' for c, k in comms.most_common(4))}." if comms else ""),
-            rule="tcp_retransmits", host=b.host, time=times[0] if times else None,
-            evidence=[Evidence(b.host, rel, record=f"peer {p}", excerpt=f"{c} retransmissions") for p, c in top],
-            data={"count": n, "peers": dict(top), "window_s": window})
+        retrans = [e for e in events if str(e.get("kind") or "retransmit").startswith("retransmit")]
+        resets = [e for e in events if str(e.get("kind") or "").endswith("_reset")]
+        f = _burst(b, rel, retrans, window)
+        if f:
+            yield f
+        f = _resets(b, rel, resets, window)
+        if f:
+            yield f
 
     raw = b.text(SOCKETS)
     if not raw:
