@@ -113,7 +113,11 @@ HOST = {
 
 
 def test_host_pressure_resources_fds_and_d_state(tmp_path):
-    rep = _report(tmp_path, {"collectors/host/host.json": HOST})
+    proc = {"pid": 8812, "comm": "postgres", "fd": {"count": 10, "limit": 1024},
+            "threads": [{"tid": 8812, "name": "postgres", "state": "S", "wchan": "do_epoll_wait"},
+                        {"tid": 8820, "name": "pg-writer", "state": "D", "wchan": "io_schedule",
+                         "kernel_stack": ["io_schedule", "folio_wait_bit", "ext4_sync_file"]}]}
+    rep = _report(tmp_path, {"collectors/host/host.json": HOST, "collectors/process/8812/process.json": proc})
     t = {f.title: f for f in rep.findings}
     assert t["CPU pressure: some 80 % (avg10 80.5, avg60 60.0, avg300 20.0)"].severity == "critical"
     mem = t["Memory pressure: full 12 % (avg10 12.0, avg60 8.0, avg300 2.0)"]
@@ -124,8 +128,10 @@ def test_host_pressure_resources_fds_and_d_state(tmp_path):
     assert t["Filesystem /var/lib/postgresql at 99 % of its space"].severity == "critical"
     assert "Memory nearly exhausted: 300.0 MiB available of 16.0 GiB (2%)" in t
     assert "Swap 75% used (768.0 MiB of 1.0 GiB)" in t and "Load average 19.5 on 4 CPUs" in t
-    d = t["4 tasks in uninterruptible sleep (D state), 4 at io_schedule"]
-    assert d.severity == "critical" and len(d.evidence) == 4
+    d = t["5 tasks in uninterruptible sleep (D state), 5 at io_schedule"]
+    assert d.severity == "critical" and len(d.evidence) == 5
+    assert d.evidence[-1].file == "collectors/process/8812/process.json"
+    assert d.evidence[-1].excerpt == "wchan io_schedule; kernel stack: io_schedule ← folio_wait_bit ← ext4_sync_file"
     assert t["2 OOM kills since boot, but no kernel message names the victim"].severity == "warning"
     cg = t["cgroup /system.slice/orders.service had 3 OOM kills"]
     assert cg.evidence[0].record == "cgroups /system.slice/orders.service memory.events"

@@ -8,7 +8,7 @@ storage or NFS stall, a hung driver or a kernel lock pile-up.
 Severity: critical when 10 or more tasks are in D, or 3 or more wait at the same
 ``wchan``; warning for user processes in D; info when only kernel threads are.
 Evidence: each process's record (pid, command, wchan) in ``host.json``, and the
-``process.json`` thread states.
+``process.json`` threads in D with their kernel stacks (where they wait in the kernel).
 """
 from __future__ import annotations
 
@@ -63,8 +63,12 @@ def evaluate(b) -> Iterator[Finding]:
     ev = [Evidence(b.host, HOST, record=f"d_state pid {p.get('pid')}",
                    excerpt=f"{p.get('comm')} pid {p.get('pid')} wchan {p.get('wchan')} cmdline {str(p.get('cmdline'))[:120]}")
           for p in user + kernel]
-    ev += [Evidence(b.host, rel, record=f"threads in D: {', '.join(str(t.get('tid', t.get('name', '?'))) for t in ts[:8])}")
-           for rel, _, ts in thread_hits]
+    for rel, _, ts in thread_hits:
+        for t in ts[:3]:
+            stack = t.get("kernel_stack") or []
+            ev.append(Evidence(b.host, rel, record=f"thread {t.get('tid')} ({t.get('name')}) in D",
+                               excerpt=f"wchan {t.get('wchan')}" + (f"; kernel stack: {' ← '.join(map(str, stack[:6]))}"
+                                                                    if isinstance(stack, list) and stack else "")))
     yield Finding(
         sev, f"{plural(total, 'task')} in uninterruptible sleep (D state)"
              + (f", {top_n} at {top_wchan}" if top_n >= 2 and top_wchan != "?" else ""),
