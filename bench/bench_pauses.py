@@ -51,13 +51,13 @@ def max_gap_ms(ticker: Path, lo: int, hi: int) -> float:
 
 def measure(target: dt.Target, collector: str, work: Path, options: dict | None = None) -> dict:
     """One capture through the real runner: (max gap during it, noise floor before it, status)."""
-    idle = 0.6
+    idle = 0.5
     time.sleep(idle)
     t0 = time.monotonic_ns()
     res = runner.run_one(collector, work / f"s{t0}", target=dt.agent_target(target.pid), options=options or {},
                          capture={"incident": "BENCH", "reserve_bytes": 2**28})
     t1 = time.monotonic_ns()
-    time.sleep(0.3)
+    time.sleep(0.2)
     shutil.rmtree(work / f"s{t0}", ignore_errors=True)
     target.assert_running()
     return {"gap": max_gap_ms(target.ticker, t0, t1 + 5_000_000),
@@ -80,7 +80,7 @@ def row(name: str, target_desc: str, runs: list[dict], goal_ms: float, notes: st
 
 
 def run(quick: bool = False) -> dict:
-    reps, heavy = (2, 1) if quick else (5, 3)
+    reps, heavy = (2, 1) if quick else (4, 2)
     work = Path(tempfile.mkdtemp(prefix="gh-bench-pauses-"))
     results: list[dict] = []
     plan = [
