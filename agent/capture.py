@@ -178,7 +178,7 @@ def capture(cfg: Config, req: CaptureRequest,
         for b in broken:
             log.error("collector module %s is broken: %s", b.name, b.error)
         plan = planner.make_plan(collectors, cfg, profile=req.profile, targets=tlist, only=req.only,
-                                 skip=req.skip, heap=req.heap, time_budget_s=budget)
+                                 skip=req.skip, heap=req.heap or bool(cfg["capture.heap"]), time_budget_s=budget)
         for s in plan.skipped:
             log.info("skipped %s: %s", s.key, s.reason)
             if on_event:
