@@ -70,7 +70,7 @@ th,td{border-bottom:1px solid var(--line);padding:5px 8px;text-align:left;vertic
 th{background:var(--soft);font-weight:600}
 td.t{white-space:nowrap;font-variant-numeric:tabular-nums}
 table.timeline{table-layout:fixed}table.timeline td{overflow-wrap:anywhere}
-table.timeline code{font-size:12px;overflow-wrap:anywhere;color:var(--muted)}
+table.timeline code{font-size:11.5px;overflow-wrap:anywhere;color:var(--muted)}
 table.glance td:nth-child(2){overflow-wrap:anywhere}
 table.glance td:first-child,table.glance td:nth-child(3),table.glance th{white-space:nowrap}
 tr.critical td:first-child{box-shadow:inset 4px 0 var(--crit)}tr.warning td:first-child{box-shadow:inset 4px 0 var(--warn)}
@@ -233,7 +233,7 @@ def _timeline(r: "Report") -> str:
                             desc="Kernel messages, log lines, probe findings and the capture of each host on one "
                                  "UTC axis; red diamonds are critical, amber squares warnings."))
     out.append('<table class="timeline"><colgroup><col style="width:165px"><col style="width:90px">'
-               '<col style="width:110px"><col><col style="width:230px"></colgroup>'
+               '<col style="width:110px"><col><col style="width:270px"></colgroup>'
                '<thead><tr><th scope="col">Time (UTC)</th><th scope="col">Host</th>'
                '<th scope="col">Source</th><th scope="col">Event</th><th scope="col">Where</th></tr></thead><tbody>')
     for ev in evs:

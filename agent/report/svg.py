@@ -305,11 +305,16 @@ def timeline(lanes: Sequence[str], marks: Iterable[tuple[datetime, str, str, str
         fmt = "%m-%d %H:%M" if multi_day else ("%H:%M:%S" if span < 600 else "%H:%M")
         out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{mt}" y2="{mt + ph}" stroke="#d5d8dc" stroke-width="0.6"/>'
                    f'<text x="{x:.1f}" y="{mt + ph + 16}" text-anchor="middle" fill="#4d5656">{t.strftime(fmt)}</text>')
+    last_label_x = -1e9
     for t, label in lines:
         x = xof(t)
+        show = x - last_label_x > 60          # a second trigger seconds later: the line, not another label
+        if show:
+            last_label_x = x
         out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{mt - 8}" y2="{mt + ph}" stroke="#6C3483" stroke-width="1.5" '
                    f'stroke-dasharray="5,3"><title>{esc(label)}</title></line>'
-                   f'<text x="{x + 3:.1f}" y="{mt - 10}" fill="#6C3483" font-size="11">{esc(label[:40])}</text>')
+                   + (f'<text x="{x + 3:.1f}" y="{mt - 10}" fill="#6C3483" font-size="11">{esc(label[:40])}</text>'
+                      if show else ""))
     for t, lane, label, sev, shape in sorted(marks, key=lambda m: {"critical": 2, "warning": 1}.get(m[3] or "", 0)):
         if lane not in idx:
             continue
