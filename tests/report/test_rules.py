@@ -211,7 +211,7 @@ def test_probe_findings_and_plots(tmp_path):
     assert stuck.severity == "critical" and stuck.evidence[0].record == "in_flight pid 4242 tid 4250 fdatasync"
     rq = t["Run-queue latency for all CPUs: p99 131.1 ms (p50 3 µs, max 131.1 ms)"]
     assert rq.severity == "critical"
-    per = t["Run-queue latency: 1 process waited for a CPU, p99 up to 131.1 ms (postgres (pid 4242))"]
+    per = t["Run-queue latency: 1 process waited for a CPU, p99 up to 131.1 ms, worst postgres (pid 4242)"]
     assert per.data["processes"][0]["p50_us"] == 2048.0
     rt = t["TCP retransmit burst: 60 retransmissions in 5 s, most to 10.0.0.9:40000"]
     assert rt.severity == "critical" and rt.time == bm.T0 + timedelta(seconds=2)

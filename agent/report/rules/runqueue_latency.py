@@ -74,7 +74,7 @@ def evaluate(b) -> Iterator[Finding]:
         yield Finding(
             CRITICAL if worst[0] >= CRIT_US else WARNING,
             f"Run-queue latency: {len(procs)} process{'es' if len(procs) != 1 else ''} waited for a CPU, p99 up to "
-            f"{human_us(worst[0])} ({worst[1]})",
+            f"{human_us(worst[0])}, worst {worst[1]}",
             f"Runnable threads of {join_names(names)} waited before running: p99 {human_us(worst[0])}, median "
             f"{human_us(worst[2])} for the worst. Every wake-up (a request arriving, a lock released, I/O done) "
             "waited that long for a CPU: too many runnable threads for the CPUs they may use (CPU affinity, a "
