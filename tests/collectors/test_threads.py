@@ -300,3 +300,33 @@ def test_go_goroutines_from_delve_which_must_not_kill(run_collector, go):
     assert doc["tool"] == "dlv attach: goroutines -t"
     assert {"main.deadlockA", "main.waitForever"} <= functions(doc)
     go.assert_running()
+
+
+def test_a_process_of_another_user_is_dumped(run_collector):
+    import tempfile
+    from pathlib import Path
+    d = Path(tempfile.mkdtemp(prefix="gh-nobody-"))        # /tmp: reachable by nobody, unlike pytest's tmp
+    d.chmod(0o777)
+    t = dt.python_target(d, prefix=["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+    try:
+        assert dt.agent_target(t.pid).uid != 0
+        r, doc = dump(run_collector, t)
+        assert r.status == "ok", r.reason
+        assert {"gh-deadlock-a", "gh-deadlock-b"} <= names(doc)
+        t.assert_running()
+    finally:
+        t.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_an_inspector_the_owner_opened_is_used_and_left_open(run_collector, tmp_path):
+    t = dt.node_target(tmp_path, env={**os.environ, "NODE_OPTIONS": "--inspect=127.0.0.1:19229"}, name="insp")
+    try:
+        assert dt.port_open(19229)
+        r, doc = dump(run_collector, t)
+        assert r.status == "ok", r.reason
+        assert r.notes["inspector"]["inspector_was_open"] is True and "opened_by" not in r.notes["inspector"]
+        assert dt.port_open(19229)                   # not ours to close
+        t.assert_running()
+    finally:
+        t.stop()
