@@ -17,7 +17,7 @@ What, per runtime:
 - everything else (CPython, Go, native): ``gcore``, i.e. gdb attaches, writes every dumpable
   mapping and detaches (``gdb -batch -nx ... -ex 'gcore FILE'``, no debuginfod, no shared
   library symbols: nothing but the dump happens while the target is stopped). Read later with
-  ``py-spy dump --core``, ``dlv core``, ``gdb``, ``eu-stack --core``. ``method = "gcore"``
+  ``gdb`` (CPython: its ``py-bt`` extension), ``dlv core``, ``eu-stack --core``. ``method = "gcore"``
   forces it for any runtime.
 Before starting, the dump's size is estimated (JVM: heap used from its perf counters × 1.2;
 Node: V8 heap used; gcore: VmSize, since gdb 13 also writes reserved regions) and checked
@@ -115,7 +115,7 @@ def dump_gcore(ctx) -> dict[str, Any]:
     return {"method": "gcore", "file": out.name, "bytes": size, "estimate_bytes": estimate,
             "pause": {"technique": "gcore (ptrace stop for the whole dump)", "upper_bound_s": res.duration_s,
                       "how": "gdb's wall time: the process is stopped from attach to detach"},
-            "analyse": {"python": "py-spy dump --core FILE", "go": "dlv core BINARY FILE",
+            "analyse": {"python": "gdb PYTHON FILE (CPython's gdb extension: py-bt)", "go": "dlv core BINARY FILE",
                         "native": "gdb BINARY FILE / eu-stack --core FILE"}.get(t.runtime, "gdb BINARY FILE")}
 
 
@@ -288,16 +288,18 @@ def dump_node(ctx) -> dict[str, Any]:
                 sess.call("HeapProfiler.takeHeapSnapshot", on_event=on_chunk, reportProgress=False,
                           timeout=max(10.0, ctx.remaining() - 3))
                 took = time.monotonic() - t0
+    except safety.UnsafeSignal as exc:
+        ctx.note(inspector=ins.facts)
+        raise Skip(str(exc)) from None
     except (CDPError, OSError, ConnectionError) as exc:
         ctx.note(inspector=ins.facts)
         dest.unlink(missing_ok=True)
         if not t.alive():
             raise TargetGone(f"process {t.pid} exited during the heap snapshot") from None
         raise RuntimeError(f"Node inspector: {exc}") from None
-    except Exception as exc:
+    except BaseException:
         ctx.note(inspector=ins.facts)
-        if type(exc).__name__ == "UnsafeSignal":
-            raise Skip(str(exc)) from None
+        dest.unlink(missing_ok=True)
         raise
     ctx.note(inspector=ins.facts)
     if ins.facts.get("inspector_closed") is False:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 import urllib.request
@@ -189,7 +190,7 @@ def jcmd(ctx, command: list[str], stdout: str, timeout_s: float = TOOL_TIMEOUT_S
             ctx.note(jvm_attach="jcmd inside the JVM's mount namespace (nsenter -m): private /tmp")
         res = ctx.run(argv, stdout=stdout, timeout_s=timeout_s)
         out = (ctx.out / stdout).read_text(errors="replace") if (ctx.out / stdout).exists() else ""
-        if not res.ok or "Exception" in out[:2000].split("\n", 3)[-1][:300]:
+        if not res.ok or re.search(r"^[\w.$]+(?:Exception|Error): ", out, re.M):
             msg = (out.strip().splitlines() or [""])[-1] or _tail(ctx, res.stderr) or res.error or ""
             raise _gone_or(t, f"jcmd {' '.join(command)} failed (rc {res.returncode}): {msg[:300]}")
     wall = round(time.monotonic() - t0, 4)
@@ -239,15 +240,16 @@ def dump_node(ctx) -> dict[str, Any]:
                 ctx.note(workers_error=str(exc))
             workers = [e["params"]["workerInfo"] for e in events if e.get("method") == "NodeWorker.attachedToWorker"]
             timings = list(sess.timings)
+    except safety.UnsafeSignal as exc:
+        ctx.note(inspector=ins.facts)
+        raise Skip(str(exc)) from None
     except (CDPError, OSError, ConnectionError) as exc:
         ctx.note(inspector=ins.facts)
         if not t.alive():
             raise TargetGone(f"process {t.pid} exited during the dump") from None
         raise RuntimeError(f"Node inspector: {exc}") from None
-    except Exception as exc:
+    except BaseException:
         ctx.note(inspector=ins.facts)
-        if type(exc).__name__ == "UnsafeSignal":
-            raise Skip(str(exc)) from None
         raise
     ctx.note(inspector=ins.facts)
     if ins.facts.get("inspector_closed") is False:
