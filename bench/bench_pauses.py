@@ -70,7 +70,7 @@ def row(name: str, target_desc: str, runs: list[dict], goal_ms: float, notes: st
     ok = [r for r in runs if r["status"] == "ok"]
     gaps = [r["gap"] for r in ok] or [float("nan")]
     floors = [r["floor"] for r in runs]
-    med = statistics.median(gaps)
+    med = round(statistics.median(gaps), 2)
     why = "" if len(ok) == len(runs) else f"; {len(runs) - len(ok)} run(s) {runs[0]['status']}: {runs[0]['reason']}"
     return {"name": name, "unit": "ms", "median": med, "min": min(gaps), "max": max(gaps), "runs": len(ok),
             "target": f"longest tick gap < {goal_ms:g} ms", "met": bool(ok) and med < goal_ms,
