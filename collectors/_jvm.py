@@ -38,7 +38,8 @@ def parse_perfdata(data: bytes) -> dict[str, Any]:
     for _ in range(max(0, n)):
         if off + 20 > len(data):
             break
-        length, name_off, vlen, dtype, _flags, _units, _var, data_off = struct.unpack(e + "iiibbbbi", data[off:off + 20])
+        length, name_off, vlen, dtype, _flags, _units, _var, data_off = struct.unpack(
+            e + "iiibbbbi", data[off:off + 20])
         if length <= 0:
             break
         name_end = data.index(b"\0", off + name_off)

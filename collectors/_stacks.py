@@ -50,7 +50,8 @@ def render_pyspy(data: list[dict[str, Any]], header: str = "") -> str:
     for t in data if isinstance(data, list) else []:
         state = "active" if t.get("active") else "idle"
         gil = "+gil" if t.get("owns_gil") else ""
-        out.append(f'Thread {t.get("os_thread_id") or t.get("thread_id")} ({state}{gil}): "{t.get("thread_name") or ""}"')
+        tid = t.get("os_thread_id") or t.get("thread_id")
+        out.append(f'Thread {tid} ({state}{gil}): "{t.get("thread_name") or ""}"')
         for f in t.get("frames") or []:
             where = f.get("short_filename") or f.get("filename") or ""
             line = f.get("line")

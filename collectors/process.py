@@ -284,7 +284,8 @@ def collect(ctx) -> None:
     findings = []
     if fds.get("ratio") is not None and fds["ratio"] >= FD_WARN:
         findings.append({"kind": "fd_near_limit",
-                         "text": f"{fds['count']} of {fds['limit']} descriptors open ({fds['ratio']:.0%} of RLIMIT_NOFILE)"})
+                         "text": f"{fds['count']} of {fds['limit']} descriptors open "
+                                 f"({fds['ratio']:.0%} of RLIMIT_NOFILE)"})
     d = [th for th in threads if th["state"] == "D"]
     if d:
         wch = sorted({th["wchan"] or "?" for th in d})

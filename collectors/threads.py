@@ -280,7 +280,8 @@ def dump_node(ctx) -> dict[str, Any]:
     lines += [f"    {s}" for s in threads[0]["native_stack"]]
     ctx.write_text("threads.txt", "\n".join(lines) + "\n")
     evals = [x["s"] for x in timings if x["method"] == "Runtime.evaluate"]
-    return {"tool": "Node inspector (CDP): process.report.getReport()" + (", Debugger.pause" if js_frames is not None else ""),
+    tool_name = "Node inspector (CDP): process.report.getReport()" + (", Debugger.pause" if js_frames is not None else "")
+    return {"tool": tool_name,
             "threads": threads,
             "pause": {"technique": "Node inspector evaluation on the main thread",
                       "upper_bound_s": round(max(evals + [paused_s]), 4),
@@ -346,8 +347,8 @@ def dump_go(ctx) -> dict[str, Any]:
             threads = _stacks.parse_goroutines(text)
             if threads:
                 return {"tool": f"pprof goroutine?debug=2 at {addr}", "threads": threads,
-                        "pause": {"technique": "goroutine profile (stop-the-world walk)", "upper_bound_s": round(took, 4),
-                                  "how": "HTTP round trip"}}
+                        "pause": {"technique": "goroutine profile (stop-the-world walk)",
+                                  "upper_bound_s": round(took, 4), "how": "HTTP round trip"}}
             ctx.note(go_pprof_error="no goroutines in the answer")
         except OSError as exc:
             ctx.note(go_pprof_error=str(exc))

@@ -81,7 +81,8 @@ D_STATE = textwrap.dedent("""
             time.sleep(0.01)
     threading.Thread(target=worker, name="gh-worker", daemon=True).start()
     print("READY", os.getpid(), flush=True)
-    os.posix_spawn("/bin/true", ["true"], os.environ, file_actions=[(os.POSIX_SPAWN_OPEN, 0, sys.argv[1], os.O_RDONLY, 0)])
+    os.posix_spawn("/bin/true", ["true"], os.environ,
+                   file_actions=[(os.POSIX_SPAWN_OPEN, 0, sys.argv[1], os.O_RDONLY, 0)])
     threading.Event().wait()
 """)
 
