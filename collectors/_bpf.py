@@ -414,14 +414,18 @@ class Probe:
 
     Only the tracepoints that exist are attached (``optional`` ones may be missing);
     ``p.attached`` lists them. Detach and cleanup always run on leaving the block.
+    Tracepoints in ``raw`` are attached as raw tracepoints (``BPF_PROG_TYPE_RAW_TRACEPOINT``:
+    the program gets the tracepoint's arguments as they are, without the perf record the
+    kernel otherwise builds first: cheaper on hot tracepoints such as sys_enter/sys_exit).
     """
 
     def __init__(self, ctx, text: str, attach: list[tuple[str, str]], *, optional: Iterable[str] = (),
-                 cflags: Iterable[str] = ("-w",)):
+                 raw: Iterable[str] = (), cflags: Iterable[str] = ("-w",)):
         self.ctx = ctx
         self.text = text
         self.wanted = list(attach)
         self.optional = set(optional)
+        self.raw = set(raw)
         self.cflags = list(cflags)
         self.bpf = None
         self.attached: list[str] = []
@@ -468,7 +472,10 @@ class Probe:
             if tp in self.missing:
                 continue
             try:
-                self.bpf.attach_tracepoint(tp=tp, fn_name=fn)
+                if tp in self.raw:
+                    self.bpf.attach_raw_tracepoint(tp=tp.partition(":")[2], fn_name=fn)
+                else:
+                    self.bpf.attach_tracepoint(tp=tp, fn_name=fn)
             except Exception as exc:  # noqa: BLE001
                 if tp in self.optional:
                     self.missing.append(tp)
@@ -478,7 +485,8 @@ class Probe:
                 raise RuntimeError(f"attaching to {tp} failed: {exc}") from None
             self.attached.append(tp)
         self.ids = fd_ids()
-        self.ctx.note(attached=list(self.attached), not_attached=list(self.missing), **self.ids)
+        self.ctx.note(attached=list(self.attached), not_attached=list(self.missing), **self.ids,
+                      **({"raw_tracepoints": sorted(self.raw & set(self.attached))} if self.raw else {}))
         if marker:
             self.ctx.write_json("attached.json", {"attached": self.attached, "not_attached": self.missing,
                                                   "pid": os.getpid(), "time_utc": iso(utcnow()), **self.ids})
@@ -490,7 +498,10 @@ class Probe:
             return
         for tp in reversed(self.attached):
             try:
-                self.bpf.detach_tracepoint(tp)
+                if tp in self.raw:
+                    self.bpf.detach_raw_tracepoint(tp.partition(":")[2])
+                else:
+                    self.bpf.detach_tracepoint(tp)
             except Exception:  # noqa: BLE001 - cleanup() below closes the descriptors anyway
                 pass
         self.attached_at_end = list(self.attached)
@@ -520,7 +531,3 @@ class Probe:
         except Exception:  # noqa: BLE001
             return False
 
-
-def write_json_compact(ctx, name: str, obj: Any) -> Path:
-    """Large record lists: one record per line keeps the file readable and diffable."""
-    return ctx.write_text(name, json.dumps(obj, separators=(",", ":"), default=str) + "\n")

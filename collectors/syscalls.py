@@ -57,77 +57,110 @@ from collectors import _bpf
 
 TRACEPOINTS = ("raw_syscalls:sys_enter", "raw_syscalls:sys_exit")
 FORK_TP = "sched:sched_process_fork"
-START_ENTRIES, STAT_ENTRIES, HIST_ENTRIES = 32768, 16384, 131072
+START_SLOTS = 65536          # in-flight calls, indexed by thread id modulo this (a power of two)
+TAB_SLOTS = 16384            # (process, syscall) stats, direct slots (a power of two)
+STAT_ENTRIES = 16384         # ... and the overflow map for keys whose slot was taken
 ALLOW_ENTRIES, EXCL_ENTRIES = 8192, 8192
+SLOTS = 32                   # log2 microsecond buckets kept per (process, syscall): up to ~35 min
 IN_FLIGHT_SHOWN = 50
+INLINE_PIDS = 8              # up to this many target processes are compared inline, not looked up
 
+# Measured cost per system call on this 2-core VM (bench/bench_probes.py, getppid loop): perf-event
+# tracepoints with a hash map for start times cost ~750 ns; raw tracepoints with the start time in an
+# array slot per thread and the histogram inside the per-(process, syscall) value cost ~300 ns.
 BPF_TEXT = r"""
-struct gh_start_t { u64 ts; u32 nr; u32 tgid; };
+struct gh_start_t { u32 tid; u32 nr; u64 ts; };
 struct gh_key_t { u32 tgid; u32 nr; };
-struct gh_hkey_t { u32 tgid; u32 nr; u64 slot; };
-struct gh_stat_t { u64 count; u64 errors; u64 total_ns; u64 max_ns; u64 min_ns; char comm[16]; };
+struct gh_stat_t { u64 key; u64 count; u64 errors; u64 total_ns; u64 max_ns; u64 min_ns; char comm[16];
+                   u32 slots[GH_SLOTS]; };
 
-BPF_HASH(gh_sc_start, u32, struct gh_start_t, GH_START_ENTRIES);
+BPF_ARRAY(gh_sc_start, struct gh_start_t, GH_START_SLOTS);
+/* (process, syscall) -> stats: an array slot chosen by a hash of the key and claimed with a
+   compare-and-swap (no hashing helper, no bucket lock); keys whose slot is taken go to the map */
+BPF_ARRAY(gh_sc_tab, struct gh_stat_t, GH_TAB_SLOTS);
 BPF_HASH(gh_sc_stat, struct gh_key_t, struct gh_stat_t, GH_STAT_ENTRIES);
-BPF_HISTOGRAM(gh_sc_hist, struct gh_hkey_t, GH_HIST_ENTRIES);
 BPF_HASH(gh_sc_allow, u32, u8, GH_ALLOW_ENTRIES);
 BPF_HASH(gh_sc_excl, u32, u8, GH_EXCL_ENTRIES);
-BPF_ARRAY(gh_sc_drop, u64, 4);    /* 0: start map full, 1: stat map full, 2: hist map full */
+BPF_ARRAY(gh_sc_drop, u64, 4);    /* 0: start slot taken by another thread, 1: stat map full */
+BPF_ARRAY(gh_sc_kids, u32, 1);    /* set once a target forks: the allow map is then consulted */
 
 static inline void gh_dropped(int i) {
     u64 *d = gh_sc_drop.lookup(&i);
     if (d) __sync_fetch_and_add(d, 1);
 }
 
-int gh_sc_enter(struct tracepoint__raw_syscalls__sys_enter *args) {
+/* raw tracepoint sys_enter(struct pt_regs *regs, long id) */
+int gh_sc_enter(struct bpf_raw_tracepoint_args *ctx) {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32, tid = (u32)id;
     if (tgid == GH_SELF)
         return 0;
 #ifdef GH_FILTER
+#ifdef GH_ALLOWED
+    /* a few targets: compared inline (as bcc's tools do with -p); the map only once one has forked */
+    if (!(GH_ALLOWED(tgid))) {
+        int z = 0;
+        u32 *kids = gh_sc_kids.lookup(&z);
+        if (!kids || !*kids || !gh_sc_allow.lookup(&tgid))
+            return 0;
+    }
+#else
     if (!gh_sc_allow.lookup(&tgid))
         return 0;
 #endif
-    if (gh_sc_excl.lookup(&tgid))
+#endif
+    /* host-wide, goldenhour's own processes (gh_sc_excl) are left out when the maps are read:
+       one hash lookup less on every system call of the host */
+    u32 i = tid & (GH_START_SLOTS - 1);
+    struct gh_start_t *s = gh_sc_start.lookup(&i);
+    if (!s)
         return 0;
-    struct gh_start_t s = {.ts = bpf_ktime_get_ns(), .nr = args->id, .tgid = tgid};
-    if (gh_sc_start.update(&tid, &s) != 0)
-        gh_dropped(0);
+    if (s->ts != 0 && s->tid != tid)
+        gh_dropped(0);                   /* another thread with the same slot is in a call */
+    s->tid = tid;
+    s->nr = ctx->args[1];
+    s->ts = bpf_ktime_get_ns();
     return 0;
 }
 
-int gh_sc_exit(struct tracepoint__raw_syscalls__sys_exit *args) {
+/* raw tracepoint sys_exit(struct pt_regs *regs, long ret) */
+int gh_sc_exit(struct bpf_raw_tracepoint_args *ctx) {
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id;
-    struct gh_start_t *s = gh_sc_start.lookup(&tid);
-    if (!s)
+    u32 i = tid & (GH_START_SLOTS - 1);
+    struct gh_start_t *s = gh_sc_start.lookup(&i);
+    if (!s || s->ts == 0 || s->tid != tid)
         return 0;
     u64 delta = bpf_ktime_get_ns() - s->ts;
     struct gh_key_t k = {.tgid = id >> 32, .nr = s->nr};
-    gh_sc_start.delete(&tid);
-    struct gh_stat_t zero = {};
-    struct gh_stat_t *st = gh_sc_stat.lookup_or_try_init(&k, &zero);
+    s->ts = 0;
+    u64 key = ((u64)k.tgid << 32) | k.nr | (1ULL << 31);     /* never 0: 0 marks a free slot */
+    u32 h = ((k.tgid * 2654435761u) ^ (k.nr * 2246822519u)) & (GH_TAB_SLOTS - 1);
+    struct gh_stat_t *st = gh_sc_tab.lookup(&h);
+    if (st && st->key != key && (st->key != 0 || __sync_val_compare_and_swap(&st->key, 0, key) != 0))
+        st = 0;
     if (!st) {
-        gh_dropped(1);
-        return 0;
+        struct gh_stat_t zero = {.key = key};
+        st = gh_sc_stat.lookup_or_try_init(&k, &zero);
+        if (!st) {
+            gh_dropped(1);
+            return 0;
+        }
     }
     if (st->comm[0] == 0)
         bpf_get_current_comm(&st->comm, sizeof(st->comm));
     __sync_fetch_and_add(&st->count, 1);
     __sync_fetch_and_add(&st->total_ns, delta);
-    if (args->ret < 0)
+    if ((long)ctx->args[1] < 0)
         __sync_fetch_and_add(&st->errors, 1);
     if (delta > st->max_ns)
         st->max_ns = delta;
     if (st->min_ns == 0 || delta < st->min_ns)
         st->min_ns = delta;
-    struct gh_hkey_t hk = {.tgid = k.tgid, .nr = k.nr, .slot = bpf_log2l(delta / 1000)};
-    u64 zero64 = 0;
-    u64 *c = gh_sc_hist.lookup_or_try_init(&hk, &zero64);
-    if (c)
-        __sync_fetch_and_add(c, 1);
-    else
-        gh_dropped(2);
+    u32 slot = bpf_log2l(delta / 1000);
+    if (slot >= GH_SLOTS)
+        slot = GH_SLOTS - 1;
+    __sync_fetch_and_add(&st->slots[slot], 1);
     return 0;
 }
 
@@ -139,8 +172,13 @@ int gh_sc_fork(struct tracepoint__sched__sched_process_fork *args) {
     if (gh_sc_excl.lookup(&tgid))
         gh_sc_excl.update(&child, &one);
 #ifdef GH_FILTER
-    if (gh_sc_allow.lookup(&tgid))
+    if (gh_sc_allow.lookup(&tgid)) {
         gh_sc_allow.update(&child, &one);
+        int z = 0;
+        u32 *kids = gh_sc_kids.lookup(&z);
+        if (kids)
+            *kids = 1;
+    }
 #endif
     return 0;
 }
@@ -196,14 +234,17 @@ def collect(ctx) -> None:
     allow, why = _bpf.target_pids(ctx, mode)
     names, names_from = syscall_table()
     excl = _bpf.excluded_pids(ctx)
-    text = _bpf.defines(GH_SELF=os.getpid(), GH_FILTER=allow is not None, GH_START_ENTRIES=START_ENTRIES,
-                        GH_STAT_ENTRIES=STAT_ENTRIES, GH_HIST_ENTRIES=HIST_ENTRIES,
-                        GH_ALLOW_ENTRIES=ALLOW_ENTRIES, GH_EXCL_ENTRIES=EXCL_ENTRIES) + BPF_TEXT
-    seconds = None
+    allowed = sorted(_bpf.with_descendants(allow) - excl) if allow is not None else []
+    inline = " || ".join(f"(t) == {p}" for p in allowed) if 0 < len(allowed) <= INLINE_PIDS else None
+    text = _bpf.defines(GH_SELF=os.getpid(), GH_FILTER=allow is not None, GH_START_SLOTS=START_SLOTS,
+                        GH_TAB_SLOTS=TAB_SLOTS,
+                        **{"GH_ALLOWED(t)": f"({inline})" if inline else None},
+                        GH_STAT_ENTRIES=STAT_ENTRIES, GH_SLOTS=SLOTS, GH_ALLOW_ENTRIES=ALLOW_ENTRIES,
+                        GH_EXCL_ENTRIES=EXCL_ENTRIES) + BPF_TEXT
     with _bpf.Probe(ctx, text, [(FORK_TP, "gh_sc_fork"), (TRACEPOINTS[0], "gh_sc_enter"),
-                                (TRACEPOINTS[1], "gh_sc_exit")], optional=[FORK_TP]) as probe:
+                                (TRACEPOINTS[1], "gh_sc_exit")], optional=[FORK_TP], raw=TRACEPOINTS) as probe:
         if allow is not None:
-            _bpf.fill(probe["gh_sc_allow"], _bpf.with_descendants(allow) - excl)
+            _bpf.fill(probe["gh_sc_allow"], allowed)
         _bpf.fill(probe["gh_sc_excl"], excl)
         seconds = _bpf.window_seconds(ctx)
         probe.attach()
@@ -213,18 +254,14 @@ def collect(ctx) -> None:
         probe.detach()
         attached = probe.attached_at_end
         t_read = time.monotonic_ns()
-        stat = _bpf.items(probe["gh_sc_stat"])
-        hist = _bpf.items(probe["gh_sc_hist"])
-        start = _bpf.items(probe["gh_sc_start"])
+        stat = [v for _, v in _bpf.items(probe["gh_sc_tab"]) if v.key] + \
+            [v for _, v in _bpf.items(probe["gh_sc_stat"])]
+        start = [(k, v) for k, v in _bpf.items(probe["gh_sc_start"]) if v.ts]
         dt = probe["gh_sc_drop"]
-        drops = [int(dt[dt.Key(i)].value) for i in range(3)]
-        full = {n: probe.map_full(n) for n in ("gh_sc_start", "gh_sc_stat", "gh_sc_hist", "gh_sc_excl",
-                                                "gh_sc_allow")}
+        drops = [int(dt[dt.Key(i)].value) for i in range(2)]
+        full = {n: probe.map_full(n) for n in ("gh_sc_stat", "gh_sc_excl", "gh_sc_allow")}
         excluded_final = sorted(int(k) for k, _ in _bpf.items(probe["gh_sc_excl"]))
 
-    slots: dict[tuple[int, int], dict[int, int]] = {}
-    for k, v in hist:
-        slots.setdefault((k.tgid, k.nr), {})[int(k.slot)] = int(v)
     comm_cache: dict[int, str | None] = {}
 
     def comm_of(pid: int, fallback: str) -> str:
@@ -233,30 +270,35 @@ def collect(ctx) -> None:
         return comm_cache[pid] or fallback
 
     records: list[dict[str, Any]] = []
-    for k, v in stat:
-        pid, nr = int(k.tgid), int(k.nr)
+    left_out = set(excluded_final)
+    for v in stat:
+        pid, nr = int(v.key) >> 32, int(v.key) & 0x7FFFFFFF
+        if pid in left_out:
+            continue
         thread_comm = v.comm.decode("utf-8", "replace")
         rec = {"pid": pid, "comm": comm_of(pid, thread_comm), "syscall": names.get(nr, f"syscall_{nr}"),
                "nr": nr, "errors": int(v.errors)}
-        rec.update(_bpf.stats(slots.get((pid, nr), {}), int(v.count), int(v.total_ns), int(v.max_ns),
-                              int(v.min_ns)))
+        rec.update(_bpf.stats({i: int(c) for i, c in enumerate(v.slots) if c}, int(v.count), int(v.total_ns),
+                              int(v.max_ns), int(v.min_ns)))
         if thread_comm != rec["comm"]:
             rec["thread_comm"] = thread_comm   # the first thread seen making this call
         records.append(rec)
     records.sort(key=lambda r: (-r["total_us"], r["pid"], r["nr"]))
 
     in_flight = []
-    for k, v in start:
-        age_us = (t_read - int(v.ts)) / 1000
-        in_flight.append({"pid": int(v.tgid), "tid": int(k), "comm": comm_of(int(v.tgid), "?"),
+    for _, v in start:
+        tid = int(v.tid)
+        pid = _bpf.tgid_of(tid)
+        if pid is None or pid in left_out:   # gone (exit_group never returns), or goldenhour's
+            continue
+        in_flight.append({"pid": pid, "tid": tid, "comm": comm_of(pid, "?"),
                           "syscall": names.get(int(v.nr), f"syscall_{int(v.nr)}"), "nr": int(v.nr),
-                          "age_us": round(age_us, 1), "since_utc": _bpf.mono_ns_to_utc(int(v.ts))})
+                          "age_us": round((t_read - int(v.ts)) / 1000, 1), "since_utc": _bpf.mono_ns_to_utc(int(v.ts))})
     in_flight.sort(key=lambda r: -r["age_us"])
 
-    dropped = {"start_map_full": drops[0] if drops else 0, "stat_map_full": drops[1] if len(drops) > 1 else 0,
-               "hist_map_full": drops[2] if len(drops) > 2 else 0}
-    if any(dropped.values()):
-        ctx.partial(f"some samples were not recorded (BPF maps full): {dropped}")
+    dropped = {"start_slot_collisions": drops[0], "stat_map_full": drops[1]}
+    if drops[1]:
+        ctx.partial(f"{drops[1]} calls not recorded: the (process, syscall) map was full")
     doc = {
         "window": win, "window_s": win["seconds"],
         "filter": {"mode": mode, "applied": "targets" if allow is not None else "host", "why": why,

@@ -19,10 +19,10 @@ import pytest
 
 from collectors import _bpf, syscalls
 from tests.helpers import probes
-from tests.helpers.probes import RARE, SLEEPER, skip_without_bpf
+from tests.helpers.probes import FORKER, RARE, SLEEPER, skip_without_bpf
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-N_RARE, N_OUTSIDER = 23, 41
+N_RARE, N_OUTSIDER, N_CHILD = 23, 41, 7
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +35,20 @@ def traced(tmp_path_factory):
     mark = probes.marker(staging, "syscalls")
     procs = [Proc([sys.executable, "-c", SLEEPER]),
              Proc([sys.executable, "-c", RARE, str(mark), str(N_RARE)]),
-             Proc([sys.executable, "-c", RARE, str(mark), str(N_OUTSIDER)])]
-    sleeper, rare, outsider = procs
+             Proc([sys.executable, "-c", RARE, str(mark), str(N_OUTSIDER)]),
+             Proc([sys.executable, "-c", FORKER, str(mark), str(N_CHILD)])]
+    sleeper, rare, outsider, forker = procs
     try:
         res = probes.run("syscalls", staging, capture={
             "probe_seconds": 2, "targets_explicit": True,
-            "targets": [probes.target_json(sleeper.pid), probes.target_json(rare.pid)]})
+            "targets": [probes.target_json(p.pid) for p in (sleeper, rare, forker)]})
         for p in (rare, outsider):   # both saw the marker and made their calls inside the window
             assert p.popen.stdout.readline().startswith("DONE")
+        child = int(forker.popen.stdout.readline().split()[1])
         doc = json.loads((res.out / "syscalls.json").read_text()) if res.out and \
             (res.out / "syscalls.json").exists() else {}
-        yield {"res": res, "doc": doc, "sleeper": sleeper.pid, "rare": rare.pid, "outsider": outsider.pid}
+        yield {"res": res, "doc": doc, "sleeper": sleeper.pid, "rare": rare.pid, "outsider": outsider.pid,
+               "forker": forker.pid, "child": child}
     finally:
         for p in procs:
             p.stop()
@@ -88,11 +91,17 @@ def test_rare_syscall_is_counted_exactly(traced):
 
 
 @skip_without_bpf
+def test_child_forked_by_a_target_during_the_window_is_traced_too(traced):
+    (rec,) = _rec(traced["doc"], traced["child"], "getppid")
+    assert rec["count"] == N_CHILD
+
+
+@skip_without_bpf
 def test_process_outside_the_targets_does_not_appear(traced):
     doc = traced["doc"]
     assert doc["filter"]["applied"] == "targets"
-    assert set(doc["filter"]["pids"]) == {traced["sleeper"], traced["rare"]}
-    assert {r["pid"] for r in doc["records"]} <= {traced["sleeper"], traced["rare"]}
+    assert set(doc["filter"]["pids"]) == {traced["sleeper"], traced["rare"], traced["forker"]}
+    assert {r["pid"] for r in doc["records"]} <= {traced[k] for k in ("sleeper", "rare", "forker", "child")}
     assert not [r for r in doc["records"] if r["pid"] == traced["outsider"]]
 
 

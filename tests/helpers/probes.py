@@ -58,6 +58,24 @@ print("DONE", flush=True)
 sys.stdin.read()
 '''
 
+# A target that, once the probe is attached, forks a child making exactly N getppid() calls.
+FORKER = r'''
+import ctypes, os, sys, time
+marker, n = sys.argv[1], int(sys.argv[2])
+libc = ctypes.CDLL(None, use_errno=True)
+print("READY", os.getpid(), flush=True)
+while not os.path.exists(marker):
+    time.sleep(0.002)
+pid = os.fork()
+if pid == 0:
+    for _ in range(n):
+        libc.syscall(110)
+    os._exit(0)
+os.waitpid(pid, 0)
+print("DONE", pid, flush=True)
+sys.stdin.read()
+'''
+
 SLEEPER = r'''
 import os, time
 print("READY", os.getpid(), flush=True)
