@@ -3,9 +3,9 @@
 What: for a window of ``capture.probe_seconds`` (default 5 s, ``--probe-seconds``), every
 system call's latency from the ``raw_syscalls:sys_enter``/``sys_exit`` tracepoints,
 aggregated in the kernel per (process, system call): count, errors (negative
-returns), total, min and max, and a log2 histogram in microseconds (BPF hash maps;
-no per-event output, so a million calls per second cost map updates, not copies to
-user space). Calls still blocked when the window ends are listed with their age so
+returns), total, min and max, and a log2 histogram in microseconds (BPF maps; no
+per-event output, so a million calls per second cost map updates, not copies to user
+space). Calls still blocked when the window ends are listed with their age so
 far. With targets given (``--pid``/``--process``/``--unit`` or configured services),
 only those processes (and children they fork during the window) are traced;
 otherwise the whole host, except goldenhour's own processes and what they start.
@@ -18,16 +18,22 @@ Produces: ``syscalls.json`` (``window`` start/end UTC and seconds, ``filter``,
 ``attached`` tracepoints, ``records``: one per (pid, comm, syscall) with nr, count,
 errors, total_us, mean_us, min_us, max_us, p50_us, p90_us, p99_us and ``hist`` as
 ``{low_us, high_us, count}`` log2 buckets; ``in_flight``: calls not returned at the end;
-``dropped``: samples lost to full maps); ``syscalls.txt`` (the top entries by total
+``dropped``: calls lost to a full map or to two threads sharing a start slot);
+``syscalls.txt`` (the top entries by total
 time with bcc-style histograms); ``attached.json`` (when the window began, program
 and map IDs).
-Overhead: two short BPF programs run on every system call of every process (about
-0.1-0.3 µs per call on this 2-core test VM): measured by ``bench/bench_probes.py``:
-a tight loop of cheap syscalls (``getppid``) slows down by roughly a third while
-traced, a loopback HTTP server (a few hundred syscalls per request) loses 1-3 % of
-its throughput (target: under 5 %). Compiling the probe costs about 0.5-1 s of CPU
-and ~100 MB of memory for clang, once per capture. Maps: ~10 MB locked kernel
-memory at most, freed at the end of the window.
+Overhead: two short BPF programs (raw tracepoints) run on every system call of every
+process while the window lasts. Measured by ``bench/bench_probes.py`` on the 2-core test
+VM: 0.25-0.35 µs of CPU added per call (0.17-0.25 µs for calls of processes outside the
+targets, which are filtered out first thing). A tight ``getppid()`` loop, nothing but
+system calls, slows down by ~59 %; a loopback HTTP server loses an estimated 4.3 %
+(3.7-5.3) of its throughput when it is a lean asyncio server (2.1 calls and 14 µs of
+CPU per request) and 0.4 % as a uvicorn/Starlette app (3.4 calls, 230 µs). Rule of
+thumb: a process making N system calls per second loses N × 0.3 µs of CPU per second
+(100,000/s: 3 %). Compiling the probe costs ~1 s of CPU and ~160 MB of memory (clang)
+once per capture. Maps: ~8 MB of locked kernel memory, freed at the end of the window.
+(The first version, on perf-event tracepoints with a hash map of start times, cost
+~0.75 µs per call.)
 Caveats: p50/p90/p99 are estimated from the log2 histogram (linear within the
 bucket, bounded by the exact min and max), so they are exact only to the bucket.
 Calls that started before the window are not counted; long calls (``epoll_wait``,
@@ -35,8 +41,10 @@ Calls that started before the window are not counted; long calls (``epoll_wait``
 compat processes use other numbers; names may then be wrong). PIDs are those of
 the host's PID namespace. bcc compiles against the kernel headers; where the running
 kernel has none, the distribution's nearest headers are linked (recorded under
-``kernel_headers`` in the manifest); the probes use only tracepoint fields read from
-tracefs, so no structure offsets depend on the headers.
+``kernel_headers`` in the manifest); this probe reads only the raw tracepoints'
+arguments (syscall number, return value) and helper results, so no structure offset
+depends on the headers. Threads whose IDs are equal modulo 65,536 share a start slot:
+if two of them are in a call at once, one call is lost (counted in ``dropped``).
 Safety: programs are detached and maps freed at the end of the window, on error,
 and when the collector is killed (the kernel releases them with the process's
 descriptors; nothing is pinned). Tracepoints only (no kprobes).
