@@ -17,8 +17,8 @@ histogram and the top processes. ``attached.json``.
 Overhead: the scheduler tracepoints fire on every wake-up and context switch (10,000-
 100,000 per second per busy CPU), each running a short program (wake-up times in an
 array slot per thread, one hash lookup per switch). Measured by ``bench/bench_probes.py``:
-+0.74 µs (0.52-1.3) per pipe round trip between two processes on one CPU, which is two
-wake-ups and two switches: ~0.2 µs per event, up to a few percent of a CPU on a host
++0.74-1.06 µs (medians of two runs) per pipe round trip between two processes on one CPU,
+which is two wake-ups and two switches: ~0.2-0.25 µs per event, a few percent of a CPU on a host
 switching heavily. That is why it is in the full profile only (or ``[collectors.runqlat]
 enabled = true``). Compiling: ~1 s of CPU, ~160 MB of memory (clang), once.
 Caveats: a thread's wait is attributed to the thread id; threads are grouped into
