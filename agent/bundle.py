@@ -335,7 +335,9 @@ def verify_stream(fileobj: IO[bytes], name: str, expected_sha256: str | None = N
                     continue
                 rel = parts[1]
                 if not m.isfile():
-                    rep.fail(f"unexpected non-file member: {m.name}")
+                    kind = ("symbolic link" if m.issym() else "hard link" if m.islnk() else "device" if m.isdev()
+                            else "fifo" if m.isfifo() else "folder" if m.isdir() else "non-file")
+                    rep.fail(f"unexpected {kind} member (refused): {m.name}")
                     continue
                 f = tar.extractfile(m)
                 h = hashlib.sha256()

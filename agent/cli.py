@@ -82,7 +82,7 @@ Examples:
   goldenhour show BUNDLE
 
 Exit codes: 0 ok, 1 verification failed, 2 usage/bad input, 3 capture failed,
-4 not found, 5 daemon unreachable, 10-16 object storage (see README).""")
+4 not found, 5 daemon unreachable, 10-17 object storage (see README).""")
 @click.version_option(__version__, prog_name="goldenhour")
 @click.option("--config", "config_path", metavar="FILE", envvar="GOLDENHOUR_CONFIG",
               help="Config file (default /etc/goldenhour/config.toml if it exists).")
@@ -137,16 +137,17 @@ Exit 0 when a bundle was written (failed or skipped collectors are recorded in i
 @click.option("--reason", default="", metavar="TEXT", help="Why this capture was taken (kept in the manifest).")
 @click.option("--title", default="", metavar="TEXT", help="Incident title (kept in the manifest).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of progress and a summary.")
-@click.option("--upload/--no-upload", "do_upload", default=None,
-              help="Upload after capturing (default: when upload.url is configured).")
-@click.option("--upload-url", "upload_url", metavar="s3://BUCKET/PREFIX", help="Upload to this S3 location.")
+@click.option("--upload", "upload_opt", is_flag=False, flag_value="-", default=None, metavar="[s3://BUCKET/PREFIX]",
+              help="Upload after capturing, to upload.url or to this S3 location (default: when upload.url is set).")
+@click.option("--no-upload", "no_upload", is_flag=True, help="Keep the bundle in the local store only (it stays pending).")
+@click.option("--upload-url", "upload_url", metavar="s3://BUCKET/PREFIX", help="Same as --upload s3://BUCKET/PREFIX.")
 @click.option("--via-daemon", is_flag=True,
               help="Ask the running daemon to capture (its queue and config) and wait; exit 5 if unreachable.")
 @pass_app
 def snapshot(app: App, incident: str, profile: str | None, store: str | None, logs: tuple[str, ...],
              only: tuple[str, ...], skip: tuple[str, ...], pids: tuple[int, ...], processes: tuple[str, ...],
              units: tuple[str, ...], heap: bool, time_budget: float | None, probe_seconds: float | None,
-             reason: str, title: str, as_json: bool, do_upload: bool | None, upload_url: str | None,
+             reason: str, title: str, as_json: bool, upload_opt: str | None, no_upload: bool, upload_url: str | None,
              via_daemon: bool = False) -> None:
     """Capture this host's volatile state into one bundle, now.
 
@@ -161,6 +162,13 @@ def snapshot(app: App, incident: str, profile: str | None, store: str | None, lo
 
     if only and skip:
         raise UsageError("use either --collector or --skip, not both")
+    if no_upload and (upload_opt or upload_url):
+        raise UsageError("use either --upload or --no-upload, not both")
+    do_upload = False if no_upload else (True if upload_opt else None)
+    if upload_opt and upload_opt != "-":
+        upload_url = upload_opt
+    if upload_url and (not upload_url.startswith("s3://") or len(upload_url) <= 5):
+        raise UsageError(f"--upload takes s3://BUCKET/PREFIX, not {upload_url!r}")
     if via_daemon:
         from agent.cli_daemon import snapshot_via_daemon
         snapshot_via_daemon(app, {
@@ -250,7 +258,7 @@ def _maybe_upload(app: App, res: Any, do_upload: bool | None, url: str | None, a
         app.cfg.set("upload.url", url)
     if not app.cfg["upload.url"]:
         if do_upload:
-            raise UsageError("--upload needs upload.url in the config or --upload-url s3://BUCKET/PREFIX")
+            raise UsageError("--upload needs upload.url in the config or --upload s3://BUCKET/PREFIX")
         return None
     try:
         from agent import upload as upload_mod

@@ -78,7 +78,8 @@ KEYS: dict[str, Key] = {
     "upload.object_lock_mode": Key("", str, "Object Lock retention mode for bundles: GOVERNANCE or COMPLIANCE (empty: none)."),
     "upload.object_lock_days": Key(0, int, "Object Lock retention in days (with object_lock_mode)."),
     "upload.multipart_threshold_mb": Key(64, int, "Bundles larger than this are uploaded in parts."),
-    "upload.multipart_chunk_mb": Key(16, int, "Part size of a multipart upload."),
+    "upload.multipart_chunk_mb": Key(16, int, "Part size of a multipart upload (at least 5; S3 allows 10000 parts)."),
+    "upload.concurrency": Key(4, int, "Parts of a multipart upload sent at once (parts stream from the file: memory stays small)."),
     "upload.principal": Key("", str, "Who uploads/fetches, for the chain of custody when STS cannot say (e.g. an on-prem S3)."),
     "upload.retry_initial_s": Key(30, int, "First retry delay for pending uploads (the daemon doubles it per failure)."),
     "upload.retry_max_s": Key(3600, int, "Longest retry delay for pending uploads."),
@@ -190,6 +191,23 @@ class Config:
             raise ConfigError(f"daemon.profile must be quick, standard or full{where}")
         if self.values["daemon.pre_restart"] not in ("incident", "always", "never"):
             raise ConfigError(f"daemon.pre_restart must be incident, always or never{where}")
+        self._check_upload(where)
+
+    def _check_upload(self, where: str) -> None:
+        v = self.values
+        if v["upload.url"] and (not v["upload.url"].startswith("s3://") or len(v["upload.url"]) <= 5):
+            raise ConfigError(f"upload.url must look like s3://BUCKET/PREFIX, not {v['upload.url']!r}{where}")
+        if v["upload.sse"] not in ("", "AES256", "aws:kms", "aws:kms:dsse"):
+            raise ConfigError(f"upload.sse must be \"\", AES256, aws:kms or aws:kms:dsse{where}")
+        if v["upload.object_lock_mode"] not in ("", "GOVERNANCE", "COMPLIANCE"):
+            raise ConfigError(f"upload.object_lock_mode must be \"\", GOVERNANCE or COMPLIANCE{where}")
+        if v["upload.object_lock_mode"] and v["upload.object_lock_days"] < 1:
+            raise ConfigError(f"upload.object_lock_days must be 1 or more with upload.object_lock_mode{where}")
+        if v["upload.multipart_chunk_mb"] < 5 or v["upload.multipart_threshold_mb"] < 5:
+            raise ConfigError(f"upload.multipart_chunk_mb and upload.multipart_threshold_mb must be at least 5 "
+                              f"(S3's smallest part){where}")
+        if not 1 <= v["upload.concurrency"] <= 64:
+            raise ConfigError(f"upload.concurrency must be between 1 and 64{where}")
 
 
 def _check_type(key: str, value: Any, typ: type | tuple[type, ...], where: str) -> None:

@@ -7,13 +7,21 @@ Exit codes (README "Exit codes" lists the same):
   3  capture failed: no bundle could be written (store unwritable, disk reserve reached)
   4  not found: no such bundle, incident or collector
   5  the daemon is not reachable (snapshot --via-daemon)
-  10-19 object storage (see agent/upload.py): 10 no credentials, 11 access denied,
-        12 endpoint unreachable, 13 no such bucket, 14 tampered object, 15 disk full while fetching,
-        16 upload still pending
+  10-17 object storage (see agent/upload.py; ``upload.storage_error`` maps every boto error):
+        10 no valid credentials (none found, unknown key, expired token, missing profile)
+        11 access denied (the credentials lack a permission)
+        12 endpoint unreachable (connection refused or timed out, 5xx, SlowDown)
+        13 no such bucket
+        14 tampered object or unsafe archive, refused (hashes differ, a member escapes the destination)
+        15 disk full while fetching
+        16 upload still pending (`upload --pending`: some bundles are not uploaded yet)
+        17 the object store rejected the request (e.g. Object Lock not enabled on the bucket, bad KMS key)
 """
 from __future__ import annotations
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_CAPTURE, EXIT_NOT_FOUND, EXIT_DAEMON = 0, 1, 2, 3, 4, 5
+EXIT_NO_CREDENTIALS, EXIT_ACCESS_DENIED, EXIT_UNREACHABLE, EXIT_NO_BUCKET = 10, 11, 12, 13
+EXIT_TAMPERED, EXIT_DISK_FULL, EXIT_PENDING, EXIT_REJECTED = 14, 15, 16, 17
 
 
 class GoldenhourError(Exception):

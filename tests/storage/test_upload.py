@@ -1,138 +1,145 @@
-"""Upload, spool and retrieval against a real S3 API (moto server on loopback, real HTTP)."""
+"""Upload against a real S3 API (moto server on loopback, real HTTP): layout, multipart, metadata,
+checksums, SSE, Object Lock, custody records, receipts, idempotence and refusals."""
 from __future__ import annotations
 
+import base64
 import hashlib
-import io
 import json
-import os
-import tarfile
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import zstandard
+from tests.storage.conftest import boto
 
-from tests.storage.conftest import CREDS, free_port
-
-BIG = "tests.helpers.bulk"
+MiB = 2**20
 
 
-def env(cfg: str) -> dict:
-    return {"GOLDENHOUR_CONFIG": cfg, "GOLDENHOUR_EXTRA_COLLECTORS": BIG, **CREDS}
+def parts_checksum(path: Path, part: int) -> str:
+    """S3's composite SHA-256 computed here, independently of agent/upload.py."""
+    data = path.read_bytes()
+    digests = b"".join(hashlib.sha256(data[i:i + part]).digest() for i in range(0, len(data), part))
+    return base64.b64encode(hashlib.sha256(digests).digest()).decode() + f"-{-(-len(data) // part)}"
 
 
-def test_snapshot_uploads_multipart_with_metadata_checksum_and_sse(gh, s3, s3_config):
+def keys(client, bucket: str, prefix: str = "") -> list[str]:
+    return [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+
+
+def test_snapshot_uploads_multipart_with_metadata_checksums_sse_and_custody(run, s3, s3_config):
     client, bucket = s3
-    cfg = s3_config('sse = "AES256"\n[collectors.bulk]\nmb = 12\n')
-    cp = gh("snapshot", "--json", "--incident", "INC-s3", "--collector", "bulk", env=env(cfg))
+    cfg = s3_config('sse = "AES256"', after="[collectors.bulk]\nmb = 12\n")
+    cp = run(cfg, "snapshot", "--json", "--incident", "INC-s3", "--collector", "bulk")
     assert cp.returncode == 0, cp.stderr
     out = json.loads(cp.stdout)
-    assert out["upload"]["status"] == "uploaded", out
-    key = out["upload"]["key"]
-    assert key == f"prod/incidents/INC-s3/host-a/{Path(out['bundle']).name}"
+    up, bundle = out["upload"], Path(out["bundle"])
+    assert up["status"] == "uploaded", up
+    key = f"prod/incidents/INC-s3/host-a/{bundle.name}"
+    assert up["key"] == key and up["url"] == f"s3://{bucket}/{key}"
+
     head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
-    assert head["Metadata"]["sha256"] == out["sha256"] and head["Metadata"]["incident"] == "INC-s3"
+    assert head["ContentLength"] == bundle.stat().st_size > 12 * MiB
+    meta = head["Metadata"]
+    assert meta["sha256"] == out["sha256"] and meta["incident"] == "INC-s3" and meta["host"] == "host-a"
+    assert meta["agent-version"] and meta["part-size"] == str(5 * MiB)
+    assert head["ETag"].strip('"').endswith("-3")                       # 3 parts of 5 MiB
+    assert head["ChecksumSHA256"].split("-")[0] == parts_checksum(bundle, 5 * MiB).split("-")[0]
     assert head["ServerSideEncryption"] == "AES256"
-    assert "-" in head["ETag"]                                   # multipart: the bundle is over 5 MB
     body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     assert hashlib.sha256(body).hexdigest() == out["sha256"]
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]]
-    assert key.replace(".tar.zst", ".manifest.json") in keys
-    custody = [k for k in keys if "/custody/" in k]
+    assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+    # sidecars beside it, the same bytes as on the host
+    man_key = key.replace(".tar.zst", ".manifest.json")
+    side = client.get_object(Bucket=bucket, Key=man_key)
+    assert side["Body"].read() == Path(out["manifest"]).read_bytes()
+    assert side["ServerSideEncryption"] == "AES256"
+    sha_obj = client.get_object(Bucket=bucket, Key=key + ".sha256")["Body"].read().decode()
+    assert sha_obj == f"{out['sha256']}  {bundle.name}\n"
+
+    # one custody record: who (STS caller), when, from which host, what
+    custody = keys(client, bucket, "prod/incidents/INC-s3/custody/")
+    assert len(custody) == 1 and "-host-a-upload-" in custody[0]
     rec = json.loads(client.get_object(Bucket=bucket, Key=custody[0])["Body"].read())
-    assert rec["action"] == "upload" and rec["sha256"] == out["sha256"] and rec["who"]
-    receipt = json.loads(Path(out["bundle"].replace(".tar.zst", ".upload.json")).read_text())
-    assert receipt["key"] == key and receipt["etag"]
+    assert rec["action"] == "upload" and rec["sha256"] == out["sha256"] and rec["key"] == key
+    assert rec["who"].startswith("arn:aws:") and rec["who_source"] == "sts"
+    assert rec["from_host"] == "host-a" and rec["when"] and rec["os_user"]
+    assert "testing" not in json.dumps(rec)                              # no credentials anywhere
+
+    # the receipt makes the bundle uploaded (not pending)
+    receipt = json.loads(bundle.with_name(bundle.name.replace(".tar.zst", ".upload.json")).read_text())
+    assert receipt["key"] == key and receipt["etag"] == head["ETag"].strip('"')
+    assert receipt["checksum_verified"] and receipt["parts"] == 3 and receipt["custody_key"] == custody[0]
+    assert receipt["sha256"] == out["sha256"] and receipt["uploaded_at"]
+    assert not bundle.with_name(bundle.name.replace(".tar.zst", ".pending.json")).exists()
 
 
-def test_endpoint_down_keeps_the_bundle_pending_until_it_comes_back(gh, s3, s3_config):
+def test_kms_and_object_lock_single_put_and_multipart(run, moto_server, s3_config, store):
+    client = boto(moto_server)
+    bucket = f"locked-{store.parent.name[-8:].lower().replace('_', '-')}"
+    client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    cfg = s3_config('sse = "aws:kms"\nkms_key_id = "alias/evidence"\nobject_lock_mode = "GOVERNANCE"\n'
+                    'object_lock_days = 7', bucket_name=bucket, after="[collectors.bulk]\nmb = 6\n")
+    soon = datetime.now(timezone.utc) + timedelta(days=7)
+    for collector, parts in (("host", 1), ("bulk", 2)):
+        cp = run(cfg, "snapshot", "--json", "--incident", "INC-lock", "--collector", collector)
+        out = json.loads(cp.stdout)
+        assert cp.returncode == 0 and out["upload"]["status"] == "uploaded", cp.stdout + cp.stderr
+        head = client.head_object(Bucket=bucket, Key=out["upload"]["key"], ChecksumMode="ENABLED")
+        assert head["ObjectLockMode"] == "GOVERNANCE"
+        assert abs((head["ObjectLockRetainUntilDate"] - soon).total_seconds()) < 600
+        assert head["ServerSideEncryption"] == "aws:kms" and "evidence" in head["SSEKMSKeyId"]
+        assert out["upload"]["version_id"] and out["upload"]["parts"] == parts
+        assert out["upload"]["object_lock"]["mode"] == "GOVERNANCE"
+        if parts == 1:
+            assert head["ChecksumSHA256"] == base64.b64encode(bytes.fromhex(out["sha256"])).decode()
+    custody = keys(client, bucket, "prod/incidents/INC-lock/custody/")
+    assert len(custody) == 2
+    assert all(client.head_object(Bucket=bucket, Key=k)["ObjectLockMode"] == "GOVERNANCE" for k in custody)
+
+
+def test_upload_again_reuses_the_verified_object_and_never_overwrites_another(run, s3, s3_config):
     client, bucket = s3
-    down = s3_config(endpoint=f"http://127.0.0.1:{free_port()}")
-    cp = gh("snapshot", "--json", "--incident", "INC-down", "--collector", "bulk", env=env(down))
-    assert cp.returncode == 0, cp.stderr
-    out = json.loads(cp.stdout)
-    assert out["upload"]["status"] == "pending" and out["upload"]["exit_code"] == 12
-    cp = gh("upload", "--pending", env=env(down))
-    assert cp.returncode == 16 and "unreachable" in cp.stdout
-    assert Path(out["bundle"]).exists()
-    up = s3_config()
-    cp = gh("upload", "--pending", "--json", env=env(up))
-    assert cp.returncode == 0, cp.stdout + cp.stderr
-    res = json.loads(cp.stdout)
-    assert [r["status"] for r in res] == ["uploaded"]
-    body = client.get_object(Bucket=bucket, Key=res[0]["key"])["Body"].read()
-    assert hashlib.sha256(body).hexdigest() == out["sha256"]
-    # idempotent: nothing pending, and uploading again reuses the same object
-    assert json.loads(gh("upload", "--pending", "--json", env=env(up)).stdout) == []
-    assert gh("upload", out["bundle"], env=env(up)).returncode == 0
-    assert len([o for o in client.list_objects_v2(Bucket=bucket)["Contents"] if o["Key"].endswith(".tar.zst")]) == 1
-
-
-def test_fetch_two_hosts_verifies_both_and_refuses_a_tampered_object(gh, s3, s3_config, tmp_path):
-    client, bucket = s3
-    for host in ("web-1", "web-2"):
-        cp = gh("snapshot", "--json", "--incident", "INC-2h", "--collector", "bulk", env=env(s3_config(host=host)))
-        assert json.loads(cp.stdout)["upload"]["status"] == "uploaded"
-    cfg = s3_config(host="laptop")
-    listing = json.loads(gh("bundles", "list", "--incident", "INC-2h", "--json", env=env(cfg)).stdout)
-    assert sorted(r["host"] for r in listing if r["source"] == "s3") == ["web-1", "web-2"]
-    cp = gh("fetch", "--incident", "INC-2h", "--dest", str(tmp_path / "rca"), "--json", env=env(cfg))
-    assert cp.returncode == 0, cp.stderr
-    rows = json.loads(cp.stdout)
-    assert sorted(r["host"] for r in rows) == ["web-1", "web-2"]
-    for r in rows:
-        assert Path(r["extracted"], "manifest.json").exists()
-        assert gh("verify", f"s3://{bucket}/{r['key']}", env=env(cfg)).returncode == 0
-    # tamper with one object in place (same metadata): refused with exit 14
-    key = rows[0]["key"]
-    obj = client.get_object(Bucket=bucket, Key=key)
-    data = bytearray(obj["Body"].read())
-    data[len(data) // 2] ^= 1
-    client.put_object(Bucket=bucket, Key=key, Body=bytes(data), Metadata=obj["Metadata"])
-    cp = gh("fetch", "--incident", "INC-2h", "--host", rows[0]["host"], "--dest", str(tmp_path / "again"),
-            env=env(cfg))
-    assert cp.returncode == 14 and "refused" in cp.stderr
-    assert gh("verify", f"s3://{bucket}/{key}", env=env(cfg)).returncode == 1
-
-
-def _evil_bundle(member: tarfile.TarInfo, data: bytes = b"x") -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        if member.isfile():
-            member.size = len(data)
-            tar.addfile(member, io.BytesIO(data))
-        else:
-            tar.addfile(member)
-    return zstandard.ZstdCompressor().compress(buf.getvalue())
-
-
-def test_safe_extract_refuses_escapes_links_and_devices(tmp_path):
-    from agent.errors import GoldenhourError
-    from agent.retrieve import safe_extract
-    link = tarfile.TarInfo("top/evil")
-    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
-    dev = tarfile.TarInfo("top/dev")
-    dev.type = tarfile.CHRTYPE
-    for i, m in enumerate([tarfile.TarInfo("../../etc/x"), tarfile.TarInfo("/etc/x"),
-                           tarfile.TarInfo("top/../../x"), link, dev]):
-        p = tmp_path / f"evil{i}.tar.zst"
-        p.write_bytes(_evil_bundle(m))
-        dest = tmp_path / f"dest{i}"
-        dest.mkdir()
-        try:
-            safe_extract(p, dest)
-            raise AssertionError(f"{m.name} was extracted")
-        except GoldenhourError as exc:
-            assert exc.exit_code == 14 and "refused" in str(exc)
-        assert not any(dest.rglob("*")) and not (tmp_path.parent / "x").exists()
-
-
-def test_wrong_bucket_and_no_credentials_have_distinct_exit_codes(gh, s3_config, store):
     cfg = s3_config()
-    cp = gh("snapshot", "--json", "--incident", "INC-e", "--collector", "bulk", env=env(cfg))
-    bundle = json.loads(cp.stdout)["bundle"]
-    e = env(cfg)
-    cp = gh("upload", bundle, "--url", "s3://no-such-bucket-gh/x", env=e)
-    assert cp.returncode == 13 and "no such bucket" in cp.stdout
-    noenv = {k: "" for k in CREDS} | {"GOLDENHOUR_CONFIG": cfg, "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
-                                      "AWS_CONFIG_FILE": "/nonexistent", "AWS_EC2_METADATA_DISABLED": "true"}
-    cp = gh("upload", bundle, env=noenv)
-    assert cp.returncode == 10 and "credentials" in cp.stdout
+    out = json.loads(run(cfg, "snapshot", "--json", "--incident", "INC-idem", "--collector", "host").stdout)
+    key, bundle = out["upload"]["key"], Path(out["bundle"])
+    first = client.head_object(Bucket=bucket, Key=key)
+    receipt = bundle.with_name(bundle.name.replace(".tar.zst", ".upload.json"))
+    receipt.unlink()                                    # as if killed after the upload, before the receipt
+    cp = run(cfg, "upload", "--pending", "--json")
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    (r,) = json.loads(cp.stdout)
+    assert r["status"] == "uploaded" and r["reused"] and receipt.exists()
+    assert client.head_object(Bucket=bucket, Key=key)["LastModified"] == first["LastModified"]   # not sent again
+    assert keys(client, bucket, "prod/incidents/INC-idem/host-a/").count(key) == 1
+    cp = run(cfg, "upload", "--pending")
+    assert cp.returncode == 0 and "nothing pending" in cp.stdout
+
+    # a different object at a bundle's key is never overwritten: refused, the bundle stays pending
+    out2 = json.loads(run(cfg, "snapshot", "--json", "--incident", "INC-idem", "--collector", "host",
+                          "--no-upload").stdout)
+    key2 = f"prod/incidents/INC-idem/host-a/{Path(out2['bundle']).name}"
+    client.put_object(Bucket=bucket, Key=key2, Body=b"someone else's bytes")
+    cp = run(cfg, "upload", out2["bundle"])
+    assert cp.returncode == 14 and "already holds a different object" in cp.stdout, cp.stdout
+    assert client.get_object(Bucket=bucket, Key=key2)["Body"].read() == b"someone else's bytes"
+    pending = json.loads(Path(out2["bundle"].replace(".tar.zst", ".pending.json")).read_text())
+    assert pending["attempts"] == 1 and pending["exit_code"] == 14
+
+
+def test_a_bundle_corrupted_on_disk_is_not_uploaded(run, s3, s3_config):
+    client, bucket = s3
+    cfg = s3_config(after="[collectors.bulk]\nmb = 7\n")
+    out = json.loads(run(cfg, "snapshot", "--json", "--incident", "INC-rot", "--collector", "bulk",
+                         "--no-upload").stdout)
+    bundle = Path(out["bundle"])
+    with open(bundle, "r+b") as fh:                     # one flipped bit, the .sha256 unchanged
+        fh.seek(6 * MiB)
+        b = fh.read(1)
+        fh.seek(6 * MiB)
+        fh.write(bytes([b[0] ^ 1]))
+    cp = run(cfg, "upload", "--pending", "--json")
+    assert cp.returncode == 16
+    (r,) = json.loads(cp.stdout)
+    assert r["status"] == "pending" and r["exit_code"] == 14 and "no longer matches its .sha256" in r["error"]
+    assert not keys(client, bucket, "prod/incidents/INC-rot/host-a/")        # nothing completed
+    assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")   # and nothing left half-done
+    assert bundle.exists()
