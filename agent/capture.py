@@ -129,6 +129,16 @@ def bundle_name(incident: str, host: str, when) -> str:
     return f"{incident}_{safe_component(host)}_{when.strftime('%Y%m%dT%H%M%SZ')}_{secrets.token_hex(4)}"
 
 
+def lower_priority(cfg: Config) -> None:
+    """Run the capture process itself, not only its collectors, at ``capture.nice`` and idle I/O.
+
+    Called by the processes that capture (``snapshot``, the daemon's ``daemon-job``), never by
+    the daemon's listener: the CPU the capture takes comes out of the workload's share, and at
+    nice 10 a saturated CPU gives it about a tenth (bench/README.md, "overhead").
+    """
+    runner.set_low_priority(cfg["capture.nice"], cfg["capture.ionice_idle"])
+
+
 def capture(cfg: Config, req: CaptureRequest,
             on_event: Callable[[str, Any, Any], None] | None = None) -> CaptureResult:
     """Run one capture and return the published bundle. Raises GoldenhourError if none was written."""

@@ -156,7 +156,7 @@ def snapshot(app: App, incident: str, profile: str | None, store: str | None, lo
     the others. The bundle lands in the local store first and its path and
     SHA-256 are printed; with an upload configured it is then sent to S3.
     """
-    from agent.capture import CaptureRequest, capture
+    from agent.capture import CaptureRequest, capture, lower_priority
     from agent.incident import Incident, IncidentIdError, Trigger
     from agent.progress import Progress
 
@@ -207,6 +207,7 @@ def snapshot(app: App, incident: str, profile: str | None, store: str | None, lo
     if not as_json:
         progress.message(f"goldenhour {__version__}: capturing incident {incident} "
                          f"(profile {req.profile}) into {cfg.store_path}")
+    lower_priority(cfg)
     res = capture(cfg, req, on_event=progress)
     upload_info = _maybe_upload(app, res, do_upload, upload_url, as_json)
     statuses = res.statuses

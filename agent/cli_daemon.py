@@ -87,7 +87,7 @@ def daemon_job(app: App) -> None:
 
 
 def _job_capture(app: App, job: dict[str, Any]) -> dict[str, Any]:
-    from agent.capture import CaptureRequest, capture
+    from agent.capture import CaptureRequest, capture, lower_priority
     from agent.incident import Incident, IncidentIdError, Trigger
     try:
         inc = Incident(**{k: v for k, v in job["incident"].items()
@@ -103,6 +103,7 @@ def _job_capture(app: App, job: dict[str, Any]) -> dict[str, Any]:
         units=list(job.get("units") or []), log_paths=list(job.get("log_paths") or []),
         time_budget_s=job.get("time_budget_s"), probe_seconds=job.get("probe_seconds"),
         heap=bool(job.get("heap")))
+    lower_priority(app.cfg)
     res = capture(app.cfg, req)
     return {"bundle": str(res.bundle), "sha256": res.sha256, "size": res.size, "incident": res.incident,
             "host": res.manifest["host"]["hostname"], "profile": req.profile,

@@ -45,8 +45,8 @@ KEYS: dict[str, Key] = {
     "capture.max_parallel": Key(6, int, "How many collectors run at once."),
     "capture.compression": Key("zstd", str, "Bundle compression: zstd (.tar.zst) or gzip (.tar.gz)."),
     "capture.zstd_level": Key(3, int, "zstd level (1-19); 3 is fast and still small."),
-    "capture.nice": Key(10, int, "CPU nice value collectors run at (0 = normal priority)."),
-    "capture.ionice_idle": Key(True, bool, "Run collectors in the idle I/O scheduling class."),
+    "capture.nice": Key(10, int, "CPU nice value a capture (its process and every collector) runs at (0 = normal priority, 19 = lowest)."),
+    "capture.ionice_idle": Key(True, bool, "Run a capture (its process and every collector) in the idle I/O scheduling class."),
     "capture.probe_seconds": Key(5.0, (int, float), "Window of the eBPF probes (standard and full profiles)."),
     "capture.heap": Key(False, bool, "Take heap dumps / core images in the standard profile too (always in full)."),
     # -- store ------------------------------------------------------------

@@ -91,10 +91,14 @@ class _Running:
     ledger: Path | None
 
 
-def _set_low_priority(nice: int, idle_io: bool) -> None:
+def set_low_priority(nice: int, idle_io: bool) -> None:
+    """Run this process at CPU nice ``nice`` (at least: never raised back) and, if asked, the idle I/O class.
+
+    Absolute, so calling it again (the capture process, then each collector it forks) is harmless.
+    """
     try:
-        if nice:
-            os.nice(nice)
+        if nice and os.getpriority(os.PRIO_PROCESS, 0) < nice:
+            os.setpriority(os.PRIO_PROCESS, 0, min(nice, 19))
     except OSError:
         pass
     if idle_io:
@@ -117,7 +121,7 @@ def _child(item: Item, out: Path, journal: Path, deadline: float, capture: dict[
             os._exit(4)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
-        _set_low_priority(*priority)
+        set_low_priority(*priority)
         for lg in (logging.getLogger(), logging.getLogger("goldenhour")):
             for h in list(lg.handlers):
                 lg.removeHandler(h)

@@ -270,3 +270,20 @@ def test_retention_removes_only_uploaded_bundles(gh, store, tmp_path):
     removed = s.prune(30)
     assert removed == [bundle]
     assert not bundle.exists() and bundle2.exists()      # pending bundles are never removed
+
+
+@pytest.mark.parametrize("conf, nice, ioclass", [("", 10, 3), ("[capture]\nnice = 0\nionice_idle = false\n", 0, None)])
+def test_the_whole_capture_runs_at_low_priority(gh, store, tmp_path, conf, nice, ioclass):
+    """capture.nice and capture.ionice_idle apply to the capture process itself, not only its collectors."""
+    cfg = tmp_path / "prio.toml"
+    cfg.write_text(f'[store]\npath = "{store}"\n{conf}')
+    cp = gh("snapshot", "--json", "--incident", "INC-prio", "--collector", "prio",
+            env={"GOLDENHOUR_CONFIG": str(cfg), "GOLDENHOUR_EXTRA_COLLECTORS": "tests.helpers.prio"})
+    out, bundle = _bundle(cp)
+    got = json.loads(_members(bundle)["collectors/prio/prio.json"])
+    for who in ("collector", "capture"):
+        assert got[who]["nice"] == nice, got
+        if ioclass is not None:
+            assert got[who]["ioclass"] == ioclass, got      # IOPRIO_CLASS_IDLE
+        else:
+            assert got[who]["ioclass"] != 3, got
