@@ -12,6 +12,7 @@ Conditions (a few captures each, 1.5 s apart, during one wrk run):
 - ``quick``: ``goldenhour snapshot --profile quick --pid SERVER`` with the default priorities
   (the capture process and its collectors at ``capture.nice`` = 10, idle I/O class);
 - ``quick nice=0``: the same with ``capture.nice = 0`` and ``capture.ionice_idle = false``;
+- ``quick nice=19``: the same with ``capture.nice = 19`` (the lowest CPU priority);
 - ``standard`` / ``standard nice=0``: ``--profile standard --pid SERVER`` (eBPF probes on for
   ``--probe-seconds`` 3, and py-spy's dump of the server);
 - control: a process that only burns a quick capture's CPU time (measured) at nice 10: what
@@ -131,7 +132,7 @@ class Bench:
         self.store = work / "store"
         (work / "pace.lua").write_text(PACE)
         self.hog_cpu = 0.4
-        for name, nice, idle in (("default", 10, "true"), ("nice0", 0, "false")):
+        for name, nice, idle in (("default", 10, "true"), ("nice0", 0, "false"), ("nice19", 19, "true")):
             (work / f"{name}.toml").write_text(
                 f'[capture]\nnice = {nice}\nionice_idle = {idle}\n[store]\npath = "{self.store}"\n'
                 f'reserve_bytes = 0\nreserve_percent = 0\n[logs]\njournal = false\n')
@@ -209,6 +210,7 @@ class Bench:
 
 LABEL = {"quick/default": "a quick capture (default: nice 10, idle I/O class)",
          "quick/nice0": "a quick capture at nice 0, normal I/O class",
+         "quick/nice19": "a quick capture at nice 19 (capture.nice = 19), idle I/O class",
          "standard/default": "a standard capture, probes on (default: nice 10, idle I/O class)",
          "standard/nice0": "a standard capture, probes on, at nice 0, normal I/O class",
          "hog/default": "control: a process that only burns a quick capture's CPU time, at nice 10"}
@@ -259,7 +261,7 @@ def run(quick: bool = False) -> dict:
         try:
             b.capture("quick", "default")            # warm up: goldenhour's modules, helpers in the page cache
             sat_base.append(b.phase(None, 0, 6.0))
-            for cond in ("quick/default", "quick/nice0", "standard/default", "standard/nice0"):
+            for cond in ("quick/default", "quick/nice0", "quick/nice19", "standard/default", "standard/nice0"):
                 sat[cond] = b.phase(cond, n, secs(cond, n))
             b.hog_cpu = statistics.median(s["cpu_s"] for s in sat["quick/default"]["spans"])
             sat["hog/default"] = b.phase("hog/default", n, secs("hog/default", n))

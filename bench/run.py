@@ -155,7 +155,8 @@ def _machine_line(results: dict[str, Any]) -> str:
             + (f", {m['os']}" if m.get("os") else "") + f", Python {m['python']}. "
             + f"Run {m['date']}" + (f" (load average {load:.1f} at start)" if load is not None else "")
             + (f", {results['total_s']:.0f} s in all" if results.get("total_s") else "")
-            + (" — quick mode" if results.get("quick") else "") + ".\n")
+            + (" — quick mode" if results.get("quick") else "")
+            + ". Areas rerun on their own since show their own date.\n")
 
 
 def render(results: dict[str, Any]) -> str:
@@ -232,9 +233,13 @@ def main(argv: list[str]) -> int:
     if wanted:
         areas = [a for a in areas if a in wanted]
     results: dict[str, Any] = {"machine": machine(), "quick": quick, "areas": {}}
-    if wanted and RESULTS.exists():      # keep the other areas' last figures
+    if wanted and RESULTS.exists():      # keep the other areas' last figures and the full run's header
         try:
-            results["areas"] = json.loads(RESULTS.read_text()).get("areas", {})
+            old = json.loads(RESULTS.read_text())
+            results["areas"] = old.get("areas", {})
+            for k in ("machine", "total_s", "quick"):
+                if k in old:
+                    results[k] = old[k]
         except ValueError:
             pass
     t0 = time.monotonic()

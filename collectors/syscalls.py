@@ -24,12 +24,12 @@ time with bcc-style histograms); ``attached.json`` (when the window began, progr
 and map IDs).
 Overhead: two short BPF programs (raw tracepoints) run on every system call of every
 process while the window lasts. Measured by ``bench/bench_probes.py`` on the 2-core test
-VM: 0.24-0.28 µs of CPU added per call (medians of two runs; single rounds 0.19-0.35),
-~0.2 µs for calls of processes outside the targets, which are filtered out first thing.
-A tight ``getppid()`` loop, nothing but system calls, slows down by 51-59 %; a loopback
-HTTP server loses an estimated 3.8-4.3 % (rounds 3.0-5.3) of its throughput when it is a
-lean asyncio server (2.2 calls and 14 µs of CPU per request) and 0.3-0.4 % as a
-uvicorn/Starlette app (3.3 calls, 230-240 µs). Rule of
+VM: 0.24-0.28 µs of CPU added per call (medians of three runs), 0.14-0.2 µs for calls of
+processes outside the targets, which are filtered out first thing. A tight ``getppid()``
+loop, nothing but system calls, slows down by 51-59 %; a loopback HTTP server loses an
+estimated 0.3-0.7 % of its throughput as a uvicorn/Starlette app (3.2 calls, 105-240 µs of
+CPU per request), and 3.8-6.3 % as a lean asyncio server answering 13 bytes (2.1 calls,
+8-14 µs per request: over the 5 % target when a request costs under ~10 µs). Rule of
 thumb: a process making N system calls per second loses N × 0.3 µs of CPU per second
 (100,000/s: 3 %). Compiling the probe costs ~1 s of CPU and ~160 MB of memory (clang)
 once per capture. Maps: ~8 MB of locked kernel memory, freed at the end of the window.

@@ -77,10 +77,15 @@ sys.stdin.read()
 '''
 
 SLEEPER = r'''
-import os, time
+import os, sys, time
+log = open(sys.argv[1], "w") if len(sys.argv) > 1 else None   # each sleep's own duration, in us
 print("READY", os.getpid(), flush=True)
 while True:
+    t = time.monotonic_ns()
     time.sleep(0.05)
+    if log:
+        log.write("%d\n" % ((time.monotonic_ns() - t) // 1000))
+        log.flush()
 '''
 
 
