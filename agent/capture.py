@@ -53,6 +53,7 @@ class CaptureRequest:
     time_budget_s: float | None = None
     probe_seconds: float | None = None
     heap: bool = False
+    netns: str | None = None        # network namespace file for the network collectors (sockets, conntrack)
 
 
 @dataclass
@@ -205,6 +206,7 @@ def capture(cfg: Config, req: CaptureRequest,
             "probe_seconds": float(req.probe_seconds or cfg["capture.probe_seconds"]),
             "heap": req.heap or req.profile == "full" or cfg["capture.heap"],
             "exclude_pids": [os.getpid()],
+            "netns": req.netns,
             "reserve_bytes": reserve,
         }
         limits = Limits(max_file_bytes=cfg["store.max_file_bytes"])

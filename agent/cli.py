@@ -134,6 +134,9 @@ Exit 0 when a bundle was written (failed or skipped collectors are recorded in i
               help="Overall budget; collectors still running then are stopped (default: capture.time_budget_s).")
 @click.option("--probe-seconds", type=click.FloatRange(0.5, 300), metavar="SECONDS",
               help="eBPF probe window (default: capture.probe_seconds, 5).")
+@click.option("--netns", metavar="NAME|PATH|PID",
+              help="Read sockets and conntrack in this network namespace: a name under /run/netns, a namespace "
+                   "file, or a PID (its /proc/PID/ns/net, e.g. a container's process).")
 @click.option("--reason", default="", metavar="TEXT", help="Why this capture was taken (kept in the manifest).")
 @click.option("--title", default="", metavar="TEXT", help="Incident title (kept in the manifest).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of progress and a summary.")
@@ -147,7 +150,7 @@ Exit 0 when a bundle was written (failed or skipped collectors are recorded in i
 def snapshot(app: App, incident: str, profile: str | None, store: str | None, logs: tuple[str, ...],
              only: tuple[str, ...], skip: tuple[str, ...], pids: tuple[int, ...], processes: tuple[str, ...],
              units: tuple[str, ...], heap: bool, time_budget: float | None, probe_seconds: float | None,
-             reason: str, title: str, as_json: bool, upload_opt: str | None, no_upload: bool, upload_url: str | None,
+             netns: str | None, reason: str, title: str, as_json: bool, upload_opt: str | None, no_upload: bool, upload_url: str | None,
              via_daemon: bool = False) -> None:
     """Capture this host's volatile state into one bundle, now.
 
@@ -169,6 +172,10 @@ def snapshot(app: App, incident: str, profile: str | None, store: str | None, lo
         upload_url = upload_opt
     if upload_url and (not upload_url.startswith("s3://") or len(upload_url) <= 5):
         raise UsageError(f"--upload takes s3://BUCKET/PREFIX, not {upload_url!r}")
+    if netns:
+        netns = _netns_path(netns)
+        if via_daemon:
+            raise UsageError("--netns is for a local capture; leave out --via-daemon")
     if via_daemon:
         from agent.cli_daemon import snapshot_via_daemon
         snapshot_via_daemon(app, {
@@ -202,7 +209,7 @@ def snapshot(app: App, incident: str, profile: str | None, store: str | None, lo
         incident=inc, trigger=Trigger(kind=kind, reason=reason, by=_who()),
         profile=profile or cfg["capture.profile"], only=list(only), skip=list(skip), pids=list(pids),
         processes=list(processes), units=list(units), log_paths=list(logs),
-        time_budget_s=time_budget, probe_seconds=probe_seconds, heap=heap)
+        time_budget_s=time_budget, probe_seconds=probe_seconds, heap=heap, netns=netns)
     progress = Progress(enabled=not as_json)
     if not as_json:
         progress.message(f"goldenhour {__version__}: capturing incident {incident} "
@@ -249,6 +256,14 @@ def _who() -> str:
 def _sidecar(bundle: Path) -> Path:
     from agent.bundle import manifest_sidecar
     return manifest_sidecar(bundle)
+
+
+def _netns_path(spec: str) -> str:
+    """--netns NAME|PATH|PID -> a network namespace file that exists, else a usage error."""
+    path = f"/proc/{spec}/ns/net" if spec.isdigit() else spec if "/" in spec else f"/run/netns/{spec}"
+    if not os.path.exists(path):
+        raise UsageError(f"--netns {spec}: no network namespace at {path}")
+    return path
 
 
 def _maybe_upload(app: App, res: Any, do_upload: bool | None, url: str | None, as_json: bool) -> dict | None:

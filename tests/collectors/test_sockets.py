@@ -6,6 +6,7 @@ real ss and /proc output recorded in tests/fixtures/sockets/ (see PROVENANCE.md)
 from __future__ import annotations
 
 import io
+import tarfile
 import json
 import os
 import socket
@@ -313,3 +314,31 @@ def test_counter_parsers_on_recorded_files():
     assert "IpExt" in netstat and snmp["Tcp"]["CurrEstab"] >= 1 and "RcvbufErrors" in snmp["Udp"]
     sockstat = parse_sockstat((FIXTURES / "proc-net-sockstat.txt").read_text())
     assert sockstat["TCP"]["tw"] == 2 and sockstat["sockets"]["used"] > 0
+
+
+def test_snapshot_netns_flag_by_name_and_by_pid_and_a_bad_one(gh, netns, tmp_path):
+    """`snapshot --netns` points the network collectors at a namespace: by name, or by a process in it."""
+    p, ports = _start(["ip", "netns", "exec", netns, sys.executable, "-c", TARGET, str(tmp_path / "ns2.sock"),
+                       "gh-in-netns"])
+    try:
+        for spec in (netns, str(p.pid)):
+            cp = gh("snapshot", "--json", "--incident", "INC-netns", "--collector", "sockets", "--netns", spec)
+            assert cp.returncode == 0, cp.stderr
+            out = json.loads(cp.stdout)
+            assert out["collectors"] == {"sockets": "ok"}
+            with _zst(out["bundle"]) as tar:
+                name = next(m for m in tar.getnames() if m.endswith("collectors/sockets/sockets.jsonl"))
+                records = [json.loads(line) for line in tar.extractfile(name)]
+            listen = {r["local_port"] for r in records if r["proto"] == "tcp" and r["state"] == "LISTEN"}
+            assert listen == {ports["listen"]}, (spec, listen)
+    finally:
+        _stop(p)
+    cp = gh("snapshot", "--incident", "INC-netns", "--collector", "sockets", "--netns", "no-such-ns-here")
+    assert cp.returncode == 2 and "no network namespace at /run/netns/no-such-ns-here" in cp.stderr
+
+
+def _zst(path: str) -> tarfile.TarFile:
+    import zstandard
+    with open(path, "rb") as fh:
+        data = zstandard.ZstdDecompressor().stream_reader(fh).read()
+    return tarfile.open(fileobj=io.BytesIO(data))
