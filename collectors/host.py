@@ -13,7 +13,7 @@ Why: the first screen of any RCA: was the host out of memory, CPU, disk, file de
 or PIDs, was it stalling (PSI, D state), and which processes were the heavy ones.
 Produces: raw copies under ``proc/`` (meminfo, vmstat, stat, loadavg, uptime, pressure-*,
 fs-file-nr, mountinfo, cpuinfo...), ``os-release``, and ``host.json``: kernel, os, uptime_s,
-boot_time, load, cpu (counts, model, usage over the window), memory (meminfo in bytes),
+boot_time, timezone ``{name, utc_offset, abbreviation}``, load, cpu (counts, model, usage over the window), memory (meminfo in bytes),
 memory_summary, psi ``{cpu|memory|io: {some: {avg10, avg60, avg300, total}, full: {...}}}``,
 vmstat, fd ``{allocated, unused, max}``, processes, mounts (with usage), top_processes
 ``{by_cpu_now, by_cpu, by_rss}``, d_state, cgroups, sysctls, errors.
@@ -528,6 +528,20 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def _timezone() -> dict[str, Any]:
+    """The host's local time zone, to read its logs' local timestamps against the bundle's UTC."""
+    name = (read_text("/etc/timezone", "") or "").strip() or None
+    if name is None:
+        try:
+            link = os.readlink("/etc/localtime")
+            name = link.split("zoneinfo/", 1)[1] if "zoneinfo/" in link else link
+        except OSError:
+            name = None
+    t = time.localtime()
+    return {"name": name or os.environ.get("TZ") or None, "utc_offset": time.strftime("%z", t),
+            "abbreviation": time.tzname[t.tm_isdst > 0]}
+
+
 def collect(ctx) -> None:
     limit = int(ctx.options.get("top", 50))
     window = float(ctx.options.get("cpu_sample_s", 0.25))
@@ -615,6 +629,7 @@ def collect(ctx) -> None:
         "os": {k: osr.get(k) for k in ("PRETTY_NAME", "ID", "VERSION_ID", "VERSION_CODENAME") if k in osr},
         "boot_id": (read_text("/proc/sys/kernel/random/boot_id", "") or "").strip() or None,
         "boot_time": _iso(btime) if btime else None,
+        "timezone": _timezone(),
         "uptime_s": float(uptime[0]) if uptime else None,
         "load": {"1m": float(load[0]), "5m": float(load[1]), "15m": float(load[2]), "runnable": load[3],
                  "running": int(load[3].split("/")[0]), "scheduling_entities": int(load[3].split("/")[1]),

@@ -116,6 +116,8 @@ def test_host_json_agrees_with_independent_tools(host_run):
         assert h["sysctls"][key] == " ".join(sh("sysctl", "-n", key).split()), key
     assert abs(h["uptime_s"] - float(open("/proc/uptime").read().split()[0])) < 600
     assert h["boot_id"] == open("/proc/sys/kernel/random/boot_id").read().strip()
+    assert h["timezone"]["utc_offset"] == sh("date", "+%z").strip()           # as date(1) sees it
+    assert h["timezone"]["abbreviation"] == sh("date", "+%Z").strip()
     assert (res.out / "proc" / "meminfo").read_text().startswith("MemTotal:")
     assert (res.out / "os-release").exists() and (res.out / "proc" / "mountinfo").exists()
 
