@@ -15,7 +15,8 @@ Produces: raw copies under ``proc/`` (meminfo, vmstat, stat, loadavg, uptime, pr
 fs-file-nr, mountinfo, cpuinfo...), ``os-release``, and ``host.json``: kernel, os, uptime_s,
 boot_time, timezone ``{name, utc_offset, abbreviation}``, load, cpu (counts, model, usage
 over the window), memory (meminfo in bytes), memory_summary,
-psi ``{cpu|memory|io: {some: {avg10, avg60, avg300, total}, full: {...}}}``, vmstat, fd ``{allocated, unused, max}``, processes, mounts (with usage), top_processes
+psi ``{cpu|memory|io: {some: {avg10, avg60, avg300, total}, full: {...}}}``, vmstat,
+fd ``{allocated, unused, max}``, processes, mounts (with usage), top_processes
 ``{by_cpu_now, by_cpu, by_rss}``, d_state, cgroups, sysctls, errors.
 Overhead: reads /proc files and /proc/PID/stat of every process twice, ``cpu_sample_s``
 apart (the rest of the work is done inside that window); details (user, cmdline, fd count,
