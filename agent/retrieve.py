@@ -393,8 +393,7 @@ def extract_bundle(path: Path, dest: Path) -> tuple[Path, bool]:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise StorageError(f"disk full while extracting {path.name} into {dest}; partial files removed",
                                EXIT_DISK_FULL) from None
-        raise StorageError(f"cannot extract {path.name} into {dest}: {exc.strerror or exc}", EXIT_DISK_FULL) \
-            from None
+        raise StorageError(f"cannot extract {path.name} into {dest}: {exc.strerror or exc}", EXIT_USAGE) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -506,7 +505,7 @@ def _fetch_one(cfg: Config, s3, session, bucket: str, prefix: str, incident: str
             folder, fresh = extract_bundle(local, dest)
             row.update(extracted=str(folder), freshly_extracted=fresh)
         except StorageError as exc:
-            if exc.exit_code == EXIT_DISK_FULL:
+            if exc.exit_code != EXIT_TAMPERED:   # disk full, unwritable destination: the bundle is kept
                 raise
             local.unlink(missing_ok=True)        # intact but unsafe: nothing of it is kept
             local.with_name(local.name + ".sha256").unlink(missing_ok=True)
