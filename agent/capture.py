@@ -138,6 +138,7 @@ def lower_priority(cfg: Config) -> None:
     nice 10 a saturated CPU gives it about a tenth (bench/README.md, "overhead").
     """
     runner.set_low_priority(cfg["capture.nice"], cfg["capture.ionice_idle"])
+    runner.set_autogroup_nice(cfg["capture.nice"])    # only when it leads its session (daemon-job, cron)
 
 
 def capture(cfg: Config, req: CaptureRequest,

@@ -219,6 +219,8 @@ def normal_priority() -> None:
             os.setpriority(os.PRIO_PROCESS, 0, 0)
     except OSError:
         pass
+    from agent.runner import set_autogroup_nice
+    set_autogroup_nice(0)           # the collector's own session: its scheduling group too
     try:
         import psutil
         psutil.Process().ionice(psutil.IOPRIO_CLASS_BE, 4)

@@ -287,3 +287,5 @@ def test_the_whole_capture_runs_at_low_priority(gh, store, tmp_path, conf, nice,
             assert got[who]["ioclass"] == ioclass, got      # IOPRIO_CLASS_IDLE
         else:
             assert got[who]["ioclass"] != 3, got
+    # the collector leads its own session, so its scheduler autogroup gets the nice value too
+    assert got["collector"]["autogroup"] in (str(nice), None), got

@@ -14,6 +14,10 @@ def collect(ctx):
     out = {}
     for who, pid in (("collector", os.getpid()), ("capture", os.getppid())):
         out[who] = {"nice": os.getpriority(os.PRIO_PROCESS, pid), "ioclass": int(psutil.Process(pid).ionice().ioclass)}
+    try:
+        out["collector"]["autogroup"] = open("/proc/self/autogroup").read().split()[-1]
+    except OSError:
+        out["collector"]["autogroup"] = None       # kernel without CONFIG_SCHED_AUTOGROUP
     ctx.write_text("prio.json", json.dumps(out))
 
 
