@@ -180,3 +180,35 @@ def test_the_units_capability_set_is_enough_for_every_collector(tmp_path):
     worked = {c for c, s in results["full"].items() if s in ("ok", "partial")}
     lost = {c: results["bounded"].get(c) for c in worked if results["bounded"].get(c) not in ("ok", "partial")}
     assert not lost, f"collectors that need a capability the unit does not grant: {lost}"
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None or shutil.which("prlimit") is None,
+                    reason="setpriv/prlimit (util-linux) not installed")
+def test_the_units_nice_limit_lets_a_pausing_collector_return_to_normal_priority():
+    """Under the unit's capabilities (no CAP_SYS_NICE) only LimitNICE lets nice 10 go back to 0."""
+    unit = UNIT.read_text()
+    caps = re.search(r"^CapabilityBoundingSet=(.*)$", unit, re.M).group(1).split()
+    assert "CAP_SYS_NICE" not in caps
+    limit = re.search(r"^LimitNICE=\+?(-?\d+)$", unit, re.M)
+    assert limit, "the unit sets no LimitNICE"
+    rlimit = 20 - int(limit.group(1))                 # nice level -> RLIMIT_NICE, as systemd does
+    bound = "-all," + ",".join("+" + c[len("CAP_"):].lower() for c in caps)
+    code = ("import os\nos.setsid()\nfrom agent import runner, safety\nrunner.set_low_priority(10, True)\n"
+            "runner.set_autogroup_nice(10)\nsafety.normal_priority()\n"
+            "ag = open('/proc/self/autogroup').read().split()[-1] if os.path.exists('/proc/self/autogroup') else '0'\n"
+            "print(os.getpriority(os.PRIO_PROCESS, 0), ag)")
+    import resource
+    cases = [("no limit", 0)]
+    if resource.getrlimit(resource.RLIMIT_NICE)[1] >= rlimit:     # raising it needs CAP_SYS_RESOURCE
+        cases.append(("unit", rlimit))
+    got = {}
+    for name, nice_limit in cases:
+        cp = subprocess.run(["prlimit", f"--nice={nice_limit}", "setpriv", f"--bounding-set={bound}",
+                             "--inh-caps=-all", "--no-new-privs", sys.executable, "-c", code],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert cp.returncode == 0, cp.stderr
+        got[name] = cp.stdout.split()
+    assert got["no limit"][0] == "10", got            # without it the pause would run niced
+    if "unit" not in got:
+        pytest.skip("this machine cannot raise RLIMIT_NICE (no CAP_SYS_RESOURCE): only the failing case ran")
+    assert got["unit"] == ["0", "0"], got
