@@ -150,8 +150,8 @@ Exit 0 when a bundle was written (failed or skipped collectors are recorded in i
 def snapshot(app: App, incident: str, profile: str | None, store: str | None, logs: tuple[str, ...],
              only: tuple[str, ...], skip: tuple[str, ...], pids: tuple[int, ...], processes: tuple[str, ...],
              units: tuple[str, ...], heap: bool, time_budget: float | None, probe_seconds: float | None,
-             netns: str | None, reason: str, title: str, as_json: bool, upload_opt: str | None, no_upload: bool, upload_url: str | None,
-             via_daemon: bool = False) -> None:
+             netns: str | None, reason: str, title: str, as_json: bool, upload_opt: str | None, no_upload: bool,
+             upload_url: str | None, via_daemon: bool = False) -> None:
     """Capture this host's volatile state into one bundle, now.
 
     Collectors run in parallel, each in its own process with its own time
