@@ -106,6 +106,7 @@ Examples:
   goldenhour snapshot --incident INC-123 --process 'java.*orders' --heap
   goldenhour snapshot --incident INC-123 --unit nginx --log '/var/log/nginx/*.log'
   goldenhour snapshot --incident INC-123 --collector sockets --collector dmesg
+  goldenhour snapshot --incident INC-123 --profile quick --netns $(pidof -s envoy)
 
 \b
 Profiles:
