@@ -29,8 +29,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,34 +38,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from tests.helpers.moto import start_moto, stop as stop_moto  # noqa: E402
 
 CREDS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
          "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/nonexistent",
          "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
-
-
-def _port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def start_moto() -> tuple[subprocess.Popen, str]:
-    port = _port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **CREDS},
-                            start_new_session=True)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("moto server did not start")
-            time.sleep(0.05)
 
 
 def run(quick: bool = False) -> dict:
@@ -78,7 +53,7 @@ def run(quick: bool = False) -> dict:
     from agent.config import load
     from agent.store import Store
     from agent.upload import upload_bundle
-    moto, url = start_moto()
+    moto, url = start_moto(CREDS)
     work = Path(tempfile.mkdtemp(prefix="gh-bench-upload-", dir="/var/tmp"))
     try:
         s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
@@ -122,8 +97,7 @@ def run(quick: bool = False) -> dict:
         if cp.returncode != 0:
             raise RuntimeError(f"goldenhour upload failed: {cp.stderr[-500:]}")
     finally:
-        os.killpg(moto.pid, signal.SIGKILL)
-        moto.wait()
+        stop_moto(moto)
         shutil.rmtree(work, ignore_errors=True)
     mibs = [size / 2**20 / s for s in ours]
     return {"area": "upload", "results": [

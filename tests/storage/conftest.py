@@ -5,19 +5,20 @@ Fixtures:
   s3           a boto3 client and a fresh bucket per test: (client, bucket)
   s3_config    writes a goldenhour config for that bucket: ``s3_config(extra, endpoint=, host=)``
   run          the real CLI with the fake AWS credentials in its environment: ``run(cfg, *args)``
-Helpers: ``start_moto``, ``free_port``, ``TcpProxy`` (a loopback proxy that can stall a transfer).
+Helpers: ``start_moto`` and ``free_port`` (tests/helpers/moto.py), ``TcpProxy`` (a loopback proxy that can stall a transfer).
 """
 from __future__ import annotations
 
 import os
 import socket
 import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.moto import free_port, stop  # noqa: F401 - free_port is used by the tests
+from tests.helpers.moto import start_moto as _start_moto
 
 ROOT = Path(__file__).resolve().parents[2]
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
@@ -26,38 +27,8 @@ CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AW
 BULK = "tests.helpers.bulk"        # a test collector writing N MiB of random data (incompressible)
 
 
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def start_moto() -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, **CREDS}
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("moto server did not start")
-            time.sleep(0.05)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    return _start_moto(CREDS)
 
 
 @pytest.fixture(scope="session")
