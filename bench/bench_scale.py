@@ -200,6 +200,7 @@ def capture(work: Path, cfg: Path) -> dict:
 
 
 def run(quick: bool = False) -> dict:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))   # run.py's budget: still undo the set-up
     runs = 2 if quick else 3
     n_procs = N_PROCS
     work = Path(tempfile.mkdtemp(prefix="gh-bench-scale-", dir="/var/tmp"))
