@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.helpers.proc import Proc
+
 TARGETS = Path(__file__).resolve().parent / "targets"
 BUILD = TARGETS / "build"
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,39 +59,17 @@ def build_go() -> Path | None:
     return out
 
 
-class Target:
-    """A running target: ``pid``, ``ticker`` (heartbeat file), ``state()``, ``running()``."""
+class Target(Proc):
+    """A running target: ``pid`` (from its ``READY <pid>`` line), ``ticker`` (heartbeat file), ``assert_running()``."""
 
-    def __init__(self, argv: list[str], ticker: Path | None = None, env: dict | None = None,
+    def __init__(self, argv: list, ticker: Path | None = None, env: dict | None = None,
                  timeout: float = 60, preexec=None):
         self.ticker = ticker
-        self.argv = [str(a) for a in argv]
-        self.popen = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      env=env, start_new_session=True, restore_signals=True,
-                                      preexec_fn=preexec)
-        deadline = time.monotonic() + timeout
-        self.ready = ""
-        while time.monotonic() < deadline:
-            line = self.popen.stdout.readline()
-            if not line:
-                raise RuntimeError(f"target {self.argv} exited before READY: rc={self.popen.poll()} "
-                                   f"{self.popen.stderr.read()[-2000:]}")
-            if line.startswith("READY"):
-                self.ready = line.strip()
-                break
-        else:
-            raise RuntimeError(f"target {self.argv} not ready in {timeout} s")
-        self.pid = int(self.ready.split()[1]) if len(self.ready.split()) > 1 else self.popen.pid
+        super().__init__(argv, timeout=timeout, env=env, preexec=preexec)
+        parts = self.ready.split()
+        self.pid = int(parts[1]) if len(parts) > 1 else self.popen.pid
         if ticker is not None:
             self.wait_tick()
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def state(self) -> str:
-        with open(f"/proc/{self.pid}/stat") as fh:
-            text = fh.read()
-        return text[text.rindex(")") + 2]
 
     def thread_states(self) -> dict[int, str]:
         out = {}
@@ -140,14 +120,6 @@ class Target:
         assert not stopped, f"target {self.pid} has stopped threads: {stopped}"
         if self.ticker is not None:
             self.wait_tick()
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-        self.popen.wait(timeout=10)
-        for f in (self.popen.stdout, self.popen.stderr):
-            if f:
-                f.close()
 
 
 def python_target(tmp: Path, *extra: str, env: dict | None = None, prefix: list[str] | None = None,

@@ -30,7 +30,7 @@ def traced(tmp_path_factory):
     """One 2 s window over three real processes; two of them are the capture's targets."""
     if probes.bpf_ready():
         pytest.skip(f"eBPF probes unavailable: {probes.bpf_ready()}")
-    from tests.conftest import Proc
+    from tests.helpers.proc import Proc
     staging = tmp_path_factory.mktemp("sc") / "staging"
     mark = probes.marker(staging, "syscalls")
     slept = staging.parent / "slept.txt"
