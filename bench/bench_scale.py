@@ -38,6 +38,9 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.helpers.netns import delete as delete_netns, make_netns  # noqa: E402
+
 NS = "gh-bench-scale"
 N_TCP, N_UDP, N_PROCS, N_THREADS = 25_000, 100_000, 2_000, 10
 
@@ -100,13 +103,9 @@ class Host:
     def __init__(self, work: Path, n_procs: int):
         self.work, self.procs, self.pid_max = work, None, None
         self.net: list[subprocess.Popen] = []
-        subprocess.run(["ip", "netns", "del", NS], capture_output=True)
-        sh("ip", "netns", "add", NS)
-        sh("ip", "-n", NS, "link", "set", "lo", "up")
+        delete_netns(NS)                      # left over by an interrupted run
+        make_netns(NS, conntrack=True, unique=False)
         ex = ["ip", "netns", "exec", NS]
-        sh(*ex, "nft", "add table inet gh; add chain inet gh out { type filter hook output priority 0; };"
-                       " add rule inet gh out ct state new counter")
-        sh(*ex, "sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=600")
         # a process may hold RLIMIT_NOFILE descriptors (hard limit, not raised: often no CAP_SYS_RESOURCE)
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         per = max(1000, min(N_TCP, (hard - 200) // 2))
@@ -147,7 +146,7 @@ class Host:
                 except ProcessLookupError:
                     pass
                 p.wait()
-        subprocess.run(["ip", "netns", "del", NS], capture_output=True)
+        delete_netns(NS)
         if self.pid_max:
             Path("/proc/sys/kernel/pid_max").write_text(str(self.pid_max))
 

@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from agent.collector import Context, Skip
 from collectors import conntrack
 from collectors.conntrack import (parse_ct_line, parse_limits, parse_stat_cli, parse_stat_proc, stat_totals,
                                   summarise_table)
+from tests.helpers.netns import delete as delete_netns, make_netns
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "conntrack"
 N_UDP, N_TCP, UDP_BASE = 23, 5, 20000
@@ -49,27 +49,10 @@ for i in range(n):     # distinct destinations across 127/8: one entry each, pas
 '''
 
 
-def _make_netns() -> str:
-    name = f"gh-ct-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        ex = ["ip", "netns", "exec", name]
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        # a rule that uses conntrack makes the kernel track connections in this namespace
-        subprocess.run(ex + ["nft", "add table inet gh; add chain inet gh out { type filter hook output priority 0; };"
-                             " add rule inet gh out ct state new counter"], check=True)
-        # unreplied UDP entries live 30 s by default; make the count stable for the test's duration
-        subprocess.run(ex + ["sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=600"], check=True)
-    except BaseException:
-        subprocess.run(["ip", "netns", "del", name])
-        raise
-    return name
-
-
 @pytest.fixture(scope="module")
 def flows():
     """A namespace holding exactly N_UDP unreplied UDP flows and N_TCP established TCP connections."""
-    name = _make_netns()
+    name = make_netns("gh-ct", conntrack=True)
     p = None
     try:
         p = subprocess.Popen(["ip", "netns", "exec", name, sys.executable, "-c", FLOWS, str(N_UDP), str(N_TCP),
@@ -82,7 +65,7 @@ def flows():
             p.stdin.close()
             p.wait(timeout=10)
             p.stdout.close()
-        subprocess.run(["ip", "netns", "del", name])
+        delete_netns(name)
 
 
 def _summary(res) -> dict:
@@ -143,7 +126,7 @@ def test_a_full_table_is_flagged_with_its_drops(run_collector):
     if mx > 600_000:
         pytest.skip(f"nf_conntrack_max is {mx}: too many entries to fill in a test (it is global and only the "
                     "host may change it, which this test never does)")
-    name = _make_netns()
+    name = make_netns("gh-ct", conntrack=True)
     try:
         subprocess.run(["ip", "netns", "exec", name, sys.executable, "-c", FILL], check=True, timeout=120)
         res = run_collector("conntrack", options={"netns": f"/run/netns/{name}"}, timeout_s=120)
@@ -159,7 +142,7 @@ def test_a_full_table_is_flagged_with_its_drops(run_collector):
         assert s["distinct_destinations"] == conntrack.MAX_DISTINCT
         assert s["talkers_not_counted"] == s["entries_read"] - conntrack.MAX_DISTINCT
     finally:
-        subprocess.run(["ip", "netns", "del", name])
+        delete_netns(name)
 
 
 def test_without_nf_conntrack_it_skips_and_writes_nothing(tmp_path):

@@ -6,13 +6,12 @@ real ss and /proc output recorded in tests/fixtures/sockets/ (see PROVENANCE.md)
 from __future__ import annotations
 
 import io
-import tarfile
 import json
 import os
 import socket
 import subprocess
 import sys
-import uuid
+import tarfile
 from pathlib import Path
 
 import psutil
@@ -20,6 +19,7 @@ import pytest
 
 from collectors.sockets import (cut_users, parse_netstat, parse_proc_net, parse_proc_unix, parse_sockstat, parse_ss,
                                 parse_ss_line, split_addr, summarise, Unparsed)
+from tests.helpers.netns import netns as helper_netns
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "sockets"
 ODD_COMM = 'gh "sock, t'      # quotes, a comma and spaces in the command name ss prints
@@ -174,13 +174,8 @@ def test_full_accept_queue_is_flagged_and_overflow_counters_rise(run_collector):
 
 @pytest.fixture
 def netns():
-    name = f"gh-sock-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+    with helper_netns("gh-sock") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def test_netns_option_reads_another_network_namespace(run_collector, target, netns, tmp_path):

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 
 import pytest
 
 from collectors import tcpretrans
 from tests.helpers import probes
+from tests.helpers.netns import netns
 from tests.helpers.probes import skip_without_bpf
 
 PORT, CLOSED = 5555, 5556
@@ -52,15 +52,10 @@ sys.stdin.read()
 def lossy_netns():
     if not probes.which_all("ip", "iptables"):
         pytest.skip("needs ip and iptables")
-    name = f"gh-rt-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+    with netns("gh-rt") as name:
         subprocess.run(["ip", "netns", "exec", name, "iptables", "-A", "INPUT", "-p", "tcp", "--dport", str(PORT),
                         "-m", "statistic", "--mode", "nth", "--every", "3", "--packet", "0", "-j", "DROP"], check=True)
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 @skip_without_bpf

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.netns import delete as delete_netns, make_netns
+
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS = Path(__file__).resolve().parent / "targets"
 WANTED = ("dmesg", "host", "sockets", "conntrack", "logs", "process", "threads", "runqlat", "syscalls", "tcpretrans")
@@ -77,22 +79,6 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for i in range(n):     # distinct destinations across 127/8: one UNREPLIED entry each, past the max
     s.sendto(b"", ("127.%d.%d.%d" % ((i >> 16) & 255, (i >> 8) & 255, i & 255), 9999))
 '''
-
-
-def make_netns(prefix: str, conntrack: bool) -> str:
-    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        if conntrack:
-            ex = ["ip", "netns", "exec", name]
-            subprocess.run(ex + ["nft", "add table inet gh; add chain inet gh out { type filter hook output priority 0; };"
-                                 " add rule inet gh out ct state new counter"], check=True)
-            subprocess.run(ex + ["sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=600"], check=True)
-    except BaseException:
-        subprocess.run(["ip", "netns", "del", name])
-        raise
-    return name
 
 
 def write_kmsg(lines: list[str]) -> None:
@@ -273,7 +259,7 @@ def incident(tmp_path_factory):
                 if f:
                     f.close()
         for ns in namespaces:
-            subprocess.run(["ip", "netns", "del", ns])
+            delete_netns(ns)
 
 
 @pytest.fixture(scope="session")
