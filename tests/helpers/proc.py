@@ -4,6 +4,8 @@ Used by tests/conftest.py (``spawn``), tests/dumptargets.py (``Target``) and the
 """
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 
@@ -41,8 +43,12 @@ class Proc:
         return text[text.rindex(")") + 2]
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
+        """Kill it and everything in its process group: a wrapper's child too (``unshare --fork``,
+        ``ip netns exec``), which killing the wrapper alone would leave running."""
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         self.popen.wait(timeout=10)
         for f in (self.popen.stdout, self.popen.stderr):
             if f:
