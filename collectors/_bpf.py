@@ -25,7 +25,6 @@ Our BPF functions and maps are named ``gh_*`` so ``bpftool prog show`` tells the
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import time
 from datetime import datetime, timezone
@@ -491,6 +490,14 @@ class Probe:
             self.ctx.write_json("attached.json", {"attached": self.attached, "not_attached": self.missing,
                                                   "pid": os.getpid(), "time_utc": iso(utcnow()), **self.ids})
         return self.attached
+
+    def run_window(self) -> dict[str, Any]:
+        """Attach, wait out the capture's probe window, detach; returns the window (see ``window``)."""
+        seconds = window_seconds(self.ctx)
+        self.attach()
+        win = window(self.ctx, seconds)
+        self.detach()
+        return win
 
     def detach(self) -> None:
         """Stop the probes (maps stay readable until ``close``)."""

@@ -169,10 +169,7 @@ def collect(ctx) -> None:
     _bpf.ensure_tracefs()
     text = program(_bpf.tracepoint_fields(TRACEPOINTS[0]), _bpf.tracepoint_fields(TRACEPOINTS[1]))
     with _bpf.Probe(ctx, text, [(TRACEPOINTS[1], "gh_bio_done"), (TRACEPOINTS[0], "gh_bio_issue")]) as probe:
-        seconds = _bpf.window_seconds(ctx)
-        probe.attach()
-        win = _bpf.window(ctx, seconds)
-        probe.detach()
+        win = probe.run_window()
         attached = probe.attached_at_end
         now = time.monotonic_ns()
         stat = _bpf.items(probe["gh_bio_stat"])

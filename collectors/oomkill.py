@@ -108,10 +108,7 @@ def collect(ctx) -> None:
     _bpf.ensure_tracefs()
     text = program(_bpf.tracepoint_fields(TRACEPOINT))
     with _bpf.Probe(ctx, text, [(TRACEPOINT, "gh_oom_victim")]) as probe:
-        seconds = _bpf.window_seconds(ctx)
-        probe.attach()
-        win = _bpf.window(ctx, seconds)
-        probe.detach()
+        win = probe.run_window()
         attached = probe.attached_at_end
         events_raw = _bpf.items(probe["gh_oom_events"])
         c = probe["gh_oom_count"]

@@ -129,10 +129,7 @@ def collect(ctx) -> None:
     text = _bpf.defines(GH_START_SLOTS=START_SLOTS, GH_TID_ENTRIES=TID_ENTRIES, GH_SLOTS=SLOTS) + BPF_TEXT
     with _bpf.Probe(ctx, text, [(TRACEPOINTS[2], "gh_rq_switch"), (TRACEPOINTS[0], "gh_rq_wakeup"),
                                 (TRACEPOINTS[1], "gh_rq_wakeup_new")], optional=[TRACEPOINTS[1]]) as probe:
-        seconds = _bpf.window_seconds(ctx)
-        probe.attach()
-        win = _bpf.window(ctx, seconds)
-        probe.detach()
+        win = probe.run_window()
         attached = probe.attached_at_end
         allh = probe["gh_rq_all"]
         all_slots = {i: int(allh[allh.Key(i)].value) for i in range(SLOTS)}

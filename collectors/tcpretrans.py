@@ -189,10 +189,7 @@ def collect(ctx) -> None:
     text = _bpf.defines(GH_FLOW_ENTRIES=FLOW_ENTRIES) + HEAD + "\n".join(funcs)
     optional = [tp for tp, _ in attach if tp != REQUIRED]
     with _bpf.Probe(ctx, text, attach, optional=optional) as probe:
-        seconds = _bpf.window_seconds(ctx)
-        probe.attach()
-        win = _bpf.window(ctx, seconds)
-        probe.detach()
+        win = probe.run_window()
         attached = probe.attached_at_end
         flows = _bpf.items(probe["gh_tcp_flows"])
         d = probe["gh_tcp_drop"]
