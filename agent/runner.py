@@ -206,7 +206,7 @@ def kill_session(sid: int, grace_s: float = KILL_GRACE_S) -> None:
         except ProcessLookupError:
             pass
     end = time.monotonic() + grace_s
-    while time.monotonic() < end and any(_exists(p) for p in members if p != sid):
+    while time.monotonic() < end and any(pid_alive(p) for p in members if p != sid):
         time.sleep(0.02)
     for pid in session_members(sid):
         try:
@@ -215,7 +215,8 @@ def kill_session(sid: int, grace_s: float = KILL_GRACE_S) -> None:
             pass
 
 
-def _exists(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             text = fh.read()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.runner import pid_alive
 from collectors import _bpf, syscalls
 from tests.helpers import probes
 from tests.helpers.probes import FORKER, RARE, SLEEPER, skip_without_bpf
@@ -165,7 +166,7 @@ def test_goldenhour_killed_mid_window_leaves_no_program_loaded(store, tmp_path):
         assert {p["id"] for p in probes.our_programs()} >= set(info["prog_ids"])
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-        probes.wait_for(lambda: not probes.pid_alive(info["pid"]), timeout=10, what="the collector to die")
+        probes.wait_for(lambda: not pid_alive(info["pid"]), timeout=10, what="the collector to die")
         probes.assert_released(info)
     finally:
         if proc.poll() is None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import tarfile
 import time
@@ -130,15 +129,6 @@ def bundle_members(bundle: Path) -> dict[str, bytes]:
         raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)).read()
     with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
         return {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar if m.isfile()}
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            text = fh.read()
-        return text[text.rindex(b")") + 2:text.rindex(b")") + 3] != b"Z"
-    except (OSError, ValueError):
-        return False
 
 
 def target_json(pid: int, reason: str = "--pid") -> dict[str, Any]:
