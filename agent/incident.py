@@ -41,6 +41,22 @@ def iso(dt: datetime) -> str:
     return dt.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def parse_iso(text: Any) -> datetime | None:
+    """ISO 8601 / RFC 3339 text (``Z`` or an offset; no offset = UTC) to an aware UTC datetime, else None.
+
+    Python 3.11's ``fromisoformat`` also takes Go's nanosecond fractions (it keeps microseconds).
+    """
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc)
+
+
 @dataclass
 class Incident:
     id: str

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from agent.incident import iso, parse_iso  # noqa: F401 - the report's modules import them from here
+
 CRITICAL, WARNING, INFO = "critical", "warning", "info"
 SEVERITIES = (CRITICAL, WARNING, INFO)
 RANK = {CRITICAL: 0, WARNING: 1, INFO: 2}
@@ -101,19 +103,3 @@ class Event:
         return d
 
 
-def iso(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_iso(text: Any) -> datetime | None:
-    """An ISO 8601 time (as the manifest and collectors write them) to an aware UTC datetime."""
-    if not isinstance(text, str) or not text:
-        return None
-    s = text.strip().replace("Z", "+00:00")
-    try:
-        dt = datetime.fromisoformat(s)
-    except ValueError:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc)

@@ -30,13 +30,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import importlib
-import re
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from types import ModuleType
 from typing import Any, Mapping
 
-from agent.incident import ID_RE
+from agent.incident import ID_RE, parse_iso
 
 TRACKERS = ("pagerduty", "incidentio", "alertmanager", "opsgenie", "generic")
 
@@ -142,19 +140,8 @@ def parse_time(value: Any) -> float | None:
         while v > 1e11:        # ms, us or ns
             v /= 1000.0
         return v
-    if isinstance(value, str):
-        s = value.strip().replace("Z", "+00:00")
-        m = re.match(r"^(.*\.\d{6})\d*(.*)$", s)      # Go's nanoseconds -> microseconds
-        if m:
-            s = m.group(1) + m.group(2)
-        try:
-            dt = datetime.fromisoformat(s)
-        except ValueError:
-            return None
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
-        return dt.timestamp()
-    return None
+    dt = parse_iso(value)
+    return dt.timestamp() if dt else None
 
 
 def strs(value: Any) -> list[str]:
