@@ -1,104 +1,26 @@
 """A tiny Chrome DevTools Protocol client on the standard library (no Playwright, no websockets package).
 
 Starts headless Chromium with ``--remote-debugging-port=0``, reads the port it chose
-from its stderr, opens the page target's WebSocket (RFC 6455, client side: masked
-frames, fragments, ping/pong) and sends commands while collecting events
-(console messages, exceptions, log entries such as CSP violations or failed loads).
+from its stderr, opens the page target's WebSocket (goldenhour's own RFC 6455 client,
+``agent.nodecdp.WS``, the one that talks to Node inspectors) and sends commands while
+collecting events (console messages, exceptions, log entries such as CSP violations or
+failed loads).
 """
 from __future__ import annotations
 
-import base64
 import json
-import os
 import re
-import socket
-import struct
 import subprocess
 import time
 import urllib.request
 from typing import Any
 
+from agent.nodecdp import WS
+
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-default-apps", "--disable-extensions", "--hide-scrollbars", "--mute-audio"]
-
-
-class WebSocket:
-    def __init__(self, url: str, timeout: float = 30):
-        m = re.match(r"ws://([^/:]+):(\d+)(/.*)", url)
-        assert m, url
-        host, port, path = m.group(1), int(m.group(2)), m.group(3)
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        key = base64.b64encode(os.urandom(16)).decode()
-        req = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
-        self.sock.sendall(req.encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                raise ConnectionError("websocket handshake: connection closed")
-            head += chunk
-        status = head.split(b"\r\n", 1)[0]
-        if b" 101 " not in status:
-            raise ConnectionError(f"websocket handshake refused: {head[:300]!r}")
-        self.buf = head.split(b"\r\n\r\n", 1)[1]
-
-    def _read(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            chunk = self.sock.recv(1 << 16)
-            if not chunk:
-                raise ConnectionError("websocket closed")
-            self.buf += chunk
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def _send_frame(self, opcode: int, payload: bytes) -> None:
-        mask = os.urandom(4)
-        n = len(payload)
-        head = bytes([0x80 | opcode])
-        if n < 126:
-            head += bytes([0x80 | n])
-        elif n < 65536:
-            head += bytes([0x80 | 126]) + struct.pack(">H", n)
-        else:
-            head += bytes([0x80 | 127]) + struct.pack(">Q", n)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(head + mask + masked)
-
-    def send(self, text: str) -> None:
-        self._send_frame(0x1, text.encode())
-
-    def recv(self) -> str:
-        parts: list[bytes] = []
-        while True:
-            b0, b1 = self._read(2)
-            opcode, n = b0 & 0x0F, b1 & 0x7F
-            if n == 126:
-                n = struct.unpack(">H", self._read(2))[0]
-            elif n == 127:
-                n = struct.unpack(">Q", self._read(8))[0]
-            mask = self._read(4) if b1 & 0x80 else b""
-            data = self._read(n)
-            if mask:
-                data = bytes(x ^ mask[i % 4] for i, x in enumerate(data))
-            if opcode == 0x9:
-                self._send_frame(0xA, data)
-                continue
-            if opcode == 0x8:
-                raise ConnectionError("websocket closed by the browser")
-            if opcode in (0x0, 0x1, 0x2):
-                parts.append(data)
-                if b0 & 0x80:
-                    return b"".join(parts).decode()
-
-    def close(self) -> None:
-        try:
-            self._send_frame(0x8, b"")
-        except OSError:
-            pass
-        self.sock.close()
 
 
 class Browser:
@@ -132,17 +54,17 @@ class Browser:
             time.sleep(0.05)
         else:
             raise RuntimeError("chromium shows no page target")
-        self.ws = WebSocket(pages[0]["webSocketDebuggerUrl"])
+        self.ws = WS(pages[0]["webSocketDebuggerUrl"])
         self.next_id = 0
         self.events: list[dict[str, Any]] = []
 
     def call(self, method: str, params: dict | None = None, timeout: float = 30) -> dict[str, Any]:
         self.next_id += 1
         mid = self.next_id
-        self.ws.send(json.dumps({"id": mid, "method": method, "params": params or {}}))
+        self.ws.send({"id": mid, "method": method, "params": params or {}})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            msg = json.loads(self.ws.recv())
+            msg = self.ws.recv()
             if msg.get("id") == mid:
                 if "error" in msg:
                     raise RuntimeError(f"{method}: {msg['error']}")
@@ -156,7 +78,7 @@ class Browser:
                 return e
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            msg = json.loads(self.ws.recv())
+            msg = self.ws.recv()
             self.events.append(msg)
             if msg.get("method") == method:
                 return msg
