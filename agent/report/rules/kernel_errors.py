@@ -56,7 +56,7 @@ KINDS = (
          (re.compile(r"soft lockup - CPU#(?P<cpu>\d+) stuck for (?P<s>\d+)s!(?: \[(?P<comm>.+?):(?P<pid>\d+)\])?"),
           re.compile(r"(?:Watchdog detected )?hard LOCKUP on cpu (?P<cpu>\d+)"),
           re.compile(r"rcu: INFO: rcu_\w+ (?:self-)?detected stalls?")),
-         lambda m: _g("cpu", "")(m),
+         _g("cpu", ""),
          lambda k, n: (f"CPU {k} locked up" if k else "RCU stall") + (f" ({n} reports)" if n > 1 else ""),
          "A CPU ran kernel code without scheduling for seconds (soft lockup), stopped answering interrupts "
          "(hard lockup) or held up RCU. Everything scheduled on that CPU stalled; the usual causes are a kernel "
@@ -74,7 +74,7 @@ KINDS = (
           re.compile(r"nvme (?P<dev>nvme\w*): .*(?:timeout|resetting controller|controller is down)"),
           re.compile(r"(?P<dev>ata\d+(?:\.\d+)?): (?:failed command|exception Emask|hard resetting link)"),
           re.compile(r"sd \S+: \[(?P<dev>sd\w+)\] .*(?:FAILED Result|Sense Key : Medium Error)")),
-         lambda m: _g("dev", "storage")(m),
+         _g("dev", "storage"),
          lambda k, n: f"I/O errors on {k}" + (f" ({n} messages)" if n > 1 else ""),
          "The block layer, a filesystem or the storage driver reported failed reads or writes. Processes "
          "touching that device got errors or hung in D state; a filesystem may have gone read-only. Check the "
@@ -106,7 +106,7 @@ KINDS = (
          (re.compile(r"NETDEV WATCHDOG: (?P<dev>\S+) .*transmit queue \d+ timed out"),
           re.compile(r"(?P<dev>[\w.-]+): (?:Link is Down|NIC Link is Down|link down)", re.I),
           re.compile(r"(?P<dev>[\w.-]+): (?:tx timeout|TX timeout|reset adapter)", re.I)),
-         lambda m: _g("dev", "network")(m),
+         _g("dev", "network"),
          lambda k, n: f"Network interface {k}: transmit timeout or link down" + (f" ({n} messages)" if n > 1 else ""),
          "The network driver reported a stuck transmit queue (the watchdog reset it) or the link went down: "
          "packets were lost or delayed on that interface at that moment."),
