@@ -223,10 +223,9 @@ def pack(staging: Path, top: str, dest: Path, *, compression: str = "zstd", leve
         raise
     fh.close()
     os.replace(tmp, dest)
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     digest = raw.sha.hexdigest()
-    side = dest.with_name(dest.name + ".sha256")
-    _atomic_write(side, f"{digest}  {dest.name}\n".encode())
+    write_sidecar(dest, digest)
     return PackResult(dest, digest, raw.size, files, left_out)
 
 
@@ -239,7 +238,7 @@ def _walk(root: Path) -> Iterable[Path]:
             yield Path(dirpath) / name
 
 
-def _fsync_dir(d: Path) -> None:
+def fsync_dir(d: Path) -> None:
     try:
         fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -250,7 +249,7 @@ def _fsync_dir(d: Path) -> None:
         pass
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
@@ -395,6 +394,11 @@ def verify_stream(fileobj: IO[bytes], name: str, expected_sha256: str | None = N
                         rep.fail(f"{rel}: sha256 {actual[rel]} differs from manifest.json ({fe.get('sha256')})")
     rep.files_checked = len(actual)
     return rep
+
+
+def write_sidecar(bundle: Path, sha256: str) -> None:
+    """``<bundle>.sha256`` in ``sha256sum -c`` format, written atomically."""
+    atomic_write(bundle.with_name(bundle.name + ".sha256"), f"{sha256}  {bundle.name}\n".encode())
 
 
 def read_sidecar(bundle: Path) -> str | None:

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agent import __version__, pauses, plan as planner, registry, runner, targets as targets_mod
-from agent.bundle import (EXTENSIONS, DiskFullError, free_bytes, manifest_sidecar, pack, reserve_for,
-                          _atomic_write)
+from agent.bundle import (EXTENSIONS, DiskFullError, atomic_write, free_bytes, manifest_sidecar, pack,
+                          reserve_for)
 from agent.collector import FAILED, OK, PARTIAL, SKIPPED, TARGET_EXITED, TIMEOUT, Limits, read_text
 from agent.config import Config
 from agent.errors import GoldenhourError
@@ -299,7 +299,7 @@ def _publish(cfg: Config, store: Store, staging: Path, name: str, req: CaptureRe
                   level=cfg["capture.zstd_level"], max_bundle_bytes=cfg["store.max_bundle_bytes"],
                   reserve=reserve, log_file=log_path,
                   manifest=lambda files, left_out: built.append(manifest(files, left_out)) or built[-1])
-    _atomic_write(manifest_sidecar(dest), _dumps(built[-1]).encode())
+    atomic_write(manifest_sidecar(dest), _dumps(built[-1]).encode())
     return CaptureResult(packed.path, packed.sha256, packed.size, incident, built[-1])
 
 

@@ -415,11 +415,6 @@ class FetchRefused(StorageError):
         self.rows = rows
 
 
-def _free(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
 def fetch(cfg: Config, incident: str, host: str | None, dest: Path, extract: bool = True,
           progress: Progress | None = None, skip_local: bool = False) -> list[dict[str, Any]]:
     """Download, verify and (optionally) extract every S3 bundle of ``incident`` into ``dest``.
@@ -446,7 +441,7 @@ def fetch(cfg: Config, incident: str, host: str | None, dest: Path, extract: boo
     except OSError as exc:
         raise StorageError(f"cannot create {dest}: {exc.strerror}", EXIT_USAGE) from None
     need = sum(r["size"] for r in rows) + (sum(r.get("bytes") or 0 for r in rows) if extract else 0)
-    have = _free(dest)
+    have = bundle_mod.free_bytes(dest)
     if have < need:
         raise StorageError(f"not enough free space in {dest} for {len(rows)} bundle(s)"
                            f"{' and their extraction' if extract else ''}: need {need // 2**20} MiB, "
@@ -498,7 +493,7 @@ def _fetch_one(cfg: Config, s3, session, bucket: str, prefix: str, incident: str
                        problems=rep.problems[:10])
         return row
     os.replace(tmp, local)
-    bundle_mod._atomic_write(local.with_name(local.name + ".sha256"), f"{rep.sha256}  {local.name}\n".encode())
+    bundle_mod.write_sidecar(local, rep.sha256)
     row.update(status="verified", path=str(local), problems=[])
     if extract:
         try:

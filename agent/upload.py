@@ -77,7 +77,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agent import __version__
-from agent.bundle import BUF, BundleError, manifest_sidecar, open_stream, read_sidecar, verify_file
+from agent.bundle import (BUF, BundleError, atomic_write, fsync_dir, manifest_sidecar, open_stream, read_sidecar,
+                          verify_file, write_sidecar)
 from agent.config import Config
 from agent.errors import (EXIT_ACCESS_DENIED, EXIT_DISK_FULL, EXIT_NO_BUCKET,  # noqa: F401
                           EXIT_NO_CREDENTIALS, EXIT_NOT_FOUND, EXIT_PENDING, EXIT_REJECTED, EXIT_TAMPERED,
@@ -335,21 +336,9 @@ def _pending_file(bundle: Path) -> Path:
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1, default=str)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    try:
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    """Written and renamed durably: receipts and retry states survive a crash."""
+    atomic_write(path, (json.dumps(obj, indent=1, default=str) + "\n").encode())
+    fsync_dir(path.parent)
 
 
 class Busy(StorageError):
@@ -611,10 +600,7 @@ def _bundle_sha(bundle: Path) -> str:
     if problems:
         raise StorageError(f"{bundle.name} has no .sha256 and does not verify ({problems[0]}); not uploaded",
                            EXIT_TAMPERED)
-    side = bundle.with_name(bundle.name + ".sha256")
-    tmp = side.with_name(f".{side.name}.tmp")
-    tmp.write_text(f"{rep.sha256}  {bundle.name}\n")
-    os.replace(tmp, side)
+    write_sidecar(bundle, rep.sha256)
     return rep.sha256
 
 
