@@ -28,7 +28,7 @@ VM: 0.24-0.28 µs of CPU added per call (medians of three runs), 0.14-0.2 µs fo
 processes outside the targets, which are filtered out first thing. A tight ``getppid()``
 loop, nothing but system calls, slows down by 51-59 %; a loopback HTTP server loses an
 estimated 0.3-0.7 % of its throughput as a uvicorn/Starlette app (3.2 calls, 105-240 µs of
-CPU per request), and 3.8-6.3 % as a lean asyncio server answering 13 bytes (2.1 calls,
+CPU per request), and 3.8-6.8 % as a lean asyncio server answering 13 bytes (2.1 calls,
 8-14 µs per request: over the 5 % target when a request costs under ~10 µs). Rule of
 thumb: a process making N system calls per second loses N × 0.3 µs of CPU per second
 (100,000/s: 3 %). Compiling the probe costs ~1 s of CPU and ~160 MB of memory (clang)
