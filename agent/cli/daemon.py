@@ -1,8 +1,7 @@
 """CLI commands of the daemon area: ``goldenhour daemon`` and the internal ``daemon-job``.
 
-Also the two helpers ``snapshot`` uses for ``--via-daemon`` and for
-``--reason pre-restart`` without ``--incident`` (kept here so ``agent/cli.py``
-stays about the capture itself).
+The helpers ``snapshot`` uses for ``--via-daemon`` and for ``--reason pre-restart``
+without ``--incident`` are in ``agent/cli/snapshot_support.py``.
 """
 from __future__ import annotations
 
@@ -12,11 +11,11 @@ from typing import Any
 
 import click
 
-from agent.cli import CONTEXT, App, emit_json, human_size, main, pass_app
-from agent.errors import EXIT_CAPTURE, EXIT_USAGE, GoldenhourError, UsageError
+from agent.cli.app import CONTEXT, App, emit_json, pass_app
+from agent.errors import GoldenhourError, UsageError
 
 
-@main.command(context_settings=CONTEXT, epilog="""\b
+@click.command(context_settings=CONTEXT, epilog="""\b
 Examples:
   goldenhour daemon                                  run in the foreground (systemd: goldenhour.service)
   goldenhour --config /etc/goldenhour/config.toml daemon
@@ -54,7 +53,7 @@ def daemon(app: App, store: str | None, listen: str | None) -> None:
     sys.exit(rc)
 
 
-@main.command("daemon-job", hidden=True, context_settings=CONTEXT)
+@click.command("daemon-job", hidden=True, context_settings=CONTEXT)
 @pass_app
 def daemon_job(app: App) -> None:
     """Internal: run one job of the daemon (JSON on stdin) in this process; print one JSON result.
@@ -140,58 +139,3 @@ def _count_uploads(res: Any) -> dict[str, Any]:
         elif status in ("uploaded", "ok", "done", "already", ""):
             up += 1
     return {"uploaded": up, "failed": failed}
-
-
-# -- helpers for `snapshot` ---------------------------------------------------------
-
-def pre_restart_incident(app: App, units: tuple[str, ...]) -> tuple[Any, str]:
-    """(Incident or None, message) for ``snapshot --reason pre-restart`` without ``--incident``."""
-    from agent.daemon import pre_restart_choice
-    from agent.daemon_state import State
-    from agent.incident import Incident
-    cfg = app.cfg
-    state = State.for_config(cfg)
-    if state.problem:
-        click.echo(f"goldenhour: warning: {state.problem}", err=True)
-    chosen = pre_restart_choice(cfg, state, units[0] if units else "")
-    if chosen is None:
-        mode = cfg["daemon.pre_restart"]
-        why = ("pre-restart captures are off (daemon.pre_restart = never)" if mode == "never" else
-               "no incident is open for this host (daemon.pre_restart = incident): nothing captured")
-        return None, why
-    others = [r["id"] for r in state.open_incidents() if r["id"] != chosen["id"]]
-    inc = Incident(id=chosen["id"], source=chosen.get("source", "manual") or "manual",
-                   title=chosen.get("title", ""), url=chosen.get("url", ""), severity=chosen.get("severity", ""),
-                   services=list(chosen.get("services") or []))
-    msg = f"incident {inc.id} is open for this host" + (f" (also open: {', '.join(others)})" if others else "")
-    return inc, msg
-
-
-def snapshot_via_daemon(app: App, body: dict[str, Any], as_json: bool) -> None:
-    """Send a capture request to the daemon, wait for it, print like ``snapshot`` does; exits on failure."""
-    from agent import daemon_client
-    cfg = app.cfg
-    budget = float(body.get("time_budget_s") or cfg["capture.time_budget_s"])
-    status, out = daemon_client.request(cfg, "POST", "/v1/snapshot", {**body, "wait": True, "force": True},
-                                        timeout=budget + 600)
-    if as_json:
-        emit_json({**out, "via": "daemon"})
-    if status in (200, 202) and out.get("status") == "skipped":
-        if not as_json:
-            click.echo(f"goldenhour: {out.get('reason', 'nothing captured')}")
-        return
-    if status == 200 and out.get("status") == "done":
-        if not as_json:
-            click.echo(f"bundle  {out['bundle']}")
-            click.echo(f"sha256  {out['sha256']}")
-            counts: dict[str, int] = {}
-            for s in (out.get("collectors") or {}).values():
-                counts[s] = counts.get(s, 0) + 1
-            click.echo(f"size    {human_size(out.get('size', 0))}, {out.get('duration_s', 0):.2f} s via the daemon "
-                       f"(job {out.get('job')}); collectors: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-        return
-    msg = out.get("error") or out.get("reason") or f"HTTP {status}"
-    code = EXIT_USAGE if status == 400 else EXIT_CAPTURE
-    if not as_json:
-        click.echo(f"goldenhour: error: the daemon did not capture: {msg}", err=True)
-    sys.exit(code)

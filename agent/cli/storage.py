@@ -1,6 +1,6 @@
 """Commands for object storage: ``upload``, ``bundles list``, ``fetch`` (agent/upload.py, agent/retrieve.py).
 
-``verify s3://...`` lives in agent/cli.py and calls ``retrieve.verify_remote``.
+``verify s3://...`` lives in agent/cli/verify.py and calls ``retrieve.verify_remote``.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 import click
 
-from agent.cli import CONTEXT, App, emit_json, human_size, main, pass_app
+from agent.cli.app import CONTEXT, App, emit_json, human_size, pass_app, resolve_bundle
 from agent.errors import EXIT_PENDING, GoldenhourError, UsageError
 
 
@@ -54,7 +54,7 @@ def _set_url(app: App, url: str | None) -> None:
 
 # -- upload ------------------------------------------------------------------------
 
-@main.command(context_settings=CONTEXT, epilog="""\b
+@click.command(context_settings=CONTEXT, epilog="""\b
 Examples:
   goldenhour upload --pending                       retry every pending bundle, oldest first
   goldenhour upload --pending --json
@@ -76,14 +76,13 @@ def upload(app: App, bundles: tuple[str, ...], pending: bool, url: str | None, s
            as_json: bool) -> None:
     """Upload bundles from the local store to S3 under their incident (idempotent, verified)."""
     from agent import upload as up
-    from agent.cli import _resolve_bundle
     app.store_override(store)
     _set_url(app, url)
     if not app.cfg["upload.url"]:
         raise UsageError("no upload.url configured; set it in the config or pass --url s3://BUCKET/PREFIX")
     if not bundles and not pending:
         raise UsageError("name the bundles to upload, or --pending")
-    paths = [_resolve_bundle(app, b) for b in bundles]
+    paths = [resolve_bundle(app, b) for b in bundles]
 
     def show(r: dict[str, Any]) -> None:
         if as_json:
@@ -127,7 +126,7 @@ def upload(app: App, bundles: tuple[str, ...], pending: bool, url: str | None, s
 
 # -- bundles list ---------------------------------------------------------------------
 
-@main.group(context_settings=CONTEXT)
+@click.group(context_settings=CONTEXT)
 def bundles() -> None:
     """Find bundles: in the local store and in S3 (from manifest sidecars, no download)."""
 
@@ -187,7 +186,7 @@ def bundles_list(app: App, incident: str | None, host: str | None, url: str | No
 
 # -- fetch ------------------------------------------------------------------------------
 
-@main.command(context_settings=CONTEXT, epilog="""\b
+@click.command(context_settings=CONTEXT, epilog="""\b
 Examples:
   goldenhour fetch --incident INC-123                       into ./INC-123
   goldenhour fetch --incident INC-123 --host web-3 --dest /srv/rca/INC-123

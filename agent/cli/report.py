@@ -1,6 +1,6 @@
 """``goldenhour report``: findings, plots and a timeline from the bundles of an incident.
 
-Registered on ``agent.cli.main`` by ``agent/cli_extra.py``. The work is in
+Registered on ``main`` by ``agent/cli/__init__.py``. The work is in
 ``agent/report/``; this module parses options, finds the bundles (paths, folders,
 store names, or every bundle of ``--incident`` in the local store, plus with ``--fetch``
 those only in S3, downloaded and verified by ``agent.retrieve`` into a temporary folder
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import click
 
-from agent.cli import CONTEXT, App, main, pass_app
+from agent.cli.app import CONTEXT, App, pass_app
 from agent.errors import EXIT_MISMATCH, EXIT_NOT_FOUND, GoldenhourError, NotFoundError, UsageError
 
 
-@main.command("report", context_settings=CONTEXT, epilog="""\b
+@click.command("report", context_settings=CONTEXT, epilog="""\b
 Examples:
   goldenhour report --incident INC-123                  every host's bundle of INC-123 -> HTML
   goldenhour report BUNDLE.tar.zst --out /tmp/r.html

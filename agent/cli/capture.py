@@ -1,105 +1,24 @@
-"""The ``goldenhour`` command line (click).
+"""``goldenhour snapshot`` (capture this host now) and ``goldenhour collectors`` (what would run here).
 
-Where it sits: the front door. Each command parses its options, loads the
-config, calls one pipeline function (``capture``, ``bundle.verify_file``...)
-and prints either a human summary or, with ``--json``, one JSON object that
-scripts can rely on. Errors print one line ``goldenhour: error: ...`` and exit
-with the code documented in ``agent/errors.py`` and README.
+``snapshot`` parses its options into one ``CaptureRequest`` and calls
+``agent.capture.capture``; its three side paths (upload right after the capture,
+``--reason pre-restart`` without ``--incident``, ``--via-daemon``) are in
+``agent/cli/snapshot_support.py``.
 """
 from __future__ import annotations
 
-import json
 import os
-import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
 from agent import __version__
-from agent import config as config_mod
-from agent.errors import EXIT_MISMATCH, GoldenhourError, NotFoundError, UsageError
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-class App:
-    """What every command gets: the loaded config (lazily) and the global flags."""
-
-    def __init__(self, config_path: str | None):
-        self.config_path = config_path
-        self._cfg: config_mod.Config | None = None
-
-    @property
-    def cfg(self) -> config_mod.Config:
-        if self._cfg is None:
-            try:
-                self._cfg = config_mod.load(self.config_path)
-            except config_mod.ConfigError as exc:
-                raise UsageError(str(exc)) from None
-            env_store = os.environ.get("GOLDENHOUR_STORE")
-            if env_store:
-                self._cfg.set("store.path", env_store)
-        return self._cfg
-
-    def store_override(self, store: str | None) -> None:
-        if store:
-            self.cfg.set("store.path", store)
+from agent.cli.app import CONTEXT, App, emit_json, human_size, pass_app
+from agent.cli.snapshot_support import maybe_upload, pre_restart_incident, snapshot_via_daemon
+from agent.errors import UsageError
 
 
-pass_app = click.make_pass_decorator(App)
-
-
-def emit_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=1, default=str))
-
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
-class Group(click.Group):
-    """Turns GoldenhourError into one line on stderr and its exit code."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except GoldenhourError as exc:
-            click.echo(f"goldenhour: error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
-
-
-@click.group(cls=Group, context_settings=CONTEXT, epilog="""\b
-Examples:
-  goldenhour snapshot --incident INC-123            capture this host now
-  goldenhour snapshot --incident INC-123 --pid 4242 --profile full
-  goldenhour collectors                             what will run here, and why not
-  goldenhour verify /var/lib/goldenhour/incidents/INC-123/*.tar.zst
-  goldenhour show BUNDLE
-
-Exit codes: 0 ok, 1 verification failed, 2 usage/bad input, 3 capture failed,
-4 not found, 5 daemon unreachable, 10-17 object storage (see README).""")
-@click.version_option(__version__, prog_name="goldenhour")
-@click.option("--config", "config_path", metavar="FILE", envvar="GOLDENHOUR_CONFIG",
-              help="Config file (default /etc/goldenhour/config.toml if it exists).")
-@click.pass_context
-def main(ctx: click.Context, config_path: str | None) -> None:
-    """goldenhour: capture a Linux host's volatile evidence before anyone restarts anything.
-
-    Thread and heap dumps, sockets, kernel messages, conntrack, eBPF syscall
-    latency and log tails go into one verifiable bundle per capture, filed
-    under the incident ID, stored locally first and then uploaded.
-    """
-    ctx.obj = App(config_path)
-
-
-# -- snapshot ----------------------------------------------------------------
-
-@main.command(context_settings=CONTEXT, epilog="""\b
+@click.command(context_settings=CONTEXT, epilog="""\b
 Examples:
   goldenhour snapshot --incident INC-123
   goldenhour snapshot --incident INC-123 --profile quick --json
@@ -178,7 +97,6 @@ def snapshot(app: App, incident: str, profile: str | None, store: str | None, lo
         if via_daemon:
             raise UsageError("--netns is for a local capture; leave out --via-daemon")
     if via_daemon:
-        from agent.cli_daemon import snapshot_via_daemon
         snapshot_via_daemon(app, {
             "incident": incident, "title": title, "profile": profile, "collectors": list(only), "skip": list(skip),
             "pids": list(pids), "processes": list(processes), "units": list(units), "logs": list(logs),
@@ -192,7 +110,6 @@ def snapshot(app: App, incident: str, profile: str | None, store: str | None, lo
         except IncidentIdError as exc:
             raise UsageError(str(exc)) from None
     elif reason == "pre-restart":
-        from agent.cli_daemon import pre_restart_incident
         chosen, why = pre_restart_incident(app, units)
         if chosen is None:
             emit_json({"captured": False, "reason": why}) if as_json else click.echo(f"goldenhour: {why}")
@@ -217,7 +134,7 @@ def snapshot(app: App, incident: str, profile: str | None, store: str | None, lo
                          f"(profile {req.profile}) into {cfg.store_path}")
     lower_priority(cfg)
     res = capture(cfg, req, on_event=progress)
-    upload_info = _maybe_upload(app, res, do_upload, upload_url, as_json)
+    upload_info = maybe_upload(app, res, do_upload, upload_url, as_json)
     statuses = res.statuses
     if as_json:
         out = {"bundle": str(res.bundle), "sha256": res.sha256, "size": res.size, "incident": incident,
@@ -267,116 +184,7 @@ def _netns_path(spec: str) -> str:
     return path
 
 
-def _maybe_upload(app: App, res: Any, do_upload: bool | None, url: str | None, as_json: bool) -> dict | None:
-    """Upload right after a capture when configured; failures leave the bundle pending (exit 0)."""
-    if do_upload is False:
-        return None
-    if url:
-        app.cfg.set("upload.url", url)
-    if not app.cfg["upload.url"]:
-        if do_upload:
-            raise UsageError("--upload needs upload.url in the config or --upload s3://BUCKET/PREFIX")
-        return None
-    try:
-        from agent import upload as upload_mod
-    except ImportError:
-        return {"status": "pending", "error": "upload support is not installed"}
-    try:
-        receipt = upload_mod.upload_bundle(app.cfg, res.bundle)
-        return {"status": "uploaded", **receipt}
-    except GoldenhourError as exc:
-        return {"status": "pending", "error": str(exc), "exit_code": exc.exit_code}
-
-
-# -- verify / show / collectors ----------------------------------------------
-
-@main.command(context_settings=CONTEXT, epilog="""\b
-Examples:
-  goldenhour verify /var/lib/goldenhour/incidents/INC-123/INC-123_web-1_20261123T101500Z_ab12cd34.tar.zst
-  goldenhour verify --json BUNDLE
-
-Exit 0 when intact, 1 on any mismatch (each difference is named), 4 if not found.""")
-@click.argument("bundles", nargs=-1, required=True, metavar="BUNDLE...")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
-@pass_app
-def verify(app: App, bundles: tuple[str, ...], as_json: bool) -> None:
-    """Check bundles: every file against manifest.json and SHA256SUMS, the archive against its .sha256.
-
-    BUNDLE is a path, a bundle name from the local store, or (with upload
-    support) an s3:// URL.
-    """
-    from agent.bundle import verify_file
-    reports = []
-    for b in bundles:
-        if b.startswith("s3://"):
-            from agent import retrieve
-            rep = retrieve.verify_remote(app.cfg, b)
-        else:
-            path = _resolve_bundle(app, b)
-            rep = verify_file(path)
-        reports.append(rep)
-        if not as_json:
-            if rep.ok:
-                click.echo(f"OK        {rep.bundle} ({rep.files_checked} files, sha256 {rep.sha256})")
-            else:
-                click.echo(f"MISMATCH  {rep.bundle}")
-                for p in rep.problems:
-                    click.echo(f"  - {p}")
-    if as_json:
-        emit_json(reports[0].to_json() if len(reports) == 1 else [r.to_json() for r in reports])
-    if not all(r.ok for r in reports):
-        sys.exit(EXIT_MISMATCH)
-
-
-def _resolve_bundle(app: App, name: str) -> Path:
-    from agent.store import Store
-    p = Path(name)
-    if p.exists():
-        return p
-    found = Store(app.cfg.store_path).find(name)
-    if found is None:
-        raise NotFoundError(f"no bundle {name!r} (neither a file nor a bundle in {app.cfg.store_path})")
-    return found
-
-
-@main.command(context_settings=CONTEXT)
-@click.argument("bundle", metavar="BUNDLE")
-@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
-@pass_app
-def show(app: App, bundle: str, as_json: bool) -> None:
-    """Summarise a bundle's manifest: incident, host, times, each collector's status, sizes."""
-    from agent.bundle import BundleError, read_manifest
-    path = _resolve_bundle(app, bundle)
-    try:
-        m = read_manifest(path)
-    except (BundleError, OSError, ValueError) as exc:
-        raise GoldenhourError(f"cannot read the manifest of {path}: {exc}", 1) from None
-    if as_json:
-        emit_json(m)
-        return
-    inc, host, clocks = m["incident"], m["host"], m["clocks"]
-    click.echo(f"bundle     {m['bundle']}  ({human_size(path.stat().st_size)} on disk)")
-    click.echo(f"incident   {inc['id']}" + (f"  {inc['title']}" if inc.get("title") else "")
-               + f"  [source {inc.get('source', '')}]")
-    click.echo(f"trigger    {m['trigger']['kind']}" + (f" ({m['trigger']['reason']})" if m['trigger'].get('reason') else "")
-               + f" by {m['trigger'].get('by', '')}")
-    click.echo(f"host       {host['hostname']}  kernel {host['kernel']}  {host.get('os', '')}")
-    click.echo(f"time       {clocks['start_utc']} -> {clocks['end_utc']}  ({clocks['duration_s']} s), "
-               f"profile {m.get('profile')}")
-    click.echo(f"evidence   {m['summary']['files']} files, {human_size(m['summary']['bytes'])} uncompressed")
-    if m.get("targets"):
-        click.echo("targets    " + ", ".join(f"{t['pid']} {t['comm']} ({t['runtime']})" for t in m["targets"]))
-    click.echo("collectors")
-    for c in m["collectors"]:
-        size = sum(f["bytes"] for f in c.get("files", []))
-        reason = f"  {c['reason']}" if c.get("reason") else ""
-        click.echo(f"  {c['status']:<13} {c['key']:<28} {c.get('duration_s', 0):7.3f} s "
-                   f"{human_size(size):>10}{reason}")
-    if m.get("left_out"):
-        click.echo(f"left out   {len(m['left_out'])} files (caps): " + ", ".join(x['path'] for x in m['left_out'][:5]))
-
-
-@main.command("collectors", context_settings=CONTEXT, epilog="""\b
+@click.command("collectors", context_settings=CONTEXT, epilog="""\b
 Status: 'ready' will run when selected; 'unavailable' says what is missing here
 (install it, or run as root); 'broken' means the module itself failed to load.""")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
@@ -412,11 +220,3 @@ def collectors_cmd(app: App, as_json: bool, profile: str | None) -> None:
         click.echo(f"{r['name']:<14} {mark:<12} {prof:<20} {r['summary']}{extra}")
         if r["reason"]:
             click.echo(f"{'':<14} {'':<12} {'':<20} ↳ {r['reason']}")
-
-
-def run() -> None:  # pragma: no cover
-    main(prog_name="goldenhour")
-
-
-# Commands of other areas register themselves here (each module adds to ``main``).
-from agent import cli_extra  # noqa: E402,F401
