@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from agent import __version__, pauses, plan as planner, registry, runner, targets as targets_mod
+from agent import __version__, pauses, plan as planner, priority, registry, runner, targets as targets_mod
 from agent.bundle import (EXTENSIONS, DiskFullError, atomic_write, free_bytes, manifest_sidecar, pack,
                           reserve_for)
 from agent.collector import FAILED, OK, PARTIAL, SKIPPED, TARGET_EXITED, TIMEOUT, Limits, read_text
@@ -137,8 +137,8 @@ def lower_priority(cfg: Config) -> None:
     the daemon's listener: the CPU the capture takes comes out of the workload's share, and at
     nice 10 a saturated CPU gives it about a tenth (bench/README.md, "overhead").
     """
-    runner.set_low_priority(cfg["capture.nice"], cfg["capture.ionice_idle"])
-    runner.set_autogroup_nice(cfg["capture.nice"])    # only when it leads its session (daemon-job, cron)
+    priority.set_low_priority(cfg["capture.nice"], cfg["capture.ionice_idle"])
+    priority.set_autogroup_nice(cfg["capture.nice"])    # only when it leads its session (daemon-job, cron)
 
 
 def capture(cfg: Config, req: CaptureRequest,

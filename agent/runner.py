@@ -34,6 +34,7 @@ from agent import pauses
 from agent.collector import (FAILED, INTERRUPTED, OK, PARTIAL, SKIPPED, TARGET_EXITED, TIMEOUT, Collector, Context,
                              Limits, Skip, TargetGone, die_with_parent)
 from agent.incident import iso, utcnow
+from agent.priority import set_autogroup_nice, set_low_priority
 from agent.targets import Target
 
 log = logging.getLogger("goldenhour.runner")
@@ -89,43 +90,6 @@ class _Running:
     started_at: str
     journal: Path
     ledger: Path | None
-
-
-def set_autogroup_nice(nice: int) -> None:
-    """Give this session's scheduler autogroup the nice value ``nice`` (Linux, CONFIG_SCHED_AUTOGROUP).
-
-    With autogroup on (the default on most distributions), each session (``setsid``) is its
-    own scheduling group, and the groups share the CPU by the *group's* nice: a process's own
-    nice then only orders it against its own session. A collector runs in a session of its
-    own, so without this its nice 10 would still take a full share from the workload's
-    session (measured in bench/README.md, "overhead"). Only for a session goldenhour leads:
-    the group holds only goldenhour's processes. Best effort (no autogroup: nothing to do).
-    """
-    try:
-        if os.getsid(0) != os.getpid():
-            return
-        with open("/proc/self/autogroup", "w") as fh:
-            fh.write(str(max(-20, min(19, nice))))
-    except OSError:
-        pass
-
-
-def set_low_priority(nice: int, idle_io: bool) -> None:
-    """Run this process at CPU nice ``nice`` (at least: never raised back) and, if asked, the idle I/O class.
-
-    Absolute, so calling it again (the capture process, then each collector it forks) is harmless.
-    """
-    try:
-        if nice and os.getpriority(os.PRIO_PROCESS, 0) < nice:
-            os.setpriority(os.PRIO_PROCESS, 0, min(nice, 19))
-    except OSError:
-        pass
-    if idle_io:
-        try:
-            import psutil
-            psutil.Process().ionice(psutil.IOPRIO_CLASS_IDLE)
-        except Exception:  # noqa: BLE001 - priority is best effort
-            pass
 
 
 def _child(item: Item, out: Path, journal: Path, deadline: float, capture: dict[str, Any],

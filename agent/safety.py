@@ -36,6 +36,8 @@ import signal
 from typing import Any
 
 from agent.collector import TargetGone, read_text
+# Pausing collectors call safety.normal_priority() before they stop a target (see its docstring).
+from agent.priority import normal_priority as normal_priority
 
 # Default action "continue", "ignore" or "stop": everything else terminates (signal(7)).
 NOT_TERMINATING = frozenset({signal.SIGCHLD, signal.SIGCONT, signal.SIGURG, signal.SIGWINCH})
@@ -208,21 +210,3 @@ def jvm_attach_precheck(pid: int, start_time: int, maps: str | None = None,
     if perf and perf.get("sun.rt.vmInitDoneTime") == 0:
         return "the JVM is still initialising (sun.rt.vmInitDoneTime = 0): SIGQUIT could kill it"
     return None
-
-
-def normal_priority() -> None:
-    """While a target is paused, work at normal CPU and I/O priority: collectors run niced in the
-    idle I/O class, which would stretch the very pause goldenhour must keep short. Best effort."""
-    try:
-        cur = os.getpriority(os.PRIO_PROCESS, 0)
-        if cur > 0:
-            os.setpriority(os.PRIO_PROCESS, 0, 0)
-    except OSError:
-        pass
-    from agent.runner import set_autogroup_nice
-    set_autogroup_nice(0)           # the collector's own session: its scheduling group too
-    try:
-        import psutil
-        psutil.Process().ionice(psutil.IOPRIO_CLASS_BE, 4)
-    except Exception:  # noqa: BLE001 - best effort
-        pass
