@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from agent import __version__, pauses, plan as planner, priority, registry, runner, targets as targets_mod
+from agent import __version__, pauses, plan as planner, priority, procfs, registry, runner, targets as targets_mod
 from agent.bundle import (EXTENSIONS, DiskFullError, atomic_write, free_bytes, manifest_sidecar, pack,
                           reserve_for)
 from agent.collector import FAILED, OK, PARTIAL, SKIPPED, TARGET_EXITED, TIMEOUT, Limits, read_text
@@ -304,8 +304,10 @@ def _publish(cfg: Config, store: Store, staging: Path, name: str, req: CaptureRe
 
 
 def _owner_token(pid: int) -> str:
-    st = targets_mod.proc_stat(pid)
-    return f"{pid} {st['starttime'] if st else 0}"
+    try:
+        return f"{pid} {procfs.start_time(pid)}"
+    except procfs.ProcError:
+        return f"{pid} 0"
 
 
 def _owner_alive(token: str) -> bool:
@@ -313,8 +315,10 @@ def _owner_alive(token: str) -> bool:
         pid, start = (int(x) for x in token.split())
     except ValueError:
         return False
-    st = targets_mod.proc_stat(pid)
-    return st is not None and st["starttime"] == start and st["state"] != "Z"
+    try:
+        return procfs.Identity(pid, start).check().state != "Z"
+    except procfs.ProcError:
+        return False
 
 
 def salvage(cfg: Config, store: Store) -> list[CaptureResult]:

@@ -24,6 +24,10 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
+from agent import procfs
+# TargetGone is part of this interface; it is defined with the /proc reader, whose ProcessGone is one.
+from agent.procfs import TargetGone as TargetGone
+
 if TYPE_CHECKING:  # pragma: no cover
     from agent.targets import Target
 
@@ -42,10 +46,6 @@ class Scope(str, Enum):
 
 class Skip(Exception):
     """Raised by a collector when it cannot run here; the message is the reason."""
-
-
-class TargetGone(Exception):
-    """Raised when the target process exited (or its PID was reused) mid-collection."""
 
 
 def which(name: str) -> str | None:
@@ -256,7 +256,8 @@ class Context:
         """Copy a file (a /proc or /sys file too: size 0 but readable) into the bundle.
 
         Keeps the last ``tail_bytes`` (default: the per-file cap) of a larger file.
-        A missing or unreadable file is noted (``missing_ok``) rather than raised.
+        A missing or unreadable file is noted (``missing_ok``) rather than raised, with its
+        cause (``denied``, ``gone`` or ``other``: see ``agent.procfs``).
         """
         src = Path(src)
         name = name or src.name
@@ -277,7 +278,8 @@ class Context:
         except OSError as exc:
             if not missing_ok:
                 raise
-            self._record("unreadable", source=str(src), error=f"{type(exc).__name__}: {exc.strerror or exc}")
+            self._record("unreadable", source=str(src), error=f"{type(exc).__name__}: {exc.strerror or exc}",
+                         cause=procfs.cause_of(exc))     # denied | gone | other
             return None
         if len(data) > 2**20 and self.below_reserve(len(data)):
             self.partial(f"{src} left out: the store reached its free-space reserve")
@@ -409,7 +411,11 @@ def kill_group(proc: subprocess.Popen, grace_s: float = 0.5) -> None:
 
 
 def read_text(path: str | os.PathLike[str], default: str | None = None) -> str | None:
-    """Read a small text file (a /proc or /sys file); ``default`` when it cannot be read."""
+    """Read a small text file (a /proc or /sys file); ``default`` when it cannot be read.
+
+    For reads whose failure the evidence must explain (denied, or the process gone), use
+    ``agent.procfs``, whose errors keep their cause.
+    """
     try:
         with open(path, "rb") as fh:
             return fh.read().decode("utf-8", "replace")

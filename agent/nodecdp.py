@@ -43,6 +43,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
+from agent import procfs
+
 CLONE_NEWNET = 0x40000000
 CLOSE_EXPR = ("(process.getBuiltinModule ? process.getBuiltinModule('node:inspector')"
               " : process.mainModule.require('inspector')).close()")
@@ -227,20 +229,9 @@ class Session:
 # -- the inspector's lifecycle ---------------------------------------------------------
 
 def _nspid(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("NSpid:"):
-                return int(line.split()[-1])
-    return pid
-
-
-def _start_time(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            text = fh.read().decode("utf-8", "replace")
-        return int(text[text.rindex(")") + 2:].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
+    """The PID as the process sees itself (last NSpid field); raises ``procfs.ProcError``."""
+    nspid = procfs.status(pid).get("NSpid", "").split()
+    return int(nspid[-1]) if nspid else pid
 
 
 def _connect(host: str, port: int, pid: int) -> tuple[WS, Session]:
@@ -321,7 +312,7 @@ class Inspector:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"kind": "inspector", "pid": self.pid, "start_time": self.start_time,
                                    "host": self.host, "port": self.port, "owner_pid": os.getpid(),
-                                   "owner_start": _start_time(os.getpid()), "at": time.time()}))
+                                   "owner_start": procfs.start_time(os.getpid()), "at": time.time()}))
         os.replace(tmp, path)
         return path
 
@@ -386,7 +377,8 @@ def close_left_open(entry: dict[str, Any]) -> dict[str, Any]:
     """For the ledger: close an inspector a dead goldenhour opened on (pid, start time)."""
     pid = int(entry["pid"])
     out: dict[str, Any] = {"pid": pid, "kind": "inspector"}
-    if _start_time(pid) != entry.get("start_time"):
+    start = entry.get("start_time")
+    if start is None or not procfs.Identity(pid, int(start)).alive():
         out["state_after"] = "gone"
         return out
     host, port = entry.get("host", "127.0.0.1"), int(entry.get("port", 9229))

@@ -27,40 +27,35 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent import procfs
 from agent.collector import TargetGone
-from agent.targets import Target, proc_stat
+from agent.targets import Target
+
+
+def _stat(pid: int, start: int | None = None) -> procfs.Stat | None:
+    """The process's stat now, or None if it exited (or, given ``start``, its PID now names another process)."""
+    try:
+        return procfs.Identity(pid, start).check() if start is not None else procfs.stat(pid)
+    except procfs.ProcError:
+        return None
 
 
 def _stopped_threads(pid: int) -> list[int]:
-    out = []
     try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        st = proc_stat_task(pid, int(tid))
-        if st in ("T", "t"):
-            out.append(int(tid))
-    return out
-
-
-def proc_stat_task(pid: int, tid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/task/{tid}/stat", "rb") as fh:
-            text = fh.read().decode("utf-8", "replace")
-        return text[text.rindex(")") + 2]
-    except (OSError, ValueError, IndexError):
-        return None
+        states = procfs.thread_states(pid)
+    except procfs.ProcError:
+        return []
+    return [tid for tid, state in states.items() if state in ("T", "t")]
 
 
 def record(ledger_dir: Path, target: Target, collector: str) -> Path:
     """Write a ledger entry before a pausing operation; returns its path."""
     ledger_dir.mkdir(parents=True, exist_ok=True)
-    st = proc_stat(target.pid)
-    me = proc_stat(os.getpid())
+    st = _stat(target.pid)
+    me = _stat(os.getpid())
     entry = {"kind": "pause", "pid": target.pid, "start_time": target.start_time, "collector": collector,
-             "state_before": st["state"] if st else None, "owner_pid": os.getpid(),
-             "owner_start": me["starttime"] if me else None, "at": time.time()}
+             "state_before": st.state if st else None, "owner_pid": os.getpid(),
+             "owner_start": me.starttime if me else None, "at": time.time()}
     path = ledger_dir / f"{target.pid}-{target.start_time}-{collector}.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(entry))
@@ -70,21 +65,21 @@ def record(ledger_dir: Path, target: Target, collector: str) -> Path:
 
 def _resume_if_stopped(entry: dict[str, Any]) -> dict[str, Any]:
     pid, start = entry["pid"], entry["start_time"]
-    st = proc_stat(pid)
+    st = _stat(pid, start)
     result: dict[str, Any] = {"pid": pid, "collector": entry.get("collector")}
-    if st is None or st["starttime"] != start:
+    if st is None:
         result["state_after"] = "gone"
         return result
-    stopped = st["state"] in ("T", "t") or bool(_stopped_threads(pid))
-    result["state_after"] = st["state"]
+    stopped = st.state in ("T", "t") or bool(_stopped_threads(pid))
+    result["state_after"] = st.state
     if stopped and entry.get("state_before") not in ("T", "t"):
         # 't' (tracing stop) clears when the tracer goes; 'T' (group stop) needs SIGCONT.
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
-            st = proc_stat(pid)
-            if st is None or st["state"] not in ("T", "t"):
+            st = _stat(pid, start)
+            if st is None or st.state not in ("T", "t"):
                 break
-            if st["state"] == "T":
+            if st.state == "T":
                 from agent import safety
                 try:
                     safety.send(pid, start, signal.SIGCONT, "")
@@ -92,8 +87,8 @@ def _resume_if_stopped(entry: dict[str, Any]) -> dict[str, Any]:
                     break
                 result["resumed"] = True
             time.sleep(0.02)
-        st = proc_stat(pid)
-        result["state_after"] = st["state"] if st else "gone"
+        st = _stat(pid, start)
+        result["state_after"] = st.state if st else "gone"
     return result
 
 
@@ -120,11 +115,11 @@ def _owner_alive(entry: dict[str, Any]) -> bool:
     owner = entry.get("owner_pid")
     if not owner:
         return False
-    st = proc_stat(owner)
-    if st is None or st["state"] == "Z":
+    st = _stat(owner)
+    if st is None or st.state == "Z":
         return False
     start = entry.get("owner_start")
-    return start is None or st["starttime"] == start
+    return start is None or st.starttime == start
 
 
 def release(path: Path) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from agent import pauses
+from agent import pauses, procfs
 from agent.collector import (FAILED, INTERRUPTED, OK, PARTIAL, SKIPPED, TARGET_EXITED, TIMEOUT, Collector, Context,
                              Limits, Skip, TargetGone, die_with_parent)
 from agent.incident import iso, utcnow
@@ -147,17 +147,12 @@ def _child(item: Item, out: Path, journal: Path, deadline: float, capture: dict[
 def session_members(sid: int) -> list[int]:
     """PIDs whose session id is ``sid`` (a collector child and all its helpers)."""
     found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
+    for pid in procfs.pids():
         try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                text = fh.read().decode("utf-8", "replace")
-            fields = text[text.rindex(")") + 2:].split()
-            if int(fields[3]) == sid:
-                found.append(int(name))
-        except (OSError, ValueError, IndexError):
-            continue
+            if procfs.stat(pid).session == sid:
+                found.append(pid)
+        except procfs.ProcError:
+            continue     # exited meanwhile
     return found
 
 
@@ -182,10 +177,8 @@ def kill_session(sid: int, grace_s: float = KILL_GRACE_S) -> None:
 def pid_alive(pid: int) -> bool:
     """The process exists and is not a zombie."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            text = fh.read()
-        return text[text.rindex(b")") + 2:text.rindex(b")") + 3] != b"Z"
-    except (OSError, ValueError):
+        return procfs.stat(pid).state != "Z"
+    except procfs.ProcError:
         return False
 
 

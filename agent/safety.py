@@ -35,6 +35,7 @@ import os
 import signal
 from typing import Any
 
+from agent import procfs
 from agent.collector import TargetGone, read_text
 # Pausing collectors call safety.normal_priority() before they stop a target (see its docstring).
 from agent.priority import normal_priority as normal_priority
@@ -54,18 +55,12 @@ class UnsafeSignal(Exception):
     """A signal goldenhour refuses to send; the message says why."""
 
 
-def status(pid: int) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for line in (read_text(f"/proc/{pid}/status", "") or "").splitlines():
-        k, sep, v = line.partition(":")
-        if sep:
-            out[k.strip()] = v.strip()
-    return out
-
-
 def masks(pid: int, st: dict[str, str] | None = None) -> dict[str, int]:
-    """SigCgt/SigIgn/SigBlk/SigPnd/ShdPnd of a process as integers (bit n-1 = signal n)."""
-    st = st if st is not None else status(pid)
+    """SigCgt/SigIgn/SigBlk/SigPnd/ShdPnd of a process as integers (bit n-1 = signal n).
+
+    ``st`` is the process's status if already read; else it is read (``procfs.ProcError`` if it cannot be).
+    """
+    st = st if st is not None else procfs.status(pid)
     return {k: int(st.get(k, "0") or "0", 16) for k in ("SigCgt", "SigIgn", "SigBlk", "SigPnd", "ShdPnd")}
 
 
@@ -87,16 +82,6 @@ def caught_names(mask: int) -> list[str]:
     return out
 
 
-def _start_time(pid: int) -> int | None:
-    text = read_text(f"/proc/{pid}/stat")
-    if not text:
-        return None
-    try:
-        return int(text[text.rindex(")") + 2:].split()[19])
-    except (ValueError, IndexError):
-        return None
-
-
 def check_signal(pid: int, sig: int, runtime: str) -> None:
     """Raise UnsafeSignal unless rules 2-4 allow ``sig`` to this process."""
     sig = signal.Signals(sig)
@@ -109,9 +94,15 @@ def check_signal(pid: int, sig: int, runtime: str) -> None:
                            f"{runtime or 'unknown'} processes")
     if sig in FATAL_EVEN_IF_CAUGHT.get(runtime, frozenset()):
         raise UnsafeSignal(f"{runtime} exits on {sig.name} even though it catches it")
-    if not catches(pid, sig):
+    try:
         m = masks(pid)
-        why = "ignores it" if m["SigIgn"] & (1 << (sig - 1)) else "has no handler for it"
+    except procfs.ProcessGone:
+        raise
+    except procfs.ProcError as exc:
+        raise UnsafeSignal(f"{sig.name} not sent: its handlers cannot be checked ({exc})") from None
+    bit = 1 << (sig - 1)
+    if not (m["SigCgt"] & bit) or m["SigIgn"] & bit:
+        why = "ignores it" if m["SigIgn"] & bit else "has no handler for it"
         raise UnsafeSignal(f"process {pid} {why} (SigCgt {m['SigCgt']:016x}): {sig.name} would end it")
 
 
@@ -125,8 +116,7 @@ def send(pid: int, start_time: int, sig: int, runtime: str) -> None:
     except ProcessLookupError:
         raise TargetGone(f"process {pid} exited") from None
     try:
-        if _start_time(pid) != start_time:       # the pidfd now pins whatever holds the PID
-            raise TargetGone(f"process {pid} exited (the PID now belongs to another process)")
+        procfs.Identity(pid, start_time).check()     # the pidfd now pins whatever holds the PID
         check_signal(pid, sig, runtime)
         signal.pidfd_send_signal(pidfd, sig)
     except ProcessLookupError:
@@ -145,27 +135,18 @@ def yama_scope() -> int | None:
         return None
 
 
-def thread_states(pid: int) -> dict[int, str]:
-    out: dict[int, str] = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        text = read_text(f"/proc/{pid}/task/{tid}/stat")
-        if text:
-            try:
-                out[int(tid)] = text[text.rindex(")") + 2]
-            except (ValueError, IndexError):
-                continue
-    return out
-
-
 def ptrace_precheck(pid: int, *, allow_d_state: bool = False) -> str | None:
-    """Why a ptrace attach to ``pid`` must not (or cannot) happen now, or None."""
-    st = status(pid)
-    if not st:
-        raise TargetGone(f"process {pid} exited")
+    """Why a ptrace attach to ``pid`` must not (or cannot) happen now, or None.
+
+    Raises ``TargetGone`` (a ``procfs.ProcessGone``) if the process exited.
+    """
+    try:
+        st = procfs.status(pid)
+        states = procfs.thread_states(pid)
+    except procfs.ProcessGone:
+        raise
+    except procfs.ProcError as exc:
+        return f"its state cannot be checked before attaching: {exc}"
     tracer = int(st.get("TracerPid", "0") or 0)
     if tracer:
         comm = (read_text(f"/proc/{tracer}/comm", "?") or "?").strip()
@@ -175,7 +156,6 @@ def ptrace_precheck(pid: int, *, allow_d_state: bool = False) -> str | None:
         return "kernel.yama.ptrace_scope=3 forbids ptrace attach on this host"
     if scope == 2 and os.geteuid() != 0:
         return "kernel.yama.ptrace_scope=2 needs CAP_SYS_PTRACE (run as root)"
-    states = thread_states(pid)
     stopped = [t for t, s in states.items() if s in ("T", "t")]
     if stopped:
         return f"{len(stopped)} thread(s) already stopped (state T/t): not attaching to a stopped process"
@@ -195,12 +175,16 @@ NO_SIGQUIT_HANDLER = "the JVM has no SIGQUIT handler"
 def jvm_attach_precheck(pid: int, start_time: int, maps: str | None = None,
                         perf: dict[str, Any] | None = None) -> str | None:
     """Why jcmd (which may send SIGQUIT) must not be run against ``pid``, or None (danger list 1-2)."""
-    if _start_time(pid) != start_time:
-        raise TargetGone(f"process {pid} exited (or its PID was reused)")
+    procfs.Identity(pid, start_time).check()        # TargetGone if it exited or its PID was reused
     maps = maps if maps is not None else (read_text(f"/proc/{pid}/maps", "") or "")
     if "libjvm.so" not in maps:
         return "libjvm.so is not mapped: not a HotSpot JVM, and jcmd's SIGQUIT would kill it"
-    m = masks(pid)
+    try:
+        m = masks(pid)
+    except procfs.ProcessGone:
+        raise
+    except procfs.ProcError as exc:
+        return f"its SIGQUIT handler cannot be checked ({exc}): not attaching"
     bit = 1 << (signal.SIGQUIT - 1)
     if m["SigIgn"] & bit:
         return "the JVM ignores SIGQUIT: its attach mechanism cannot be started (jcmd would hang)"

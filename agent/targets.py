@@ -12,51 +12,13 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
+from agent import procfs
 from agent.collector import TargetGone, read_text
 from agent.redact import Redactor
 
 
 class TargetError(ValueError):
     """A target given on the command line could not be resolved (clear message)."""
-
-
-def parse_stat(text: str) -> dict[str, Any]:
-    """Parse /proc/PID/stat; comm may hold spaces and parentheses, so split at the last ')'."""
-    lpar, rpar = text.index("("), text.rindex(")")
-    rest = text[rpar + 2:].split()
-    return {
-        "pid": int(text[:lpar]),
-        "comm": text[lpar + 1:rpar],
-        "state": rest[0],
-        "ppid": int(rest[1]),
-        "pgrp": int(rest[2]),
-        "session": int(rest[3]),
-        "utime": int(rest[11]),
-        "stime": int(rest[12]),
-        "num_threads": int(rest[17]),
-        "starttime": int(rest[19]),
-        "vsize": int(rest[20]),
-        "rss_pages": int(rest[21]),
-    }
-
-
-def proc_stat(pid: int) -> dict[str, Any] | None:
-    text = read_text(f"/proc/{pid}/stat")
-    if not text:
-        return None
-    try:
-        return parse_stat(text)
-    except (ValueError, IndexError):
-        return None
-
-
-def parse_status(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        k, sep, v = line.partition(":")
-        if sep:
-            out[k.strip()] = v.strip()
-    return out
 
 
 RUNTIMES = ("jvm", "python", "node", "go", "native")
@@ -254,10 +216,16 @@ class Target:
 
     @classmethod
     def from_pid(cls, pid: int, reason: str = "") -> "Target":
-        st = proc_stat(pid)
-        if st is None:
-            raise TargetError(f"no process with PID {pid}")
-        status = parse_status(read_text(f"/proc/{pid}/status", "") or "")
+        try:
+            st = procfs.stat(pid)
+        except procfs.ProcessGone:
+            raise TargetError(f"no process with PID {pid}") from None
+        except procfs.ProcError as exc:
+            raise TargetError(f"PID {pid}: {exc}") from None
+        try:
+            status = procfs.status(pid)
+        except procfs.ProcError:
+            status = {}
         try:
             exe = os.readlink(f"/proc/{pid}/exe")
         except OSError:
@@ -270,7 +238,7 @@ class Target:
         container = len(nspid) > 1 or _other_ns(pid, "mnt")
         runtime, evidence = runtime_evidence(pid, exe)
         ns = namespaces(pid)
-        return cls(pid=pid, start_time=st["starttime"], comm=st["comm"], exe=exe, cmdline=cmdline,
+        return cls(pid=pid, start_time=st.starttime, comm=st.comm, exe=exe, cmdline=cmdline,
                    runtime=runtime, uid=uid, nspid=nspid, container=container,
                    reason=reason, runtime_evidence=evidence, namespaces=ns,
                    container_info=container_info(pid, nspid, ns), cmdline_redactions=red.count)
@@ -284,18 +252,23 @@ class Target:
         """The PID as the process sees itself (last NSpid field)."""
         return self.nspid[-1] if self.nspid else self.pid
 
+    @property
+    def identity(self) -> procfs.Identity:
+        return procfs.Identity(self.pid, self.start_time)
+
     def alive(self) -> bool:
         """True if the same process (PID and start time) still exists."""
-        st = proc_stat(self.pid)
-        return st is not None and st["starttime"] == self.start_time
+        return self.identity.alive()
 
     def ensure_alive(self) -> None:
         if not self.alive():
             raise TargetGone(f"process {self.pid} ({self.comm}) exited")
 
     def state(self) -> str | None:
-        st = proc_stat(self.pid)
-        return st["state"] if st and st["starttime"] == self.start_time else None
+        try:
+            return self.identity.check().state
+        except procfs.ProcError:
+            return None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -308,10 +281,11 @@ def _other_ns(pid: int, ns: str) -> bool:
         return False
 
 
-def _all_pids() -> Iterable[int]:
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            yield int(name)
+def _stat(pid: int) -> procfs.Stat | None:
+    try:
+        return procfs.stat(pid)
+    except procfs.ProcError:
+        return None   # exited meanwhile
 
 
 def _own_pids() -> set[int]:
@@ -319,10 +293,10 @@ def _own_pids() -> set[int]:
     own, pid = set(), os.getpid()
     while pid > 1:
         own.add(pid)
-        st = proc_stat(pid)
+        st = _stat(pid)
         if st is None:
             break
-        pid = st["ppid"]
+        pid = st.ppid
     return own
 
 
@@ -334,7 +308,7 @@ def unit_pids(unit: str) -> list[int]:
         unit += ".service"
     pids = []
     own = _own_pids()   # the pre-restart hook runs inside the unit's cgroup (ExecStop=): never target ourselves
-    for pid in _all_pids():
+    for pid in procfs.pids():
         if pid in own:
             continue
         cg = read_text(f"/proc/{pid}/cgroup", "") or ""
@@ -354,14 +328,14 @@ def process_pids(pattern: str) -> list[int]:
         raise TargetError(f"invalid --process regex {pattern!r}: {exc}") from None
     own = _own_pids()
     hits = []
-    for pid in _all_pids():
+    for pid in procfs.pids():
         if pid in own:
             continue
-        st = proc_stat(pid)
-        if st is None or st["ppid"] == 2 or pid == 2:   # kernel threads
+        st = _stat(pid)
+        if st is None or st.ppid == 2 or pid == 2:   # kernel threads
             continue
         cmd = (read_text(f"/proc/{pid}/cmdline", "") or "").replace("\0", " ").strip()
-        if rx.search(st["comm"]) or (cmd and rx.search(cmd)):
+        if rx.search(st.comm) or (cmd and rx.search(cmd)):
             hits.append(pid)
     return sorted(hits)
 
@@ -370,13 +344,13 @@ def top_pids(limit: int) -> list[int]:
     """The busiest user processes by CPU time and RSS (half each), excluding goldenhour."""
     own = _own_pids()
     rows = []
-    for pid in _all_pids():
+    for pid in procfs.pids():
         if pid in own:
             continue
-        st = proc_stat(pid)
-        if st is None or st["ppid"] == 2 or pid == 2 or st["rss_pages"] == 0:
+        st = _stat(pid)
+        if st is None or st.ppid == 2 or pid == 2 or st.rss_pages == 0:
             continue
-        rows.append((pid, st["utime"] + st["stime"], st["rss_pages"]))
+        rows.append((pid, st.utime + st.stime, st.rss_pages))
     by_cpu = [r[0] for r in sorted(rows, key=lambda r: -r[1])]
     by_rss = [r[0] for r in sorted(rows, key=lambda r: -r[2])]
     chosen: list[int] = []

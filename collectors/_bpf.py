@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from agent import procfs
 from agent.collector import Requirement, Skip, read_text
 from agent.incident import iso, utcnow
 
@@ -181,16 +182,11 @@ def bcc_version() -> str:
 
 def _ppids() -> dict[int, int]:
     out = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        text = read_text(f"/proc/{name}/stat")
-        if not text:
-            continue
+    for pid in procfs.pids():
         try:
-            out[int(name)] = int(text[text.rindex(")") + 2:].split()[1])
-        except (ValueError, IndexError):
-            continue
+            out[pid] = procfs.stat(pid).ppid
+        except procfs.ProcError:
+            continue      # exited meanwhile
     return out
 
 
@@ -240,13 +236,11 @@ def proc_comm(pid: int) -> str | None:
 
 
 def tgid_of(tid: int) -> int | None:
-    for line in (read_text(f"/proc/{tid}/status", "") or "").splitlines():
-        if line.startswith("Tgid:"):
-            try:
-                return int(line.split()[1])
-            except (IndexError, ValueError):
-                return None
-    return None
+    """The process a thread belongs to, or None if it exited."""
+    try:
+        return int(procfs.status(tid)["Tgid"])
+    except (procfs.ProcError, KeyError, ValueError):
+        return None
 
 
 # -- time ----------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ import secrets
 import time
 from typing import Any
 
-from agent import safety
+from agent import procfs, safety
 from agent.collector import Collector, Scope, Skip, TargetGone, read_text
 from collectors.threads import _gone_or, _tail, gdb_argv, jcmd, tool
 
@@ -75,11 +75,19 @@ def check_room(ctx, estimate: int, what: str) -> None:
         raise Skip(f"{what} of about {_gb(estimate)} exceeds max_dump_bytes ({_gb(cap)})")
 
 
+def _status(pid: int) -> dict[str, str]:
+    """The target's status; empty if unreadable, ``TargetGone`` if it exited."""
+    try:
+        return procfs.status(pid)
+    except procfs.ProcessGone:
+        raise
+    except procfs.ProcError:
+        return {}
+
+
 def _status_bytes(pid: int, key: str) -> int:
-    for line in (read_text(f"/proc/{pid}/status", "") or "").splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
+    v = _status(pid).get(key, "").split()
+    return int(v[0]) * 1024 if v else 0
 
 
 # -- gcore -----------------------------------------------------------------------------
@@ -144,7 +152,7 @@ def jvm_dump_dir(ctx, estimate: int) -> str:
     except OSError:
         cwd = ""
     cands += ["/var/tmp", "/tmp"] + ([cwd] if cwd.startswith("/") else [])
-    status = safety.status(t.pid)
+    status = _status(t.pid)
     uid = int(status.get("Uid", "0").split()[1]) if status.get("Uid") else 0
     gid = int(status.get("Gid", "0").split()[1]) if status.get("Gid") else 0
     tried = []

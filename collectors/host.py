@@ -17,7 +17,9 @@ boot_time, timezone ``{name, utc_offset, abbreviation}``, load, cpu (counts, mod
 over the window), memory (meminfo in bytes), memory_summary,
 psi ``{cpu|memory|io: {some: {avg10, avg60, avg300, total}, full: {...}}}``, vmstat,
 fd ``{allocated, unused, max}``, processes, mounts (with usage), top_processes
-``{by_cpu_now, by_cpu, by_rss}``, d_state, cgroups, sysctls, errors.
+``{by_cpu_now, by_cpu, by_rss}``, d_state, cgroups, sysctls, errors. A process fact that could
+not be read (user, cmdline, fds) is null, and the row's ``unreadable`` says why
+(``{fact: denied | gone | other}``).
 Overhead: reads /proc files and /proc/PID/stat of every process twice, ``cpu_sample_s``
 apart (the rest of the work is done inside that window); details (user, cmdline, fd count,
 wchan, cgroup) only for the processes listed. No helper process. About 0.3 s in all.
@@ -42,6 +44,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from agent import procfs
 from agent.collector import Collector, Scope, read_text
 
 # Filesystems with no disk space to run out of (tmpfs, overlay, network filesystems are kept).
@@ -183,17 +186,19 @@ def cpu_usage(a: dict[str, int], b: dict[str, int]) -> dict[str, float]:
 def parse_pid_stat(text: str) -> dict[str, Any] | None:
     """One /proc/PID/stat line to {pid, comm, state, ppid, ticks, threads, start_ticks, rss_bytes}.
 
-    The command name may contain spaces and parentheses, so it is cut at the last ``)``.
+    Parsed by ``agent.procfs.parse_stat`` (the command name may hold spaces and parentheses).
     Returns None for a line that does not parse.
     """
     try:
-        lpar, rpar = text.index("("), text.rindex(")")
-        f = text[rpar + 2:].split()
-        return {"pid": int(text[:lpar]), "comm": text[lpar + 1:rpar], "state": f[0], "ppid": int(f[1]),
-                "ticks": int(f[11]) + int(f[12]), "threads": int(f[17]), "start_ticks": int(f[19]),
-                "rss_bytes": int(f[21]) * PAGE}
-    except (ValueError, IndexError):
+        st = procfs.parse_stat(text)
+    except ValueError:
         return None
+    return _row(st)
+
+
+def _row(st: procfs.Stat) -> dict[str, Any]:
+    return {"pid": st.pid, "comm": st.comm, "state": st.state, "ppid": st.ppid, "ticks": st.utime + st.stime,
+            "threads": st.num_threads, "start_ticks": st.starttime, "rss_bytes": st.rss_pages * PAGE}
 
 
 def _unoctal(s: str) -> str:
@@ -304,16 +309,11 @@ class Watchdog:
 
 def _sample_processes() -> dict[int, dict[str, Any]]:
     rows = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
+    for pid in procfs.pids():
         try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                row = parse_pid_stat(fh.read().decode("utf-8", "replace"))
-        except OSError:
+            rows[pid] = _row(procfs.stat(pid))
+        except procfs.ProcError:
             continue     # exited meanwhile
-        if row is not None:
-            rows[row["pid"]] = row
     return rows
 
 
@@ -330,30 +330,38 @@ def _user(uid: int) -> str | None:
 
 
 def _details(pid: int) -> dict[str, Any]:
-    """The slower facts of one process (may block: called through the watchdog)."""
+    """The slower facts of one process (may block: called through the watchdog).
+
+    A fact that could not be read is None, and ``unreadable`` says why: {fact: denied | gone | other}.
+    """
     d: dict[str, Any] = {}
+    unreadable: dict[str, str] = {}
     base = f"/proc/{pid}"
     try:
         d["user"] = _user(os.stat(base).st_uid)
-    except OSError:
+    except OSError as exc:
         d["user"] = None
+        unreadable["user"] = procfs.cause_of(exc)
     try:
-        with open(f"{base}/cmdline", "rb") as fh:
-            raw = fh.read(4 * CMDLINE_MAX)
+        raw = procfs.read_bytes(f"{base}/cmdline", 4 * CMDLINE_MAX)
         cmd = raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
         d["cmdline"] = cmd[:CMDLINE_MAX]
         d["cmdline_truncated"] = len(cmd) > CMDLINE_MAX or len(raw) == 4 * CMDLINE_MAX
-    except OSError:
+    except procfs.ProcError as exc:
         d["cmdline"] = None
+        unreadable["cmdline"] = exc.cause
     try:
         n = os.stat(f"{base}/fd").st_size      # Linux >= 6.2: the number of open descriptors
         d["fds"] = n if n > 0 else len(os.listdir(f"{base}/fd"))
-    except OSError:
+    except OSError as exc:
         d["fds"] = None                         # kernel thread, exited, or not permitted
+        unreadable["fds"] = procfs.cause_of(exc)
     wchan = (read_text(f"{base}/wchan") or "").strip()
     d["wchan"] = wchan if wchan and wchan != "0" else None
     cg = read_text(f"{base}/cgroup") or ""
     d["cgroup"] = _cgroup_of(cg)
+    if unreadable:
+        d["unreadable"] = unreadable
     return d
 
 

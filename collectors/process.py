@@ -36,10 +36,10 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from agent import safety
-from agent.collector import Collector, Scope, TargetGone, read_text
+from agent import procfs, safety
+from agent.collector import Collector, Scope, read_text
 from agent.redact import RULES, Redactor
-from agent.targets import container_info, namespaces, parse_stat, parse_status, runtime_evidence
+from agent.targets import container_info, namespaces, runtime_evidence
 
 RAW = ("status", "stat", "limits", "wchan", "stack", "cgroup", "mountinfo", "io", "sched", "oom_score",
        "oom_score_adj", "coredump_filter", "personality", "loginuid")
@@ -123,36 +123,30 @@ def _bounded(fn, timeout: float, default=None):
         ok, val = q.get(timeout=timeout)
     except queue.Empty:
         return default, f"timed out after {timeout:g} s (the process's memory-map lock is held?)"
-    return (val, None) if ok else (default, f"{type(val).__name__}: {val}")
-
-
-def _read_bytes(path: str, cap: int) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read(cap)
+    if ok:
+        return val, None
+    return default, str(val) if isinstance(val, procfs.ProcError) else f"{type(val).__name__}: {val}"
 
 
 # -- the collector ----------------------------------------------------------------
 
 def _threads(pid: int, limit: int) -> tuple[list[dict[str, Any]], int]:
     try:
-        tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
-    except OSError:
+        tids = procfs.tids(pid)
+    except procfs.ProcError:
         return [], 0
     out = []
     for tid in tids[:limit]:
-        base = f"/proc/{pid}/task/{tid}"
-        st_text = read_text(f"{base}/stat")
-        if not st_text:
-            continue
+        base = procfs.path(pid, tid=tid)
         try:
-            st = parse_stat(st_text)
-        except (ValueError, IndexError):
-            continue
+            st = procfs.stat(pid, tid)
+        except procfs.ProcError:
+            continue      # the thread exited meanwhile
         stack = read_text(f"{base}/stack")
         wchan = (read_text(f"{base}/wchan", "") or "").strip()
-        out.append({"tid": tid, "name": st["comm"], "state": st["state"],
+        out.append({"tid": tid, "name": st.comm, "state": st.state,
                     "wchan": wchan if wchan not in ("", "0") else None,
-                    "utime_s": round(st["utime"] / HZ, 2), "stime_s": round(st["stime"] / HZ, 2),
+                    "utime_s": round(st.utime / HZ, 2), "stime_s": round(st.stime / HZ, 2),
                     "kernel_stack": [l.split("] ", 1)[-1].strip() for l in (stack or "").splitlines() if l.strip()]
                     if stack is not None else None})
     return out, len(tids)
@@ -160,9 +154,9 @@ def _threads(pid: int, limit: int) -> tuple[list[dict[str, Any]], int]:
 
 def _fds(pid: int, limit: int) -> dict[str, Any]:
     try:
-        names = os.listdir(f"/proc/{pid}/fd")
-    except OSError as exc:
-        return {"error": f"{type(exc).__name__}: {exc.strerror or exc}"}
+        names = procfs.listdir(procfs.path(pid, "fd"))
+    except procfs.ProcError as exc:
+        return {"error": str(exc), "cause": exc.cause}
     nums = sorted(int(n) for n in names if n.isdigit())
     listed, by_type = [], {}
     for n in nums[:limit]:
@@ -203,14 +197,9 @@ def collect(ctx) -> None:
     errors: list[str] = []
     for name in RAW:
         ctx.copy(f"{base}/{name}", f"proc/{name}")
-    stat_text = read_text(f"{base}/stat")
-    status_text = read_text(f"{base}/status")
-    if not stat_text or not status_text:
-        raise TargetGone(f"process {pid} exited")
-    st = parse_stat(stat_text)
-    if st["starttime"] != t.start_time:
-        raise TargetGone(f"process {pid} exited (the PID now belongs to another process)")
-    status = parse_status(status_text)
+    st = t.identity.check()                 # TargetGone if it exited or its PID was reused
+    status_text = procfs.read_text(f"{base}/status")
+    status = procfs.parse_status(status_text)
 
     threads, nthreads = _threads(pid, int(opts.get("max_threads", 4096)))
     lines = []
@@ -236,14 +225,14 @@ def collect(ctx) -> None:
     # reads under the target's memory-map lock: bounded
     red = Redactor()
     cap = ctx.limits.max_file_bytes
-    raw_cmd, err = _bounded(lambda: _read_bytes(f"{base}/cmdline", 1 << 20), timeout, b"")
+    raw_cmd, err = _bounded(lambda: procfs.read_bytes(f"{base}/cmdline", 1 << 20), timeout, b"")
     if err:
         errors.append(f"cmdline: {err}")
     cmdline = red.argv([a.decode("utf-8", "replace") for a in (raw_cmd or b"").split(b"\0") if a])
     ctx.write_text("cmdline.txt", "\n".join(cmdline) + "\n")
     env_count = None
     if opts.get("environ", True):
-        raw_env, err = _bounded(lambda: _read_bytes(f"{base}/environ", 1 << 20), timeout, None)
+        raw_env, err = _bounded(lambda: procfs.read_bytes(f"{base}/environ", 1 << 20), timeout, None)
         if err:
             errors.append(f"environ: {err}")
         if raw_env is not None:
@@ -252,7 +241,7 @@ def collect(ctx) -> None:
             ctx.write_text("environ.txt", "\n".join(env) + "\n")
     smaps: dict[str, int] = {}
     for name in MM_LOCKED:
-        data, err = _bounded(lambda n=name: _read_bytes(f"{base}/{n}", cap), timeout, None)
+        data, err = _bounded(lambda n=name: procfs.read_bytes(f"{base}/{n}", cap), timeout, None)
         if err:
             errors.append(f"{name}: {err}")
         elif data is not None:
@@ -291,25 +280,25 @@ def collect(ctx) -> None:
         wch = sorted({th["wchan"] or "?" for th in d})
         findings.append({"kind": "d_state",
                          "text": f"{len(d)} thread(s) in uninterruptible sleep (D), at {', '.join(wch)}"})
-    if st["state"] in ("T", "t") or any(th["state"] in ("T", "t") for th in threads):
+    if st.state in ("T", "t") or any(th["state"] in ("T", "t") for th in threads):
         findings.append({"kind": "stopped", "text": "the process (or a thread) is stopped (T/t)"})
-    if st["state"] == "Z":
+    if st.state == "Z":
         findings.append({"kind": "zombie", "text": "the process is a zombie (exited, not reaped)"})
     if tracer:
         findings.append({"kind": "traced", "text": f"traced by PID {tracer}"})
-    started = datetime.fromtimestamp(boot + st["starttime"] / HZ, timezone.utc) if boot else None
+    started = datetime.fromtimestamp(boot + st.starttime / HZ, timezone.utc) if boot else None
     memory = {k: v for k, v in parse_kv_kb(status_text).items()
               if k.startswith(("Vm", "Rss", "Hugetlb")) or k in ("Threads",)}
     doc = {
-        "pid": pid, "start_time": st["starttime"],
+        "pid": pid, "start_time": st.starttime,
         "started_at": started.isoformat(timespec="seconds").replace("+00:00", "Z") if started else None,
-        "age_s": round(time.time() - (boot + st["starttime"] / HZ), 1) if boot else None,
-        "comm": st["comm"], "exe": exe, "cmdline": cmdline, "environ_vars": env_count,
+        "age_s": round(time.time() - (boot + st.starttime / HZ), 1) if boot else None,
+        "comm": st.comm, "exe": exe, "cmdline": cmdline, "environ_vars": env_count,
         "runtime": runtime, "runtime_evidence": evidence,
-        "state": st["state"], "state_name": STATE_NAMES.get(st["state"], st["state"]),
-        "ppid": st["ppid"], "pgrp": st["pgrp"], "session": st["session"],
+        "state": st.state, "state_name": STATE_NAMES.get(st.state, st.state),
+        "ppid": st.ppid, "pgrp": st.pgrp, "session": st.session,
         "uid": uids[0], "euid": uids[1] if len(uids) > 1 else None, "user": user,
-        "gid": gids[0], "cpu_s": {"user": round(st["utime"] / HZ, 2), "system": round(st["stime"] / HZ, 2)},
+        "gid": gids[0], "cpu_s": {"user": round(st.utime / HZ, 2), "system": round(st.stime / HZ, 2)},
         "num_threads": nthreads, "threads_listed": len(threads), "thread_states": states,
         "threads": threads,
         "fd": fds,

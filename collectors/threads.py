@@ -51,7 +51,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from agent import safety
+from agent import procfs, safety
 from agent.collector import Collector, Scope, Skip, TargetGone, read_text, which
 from agent.redact import RULES, Redactor
 from collectors import _jvm, _stacks
@@ -82,7 +82,10 @@ def thread_names(pid: int) -> dict[int, str]:
 
 
 def _os_states(doc: dict[str, Any], pid: int) -> None:
-    states = safety.thread_states(pid)
+    try:
+        states = procfs.thread_states(pid)
+    except procfs.ProcError:
+        states = {}
     for t in doc["threads"]:
         tid = t.get("tid")
         if isinstance(tid, int) and tid in states:
