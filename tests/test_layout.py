@@ -1,0 +1,162 @@
+"""The project's layout rules, checked by reading the source (no import is executed).
+
+No import circles among goldenhour's modules (agent/, collectors/): every import counts,
+at module level or inside a function, except type-only ones under ``if TYPE_CHECKING:``.
+A circle is reported with the import statements that close it.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("agent", "collectors")
+
+# Circles tolerated for now, each as the set of its modules. The CLI's five files import each
+# other (cli imports the command modules at its end, they import `main` back); the agent/cli/
+# package being written replaces them. To be emptied when it lands.
+ALLOWED_CYCLES: list[frozenset[str]] = [
+    frozenset({"agent.cli", "agent.cli_daemon", "agent.cli_extra", "agent.cli_report", "agent.cli_storage"}),
+]
+
+
+def _modules(root: Path, packages: tuple[str, ...]) -> dict[str, Path]:
+    """Dotted module name -> file, for every .py file under the packages (a package is its __init__)."""
+    mods = {}
+    for pkg in packages:
+        for p in sorted((root / pkg).rglob("*.py")):
+            parts = list(p.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            mods[".".join(parts)] = p
+    return mods
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    t = node.test
+    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+
+
+def _imports(name: str, path: Path, mods: dict[str, Path]) -> dict[str, int]:
+    """The project modules ``name`` imports (anywhere but under ``if TYPE_CHECKING:``) -> first line.
+
+    ``from a.b import c`` counts as importing ``a.b.c`` when that is a module, else ``a.b``;
+    ``import a.b.c`` as the deepest of ``a.b.c``, ``a.b``, ``a`` that is a project module.
+    """
+    def resolve(dotted: str) -> str | None:
+        while dotted and dotted not in mods:
+            dotted = dotted.rpartition(".")[0]
+        return dotted or None
+
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: dict[str, int] = {}
+
+    def add(target: str | None, line: int) -> None:
+        if target and target != name:
+            found.setdefault(target, line)
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child):
+                for other in child.orelse:
+                    visit_node(other)
+                continue
+            visit_node(child)
+
+    def visit_node(node: ast.AST) -> None:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                add(resolve(alias.name), node.lineno)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            for alias in node.names:
+                sub = f"{mod}.{alias.name}"
+                add(sub if sub in mods else resolve(mod), node.lineno)
+        visit(node)
+
+    visit(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
+    return found
+
+
+def import_graph(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> dict[str, dict[str, int]]:
+    """module -> {imported project module: line of the first such import}."""
+    mods = _modules(root, packages)
+    return {name: _imports(name, path, mods) for name, path in mods.items()}
+
+
+def import_cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def connect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            connect(v)
+    return sorted(out)
+
+
+def _describe(cycle: list[str], graph: dict[str, dict[str, int]]) -> str:
+    members = set(cycle)
+    edges = [f"  {a} imports {b} (line {line})" for a in cycle for b, line in sorted(graph[a].items())
+             if b in members]
+    return " <-> ".join(cycle) + "\n" + "\n".join(edges)
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    assert "agent.procfs" in graph and "collectors.process" in graph       # the walk found the project
+    cycles = [c for c in import_cycles(graph) if frozenset(c) not in ALLOWED_CYCLES]
+    assert not cycles, "import circles (break them, or import under `if TYPE_CHECKING:` if type-only):\n" + \
+        "\n".join(_describe(c, graph) for c in cycles)
+
+
+def test_leaf_modules_import_nothing_of_the_project():
+    """The /proc reader and the priority helpers are leaves: anything may import them."""
+    graph = import_graph()
+    for leaf in ("agent.procfs", "agent.priority"):
+        assert graph[leaf] == {}, f"{leaf} imports {sorted(graph[leaf])}"
+
+
+def test_import_cycle_check_sees_function_level_imports_and_skips_type_only_ones(tmp_path):
+    pkg = tmp_path / "agent"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def f():\n    from agent import b\n    return b\n")
+    (pkg / "b.py").write_text("import agent.sub.c\n")
+    (pkg / "sub" / "c.py").write_text("from ..a import f\n")                     # a -> b -> c -> a
+    (pkg / "d.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from agent import e\n")
+    (pkg / "e.py").write_text("from agent.d import TYPE_CHECKING\n")              # d -> e is type-only
+    graph = import_graph(tmp_path, ("agent",))
+    assert graph["agent.a"] == {"agent.b": 2} and graph["agent.sub.c"] == {"agent.a": 1}
+    assert graph["agent.d"] == {} and graph["agent.e"] == {"agent.d": 1}
+    assert import_cycles(graph) == [["agent.a", "agent.b", "agent.sub.c"]]
