@@ -16,7 +16,7 @@ import pytest
 from agent import procfs, runner
 from agent.collector import Context, TargetGone
 from agent.targets import Target
-from collectors import host, process
+from collectors import host
 
 ROOT = Path(__file__).resolve().parent.parent
 NOBODY = 65534
