@@ -11,11 +11,14 @@ Layout inside the archive, under one top folder named like the bundle::
 
     <top>/collectors/<name>[/<pid>]/...   evidence
     <top>/goldenhour.log                  what the agent did
-    <top>/manifest.json                   see agent/capture.py
+    <top>/manifest.json                   see agent/manifest.py (schema v1)
     <top>/SHA256SUMS                      every file above, `sha256sum -c` format
 
-``verify`` reads a bundle once and checks every member against both
-``SHA256SUMS`` and the manifest, and the archive against its ``.sha256``.
+Reading: ``scan`` reads an archive once, hashing every member and the archive
+itself; ``agent.manifest.check`` (the one integrity check, shared by ``verify``,
+``fetch`` and the report) then compares every member with both ``SHA256SUMS`` and
+the manifest, and the archive with its ``.sha256``. ``load_manifest`` reads a local
+bundle's manifest (its sidecar, else the archive's) through the one reader.
 """
 from __future__ import annotations
 
@@ -33,12 +36,24 @@ from typing import IO, Any, Callable, Iterable
 
 import zstandard
 
+from agent.manifest import (FORMAT, MANIFEST, MEMBER, SUMS, UNREADABLE, Expected, Integrity, Manifest, Problem, Seen,
+                            check)
+from agent.manifest import read as read_manifest_data
+
 BUF = 1 << 20
 EXTENSIONS = {"zstd": ".tar.zst", "gzip": ".tar.gz"}
 
 
 class BundleError(Exception):
     """A bundle could not be written or read (message says why)."""
+
+
+class NotABundle(BundleError):
+    """The file is not a zstd or gzip archive at all (empty, or another format)."""
+
+    def __init__(self, name: str, why: str):
+        self.why = why
+        super().__init__(f"{name} is {why}")
 
 
 class DiskFullError(BundleError):
@@ -269,7 +284,7 @@ def open_stream(fileobj: IO[bytes], name: str = "") -> tarfile.TarFile:
         return tarfile.open(fileobj=dctx.stream_reader(rest, read_size=BUF), mode="r|")  # type: ignore[arg-type]
     if head[:2] == b"\x1f\x8b":
         return tarfile.open(fileobj=rest, mode="r|gz")  # type: ignore[arg-type]
-    raise BundleError(f"{name or 'bundle'} is neither zstd nor gzip compressed")
+    raise NotABundle(name or "bundle", "neither zstd nor gzip compressed" if head else "empty (0 bytes)")
 
 
 class _Prefixed(io.RawIOBase):
@@ -296,32 +311,45 @@ class _Prefixed(io.RawIOBase):
         return len(b)
 
 
-@dataclass
-class VerifyReport:
-    bundle: str
-    ok: bool = True
-    sha256: str = ""
-    expected_sha256: str | None = None
-    files_checked: int = 0
-    problems: list[str] = field(default_factory=list)
-    manifest: dict[str, Any] | None = None
+VerifyReport = Integrity      # what ``verify`` returns: the one integrity check's result (agent/manifest.py)
 
-    def fail(self, msg: str) -> None:
-        self.ok = False
-        self.problems.append(msg)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"bundle": self.bundle, "ok": self.ok, "sha256": self.sha256,
-                "expected_sha256": self.expected_sha256, "files_checked": self.files_checked,
-                "problems": self.problems}
+Consume = Callable[[str, int, IO[bytes]], tuple[str, "bytes | None"]]
 
 
-def verify_stream(fileobj: IO[bytes], name: str, expected_sha256: str | None = None) -> VerifyReport:
-    """Check every member against SHA256SUMS and the manifest, and the whole against its hash."""
-    rep = VerifyReport(bundle=name, expected_sha256=expected_sha256)
+def _hash_only(rel: str, size: int, f: IO[bytes]) -> tuple[str, bytes | None]:
+    """Hash a member; keep only the two index files (SHA256SUMS, manifest.json)."""
+    h = hashlib.sha256()
+    keep = rel in (SUMS, MANIFEST)
+    chunks = []
+    while True:
+        b = f.read(BUF)
+        if not b:
+            break
+        h.update(b)
+        if keep:
+            chunks.append(b)
+    return h.hexdigest(), b"".join(chunks) if keep else None
+
+
+def _member_kind(m: tarfile.TarInfo) -> str:
+    return ("symbolic link" if m.issym() else "hard link" if m.islnk() else "device" if m.isdev()
+            else "fifo" if m.isfifo() else "folder" if m.isdir() else "non-file")
+
+
+def scan(fileobj: IO[bytes], name: str, consume: Consume | None = None) -> Seen:
+    """Read a bundle archive once: each member's SHA-256 (and what ``consume`` keeps), the archive's SHA-256.
+
+    ``consume(path, size, stream)`` reads one member and returns its SHA-256 and the bytes it
+    keeps (None: nothing); the default keeps only SHA256SUMS and manifest.json. Members outside
+    the one top folder or that are not regular files are not read and are problems; so is an
+    archive that is not zstd/gzip or is damaged part-way (what was read before is kept).
+    Never raises for the archive's content; errors of ``fileobj`` itself (a disk, a network)
+    surface as an unreadable archive unless the caller's stream re-raises them.
+    """
+    consume = consume or _hash_only
+    seen = Seen()
+    archive = name.rstrip("/").rsplit("/", 1)[-1]
     outer = _HashingReader(fileobj)
-    actual: dict[str, str] = {}
-    sums_text = manifest_bytes = None
     top = None
     try:
         with open_stream(outer, name) as tar:  # type: ignore[arg-type]
@@ -330,70 +358,35 @@ def verify_stream(fileobj: IO[bytes], name: str, expected_sha256: str | None = N
                 if top is None:
                     top = parts[0]
                 if parts[0] != top or len(parts) < 2:
-                    rep.fail(f"unexpected member outside the top folder: {m.name}")
+                    seen.problems.append(Problem(m.name, "member outside the bundle's top folder (refused)", MEMBER))
+                    continue
+                if not m.isfile():
+                    seen.problems.append(Problem(m.name, f"{_member_kind(m)} member (refused)", MEMBER))
                     continue
                 rel = parts[1]
-                if not m.isfile():
-                    kind = ("symbolic link" if m.issym() else "hard link" if m.islnk() else "device" if m.isdev()
-                            else "fifo" if m.isfifo() else "folder" if m.isdir() else "non-file")
-                    rep.fail(f"unexpected {kind} member (refused): {m.name}")
-                    continue
                 f = tar.extractfile(m)
-                h = hashlib.sha256()
-                keep = rel in ("SHA256SUMS", "manifest.json")
-                chunks = []
-                while True:
-                    b = f.read(BUF)  # type: ignore[union-attr]
-                    if not b:
-                        break
-                    h.update(b)
-                    if keep:
-                        chunks.append(b)
-                if rel == "SHA256SUMS":
-                    sums_text = b"".join(chunks).decode()
+                if f is None:
                     continue
-                if rel == "manifest.json":
-                    manifest_bytes = b"".join(chunks)
-                actual[rel] = h.hexdigest()
+                digest, kept = consume(rel, m.size, f)
+                seen.hashes[rel] = digest
+                if rel == SUMS:
+                    seen.sums = kept
+                elif rel == MANIFEST:
+                    seen.manifest = kept
         while outer.read(BUF):   # hash trailing bytes the tar reader did not consume
             pass
+    except NotABundle as exc:
+        seen.problems.append(Problem(archive, f"not a goldenhour bundle: {exc.why}", FORMAT))
     except (tarfile.TarError, zstandard.ZstdError, EOFError, OSError, gzip.BadGzipFile) as exc:
-        rep.fail(f"archive unreadable: {type(exc).__name__}: {exc}")
-    rep.sha256 = outer.sha.hexdigest()
-    if expected_sha256 is not None and expected_sha256 != rep.sha256:
-        rep.fail(f"bundle sha256 {rep.sha256} differs from its .sha256 ({expected_sha256})")
-    if sums_text is None:
-        rep.fail("SHA256SUMS missing")
-    else:
-        listed = {}
-        for line in sums_text.splitlines():
-            digest, _, rel = line.partition("  ")
-            listed[rel] = digest
-        for rel, digest in listed.items():
-            if rel not in actual:
-                rep.fail(f"{rel}: listed in SHA256SUMS but missing from the bundle")
-            elif actual[rel] != digest:
-                rep.fail(f"{rel}: sha256 {actual[rel]} differs from SHA256SUMS ({digest})")
-        for rel in actual:
-            if rel not in listed:
-                rep.fail(f"{rel}: in the bundle but not listed in SHA256SUMS")
-    if manifest_bytes is None:
-        rep.fail("manifest.json missing")
-    else:
-        try:
-            rep.manifest = json.loads(manifest_bytes)
-        except ValueError as exc:
-            rep.fail(f"manifest.json is not valid JSON: {exc}")
-        if rep.manifest:
-            for c in rep.manifest.get("collectors", []):
-                for fe in c.get("files", []):
-                    rel = fe.get("path")
-                    if rel not in actual:
-                        rep.fail(f"{rel}: in manifest.json but missing from the bundle")
-                    elif actual[rel] != fe.get("sha256"):
-                        rep.fail(f"{rel}: sha256 {actual[rel]} differs from manifest.json ({fe.get('sha256')})")
-    rep.files_checked = len(actual)
-    return rep
+        seen.problems.append(Problem(archive, f"archive unreadable after {len(seen.hashes)} files "
+                                              f"({type(exc).__name__}: {exc})", UNREADABLE))
+    seen.sha256 = outer.sha.hexdigest()
+    return seen
+
+
+def verify_stream(fileobj: IO[bytes], name: str, expected: Expected | None = None) -> Integrity:
+    """Check every member against SHA256SUMS and the manifest, and the whole against ``expected``."""
+    return check(name, scan(fileobj, name), expected)
 
 
 def write_sidecar(bundle: Path, sha256: str) -> None:
@@ -409,25 +402,44 @@ def read_sidecar(bundle: Path) -> str | None:
         return None
 
 
-def verify_file(path: Path) -> VerifyReport:
-    expected = read_sidecar(path)
+def expected_from_sidecar(bundle: Path) -> Expected:
+    """The archive's SHA-256 as its ``<bundle>.sha256`` records it (sha256 None when that file is missing)."""
+    return Expected(read_sidecar(bundle), "its .sha256", bundle.name + ".sha256")
+
+
+def verify_file(path: Path) -> Integrity:
+    """``goldenhour verify`` of a local bundle: every check of ``manifest.check``, against its ``.sha256``."""
     with open(path, "rb") as fh:
-        rep = verify_stream(fh, str(path), expected)
-    if expected is None:
-        rep.fail(f"{path.name}.sha256 is missing beside the bundle")
-    return rep
+        return verify_stream(fh, str(path), expected_from_sidecar(path))
+
+
+def manifest_bytes(path: Path) -> tuple[bytes, str]:
+    """The manifest of a local bundle as bytes, and where they came from: its sidecar if present, else the archive.
+
+    Raises OSError, or BundleError when the archive holds no manifest.json.
+    """
+    side = manifest_sidecar(path)
+    try:
+        return side.read_bytes(), side.name
+    except FileNotFoundError:
+        pass
+    with open(path, "rb") as fh, open_stream(fh, str(path)) as tar:
+        for m in tar:
+            if m.name.endswith("/" + MANIFEST) and m.name.count("/") == 1:
+                return tar.extractfile(m).read(), f"{path.name}:{MANIFEST}"  # type: ignore[union-attr]
+    raise BundleError(f"{path} has no manifest.json")
+
+
+def load_manifest(path: Path) -> Manifest:
+    """The manifest of a local bundle (sidecar, else archive) through the one reader; raises
+    ManifestError (a ValueError) naming the bad field, OSError or BundleError."""
+    data, source = manifest_bytes(path)
+    return read_manifest_data(data, source)
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
-    """The manifest of a local bundle: from the sidecar if present, else from the archive."""
-    side = manifest_sidecar(path)
-    if side.exists():
-        return json.loads(side.read_text())
-    with open(path, "rb") as fh, open_stream(fh, str(path)) as tar:
-        for m in tar:
-            if m.name.endswith("/manifest.json"):
-                return json.loads(tar.extractfile(m).read())  # type: ignore[union-attr]
-    raise BundleError(f"{path} has no manifest.json")
+    """The manifest of a local bundle as the JSON object it is, checked by the one reader (see ``load_manifest``)."""
+    return load_manifest(path).raw
 
 
 def manifest_sidecar(bundle: Path) -> Path:

@@ -33,9 +33,9 @@ from agent.collector import FAILED, OK, PARTIAL, SKIPPED, TARGET_EXITED, TIMEOUT
 from agent.config import Config
 from agent.errors import GoldenhourError
 from agent.incident import Incident, Trigger, iso, safe_component, utcnow
+from agent.manifest import Clocks, CollectorEntry, FileEntry, Host, Manifest, Summary
 from agent.store import Store
 
-SCHEMA_VERSION = 1
 log = logging.getLogger("goldenhour.capture")
 
 
@@ -254,44 +254,28 @@ def _publish(cfg: Config, store: Store, staging: Path, name: str, req: CaptureRe
     dest = dest_dir / (name + ext)
 
     def manifest(files: dict[str, dict[str, Any]], left_out: list[dict[str, Any]]) -> dict[str, Any]:
-        entries = []
-        for r in results:
-            e = r.to_json()
-            prefix = f"collectors/{r.key}/"
-            e["files"] = [{"path": rel, **meta} for rel, meta in sorted(files.items())
-                          if rel.startswith(prefix)]
-            entries.append(e)
         by_name: dict[str, list[str]] = {}
         for r in results:
             by_name.setdefault(r.name, []).append(r.status)
         ended = utcnow()
-        return {
-            "schema": SCHEMA_VERSION,
-            "bundle": name,
-            "bundle_id": name.rsplit("_", 1)[-1],
-            "incident": req.incident.to_json(),
-            "trigger": req.trigger.to_json(),
-            "profile": req.profile,
-            "host": host_facts(cfg),
-            "agent": agent_facts(),
-            "clocks": {"start_utc": iso(started), "collected_utc": iso(collected_at),
-                       "end_utc": iso(ended), "duration_s": round(time.monotonic() - t0, 3),
-                       "boot_time_utc": _boot_time_iso()},
-            "targets": extra.get("targets", []),
-            "target_problems": extra.get("target_problems", []),
-            "resumed_targets": extra.get("resumed_targets", []),
-            "collectors": entries,
-            "broken_collectors": extra.get("broken_collectors", []),
-            "summary": {"collectors": {n: aggregate_status(s) for n, s in sorted(by_name.items())},
-                        "files": len(files), "bytes": sum(f["bytes"] for f in files.values())},
-            "limits": {"time_budget_s": budget, "max_file_bytes": cfg["store.max_file_bytes"],
-                       "max_bundle_bytes": cfg["store.max_bundle_bytes"], "reserve_bytes": reserve,
-                       "max_parallel": cfg["capture.max_parallel"], "nice": cfg["capture.nice"],
-                       "ionice_idle": cfg["capture.ionice_idle"]},
-            "left_out": left_out,
-            "redaction": _redaction(results),
-            **({"salvaged": extra["salvaged"]} if "salvaged" in extra else {}),
-        }
+        host = host_facts(cfg)
+        return Manifest(
+            bundle=name, bundle_id=name.rsplit("_", 1)[-1], incident=req.incident, trigger=req.trigger,
+            profile=req.profile, host=Host(**host), agent=agent_facts(),
+            clocks=Clocks(start_utc=iso(started), collected_utc=iso(collected_at), end_utc=iso(ended),
+                          duration_s=round(time.monotonic() - t0, 3), boot_time_utc=_boot_time_iso()),
+            targets=extra.get("targets", []), target_problems=extra.get("target_problems", []),
+            resumed_targets=extra.get("resumed_targets", []),
+            collectors=[_entry(r, files) for r in results],
+            broken_collectors=extra.get("broken_collectors", []),
+            summary=Summary(collectors={n: aggregate_status(s) for n, s in sorted(by_name.items())},
+                            files=len(files), bytes=sum(f["bytes"] for f in files.values())),
+            limits={"time_budget_s": budget, "max_file_bytes": cfg["store.max_file_bytes"],
+                    "max_bundle_bytes": cfg["store.max_bundle_bytes"], "reserve_bytes": reserve,
+                    "max_parallel": cfg["capture.max_parallel"], "nice": cfg["capture.nice"],
+                    "ionice_idle": cfg["capture.ionice_idle"]},
+            left_out=left_out, redaction=_redaction(results), salvaged=extra.get("salvaged"),
+        ).to_json()
 
     flush()
     built: list[dict[str, Any]] = []
@@ -301,6 +285,16 @@ def _publish(cfg: Config, store: Store, staging: Path, name: str, req: CaptureRe
                   manifest=lambda files, left_out: built.append(manifest(files, left_out)) or built[-1])
     atomic_write(manifest_sidecar(dest), _dumps(built[-1]).encode())
     return CaptureResult(packed.path, packed.sha256, packed.size, incident, built[-1])
+
+
+def _entry(r: runner.ItemResult, files: dict[str, dict[str, Any]]) -> CollectorEntry:
+    """The manifest's record of one collector run, with the files it wrote."""
+    prefix = f"collectors/{r.key}/"
+    return CollectorEntry(
+        name=r.name, key=r.key, status=r.status, reason=r.reason, target=r.target, started_at=r.started_at,
+        duration_s=r.duration_s, timeout_s=r.timeout_s, commands=r.commands, notes=r.notes, events=r.events,
+        pause=r.pause, files=[FileEntry(rel, meta["bytes"], meta["sha256"]) for rel, meta in sorted(files.items())
+                              if rel.startswith(prefix)])
 
 
 def _owner_token(pid: int) -> str:

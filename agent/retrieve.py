@@ -9,7 +9,7 @@ layout). Three entry points:
   collectors' statuses.
 - ``fetch(cfg, incident, host, dest)``: downloads each of the incident's bundles
   from S3 once, streaming: the bytes go to disk and through ``bundle.verify_stream``
-  together, so one pass checks the archive's SHA-256 against the object's
+  (the one integrity check, ``agent.manifest.check``) together, so one pass checks the archive's SHA-256 against the object's
   ``sha256`` metadata, the ``.sha256`` object and the custody record of its upload,
   S3's own SHA-256 checksum (recomputed per part for multipart objects) and every
   file against ``SHA256SUMS`` and the manifest. A bundle that fails any check is
@@ -40,6 +40,8 @@ from agent.config import Config
 from agent.errors import (EXIT_DISK_FULL, EXIT_NOT_FOUND, EXIT_TAMPERED,  # noqa: F401
                           EXIT_USAGE, NotFoundError)
 from agent.incident import check_id
+from agent.manifest import Expected, Integrity, Manifest, ManifestError
+from agent.manifest import read as read_manifest
 from agent.store import Store
 from agent.upload import (StorageError, b64, client, composite, custody, object_key, parse_url, same_checksum,
                           storage_error)
@@ -57,27 +59,26 @@ def _strip_ext(name: str) -> str:
     return name
 
 
-def _row(m: dict[str, Any]) -> dict[str, Any]:
-    statuses = m.get("summary", {}).get("collectors") or {c.get("key", c.get("name")): c.get("status")
-                                                         for c in m.get("collectors", [])}
+def _row(m: Manifest) -> dict[str, Any]:
+    statuses = m.statuses
     counts: dict[str, int] = {}
     for s in statuses.values():
         counts[s] = counts.get(s, 0) + 1
-    return {"bundle": m.get("bundle"), "incident": m["incident"]["id"], "host": m["host"]["hostname"],
-            "time": m.get("clocks", {}).get("start_utc"), "profile": m.get("profile"),
-            "trigger": m.get("trigger", {}).get("kind"), "files": m.get("summary", {}).get("files"),
-            "bytes": m.get("summary", {}).get("bytes"), "collectors": statuses, "collector_counts": counts}
+    return {"bundle": m.bundle, "incident": m.incident.id, "host": m.host.hostname,
+            "time": m.clocks.start_utc or None, "profile": m.profile or None,
+            "trigger": m.trigger.kind if m.trigger else None, "files": m.summary.files if m.summary else None,
+            "bytes": m.summary.bytes if m.summary else None, "collectors": statuses, "collector_counts": counts}
 
 
 def list_local(cfg: Config, incident: str | None = None, host: str | None = None) -> list[dict[str, Any]]:
     rows = []
     for b in Store(cfg.store_path).bundles(incident):
         try:
-            m = bundle_mod.read_manifest(b)
-            row = _row(m)
-        except (OSError, ValueError, KeyError, TypeError, bundle_mod.BundleError):
+            row = _row(bundle_mod.load_manifest(b))
+        except (OSError, ManifestError, bundle_mod.BundleError) as exc:
             row = {"bundle": _strip_ext(b.name), "incident": b.parent.name, "host": "?", "time": None,
-                   "collectors": {}, "collector_counts": {}, "problem": "manifest unreadable"}
+                   "collectors": {}, "collector_counts": {},
+                   "problem": f"manifest unreadable: {getattr(exc, 'strerror', None) or exc}"}
         if host and row["host"] != host:
             continue
         receipt = Store.receipt(b)
@@ -111,10 +112,10 @@ def list_remote(cfg: Config, incident: str | None = None, host: str | None = Non
                 elif k.endswith(".manifest.json"):
                     sidecars.append(k)
 
-        def get(k: str) -> tuple[str, Any]:
+        def get(k: str) -> tuple[str, Manifest | ManifestError]:
             try:
-                return k, json.loads(s3.get_object(Bucket=bucket, Key=k)["Body"].read())
-            except ValueError as exc:
+                return k, read_manifest(s3.get_object(Bucket=bucket, Key=k)["Body"].read(), k.rsplit("/", 1)[-1])
+            except ManifestError as exc:
                 return k, exc
 
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -126,14 +127,11 @@ def list_remote(cfg: Config, incident: str | None = None, host: str | None = Non
         o = bundles.get(k[: -len(".manifest.json")])
         if o is None:
             continue                    # a sidecar whose bundle is not (yet) there
-        if isinstance(m, Exception):
+        if isinstance(m, ManifestError):
             row = {"bundle": _strip_ext(o["Key"].rsplit("/", 1)[1]), "incident": "?", "host": "?", "time": None,
                    "collectors": {}, "collector_counts": {}, "problem": f"manifest sidecar unreadable: {m}"}
         else:
-            try:
-                row = _row(m)
-            except (KeyError, TypeError):
-                continue
+            row = _row(m)
         if host and row["host"] != host:
             continue
         row.update(source="s3", path=None, url=f"s3://{bucket}/{o['Key']}", key=o["Key"], size=o["Size"],
@@ -257,7 +255,7 @@ def _custody_shas(s3, bucket: str, key: str) -> dict[str, set[str]]:
 
 
 def _verify_object(s3, bucket: str, key: str, out, progress: Progress | None,
-                   custody_shas: dict[str, set[str]] | None) -> tuple[bundle_mod.VerifyReport, dict[str, Any]]:
+                   custody_shas: dict[str, set[str]] | None) -> tuple[Integrity, dict[str, Any]]:
     """Stream one object through every check; returns the report and facts about the object."""
     head = s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
     meta = head.get("Metadata", {})
@@ -269,25 +267,26 @@ def _verify_object(s3, bucket: str, key: str, out, progress: Progress | None,
         args["VersionId"] = head["VersionId"]
     obj = s3.get_object(**args)
     tee = _Tee(obj["Body"], out, part_size, name, head["ContentLength"], progress)
-    rep = bundle_mod.verify_stream(tee, f"s3://{bucket}/{key}", expected)
+    rep = bundle_mod.verify_stream(tee, f"s3://{bucket}/{key}",
+                                   Expected(expected, "its sha256 metadata") if expected else None)
     if tee.error is not None:
         raise tee.error
     checks = ["bundle sha256 vs object metadata", "every file vs SHA256SUMS and manifest.json"]
     if tee.count != head["ContentLength"]:
-        rep.fail(f"read {tee.count} bytes, the object has {head['ContentLength']}")
+        rep.add(name, f"read {tee.count} bytes, the object has {head['ContentLength']}")
     if expected is None:
-        rep.fail("the object has no sha256 metadata to compare with (not uploaded by goldenhour?)")
+        rep.add(name, "the object has no sha256 metadata to compare with (not uploaded by goldenhour?)")
     s3_sum = head.get("ChecksumSHA256")
     multipart = "-" in head.get("ETag", "").strip('"')
     if s3_sum and (part_size or not multipart):
         checks.append("S3 SHA-256 checksum")
         if not same_checksum(s3_sum, tee.checksum()):
-            rep.fail(f"S3's SHA-256 checksum {s3_sum} differs from the bytes read ({tee.checksum()})")
+            rep.add(name, f"S3's SHA-256 checksum {s3_sum} differs from the bytes read ({tee.checksum()})")
     try:
         side = s3.get_object(Bucket=bucket, Key=key + ".sha256")["Body"].read().decode().split()
         checks.append(".sha256 object")
-        if side and side[0] != rep.sha256:
-            rep.fail(f"bundle sha256 {rep.sha256} differs from {name}.sha256 ({side[0]})")
+        if side:
+            rep.compare(Expected(side[0], "its .sha256"))
     except Exception as exc:  # noqa: BLE001
         if storage_error(exc, "").exit_code != EXIT_NOT_FOUND:
             raise
@@ -296,15 +295,15 @@ def _verify_object(s3, bucket: str, key: str, out, progress: Progress | None,
     if key in custody_shas:
         checks.append("custody record of the upload")
         if rep.sha256 not in custody_shas[key]:
-            rep.fail(f"bundle sha256 {rep.sha256} differs from the custody record of its upload "
-                     f"({', '.join(sorted(custody_shas[key]))})")
+            rep.add(name, f"sha256 {rep.sha256} differs from the custody record of its upload "
+                          f"({', '.join(sorted(custody_shas[key]))})")
     info = {"size": head["ContentLength"], "etag": head.get("ETag", "").strip('"'),
             "version_id": head.get("VersionId"), "checksum_sha256": s3_sum, "checks": checks,
             "incident": meta.get("incident"), "host": meta.get("host")}
     return rep, info
 
 
-def verify_remote(cfg: Config, url: str) -> bundle_mod.VerifyReport:
+def verify_remote(cfg: Config, url: str) -> Integrity:
     """Verify ``s3://BUCKET/KEY`` by streaming it (nothing is written to disk)."""
     bucket, key = parse_url(url)
     if not key:
@@ -488,9 +487,9 @@ def _fetch_one(cfg: Config, s3, session, bucket: str, prefix: str, incident: str
                checksum_sha256=info["checksum_sha256"], version_id=info["version_id"], checks=info["checks"])
     if not rep.ok:
         tmp.unlink(missing_ok=True)
-        row.update(status="refused", problems=rep.problems)
+        row.update(status="refused", problems=rep.messages())
         _custody_quiet(cfg, s3, session, bucket, prefix, incident, "fetch-refused", rep.sha256, key, row,
-                       problems=rep.problems[:10])
+                       problems=rep.messages()[:10])
         return row
     os.replace(tmp, local)
     bundle_mod.write_sidecar(local, rep.sha256)

@@ -77,13 +77,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agent import __version__
-from agent.bundle import (BUF, BundleError, atomic_write, fsync_dir, manifest_sidecar, open_stream, read_sidecar,
+from agent.bundle import (BUF, BundleError, atomic_write, fsync_dir, manifest_bytes, manifest_sidecar, read_sidecar,
                           verify_file, write_sidecar)
 from agent.config import Config
 from agent.errors import (EXIT_ACCESS_DENIED, EXIT_DISK_FULL, EXIT_NO_BUCKET,  # noqa: F401
                           EXIT_NO_CREDENTIALS, EXIT_NOT_FOUND, EXIT_PENDING, EXIT_REJECTED, EXIT_TAMPERED,
                           EXIT_UNREACHABLE, EXIT_USAGE, GoldenhourError)
 from agent.incident import iso, utcnow
+from agent.manifest import RECORD, Manifest
+from agent.manifest import read as read_manifest
 from agent.store import Store
 
 MiB = 2**20
@@ -556,20 +558,10 @@ def _matches(head: dict[str, Any] | None, t: _Target, checksum: str | None) -> b
     return got is None or checksum is None or same_checksum(got, checksum)
 
 
-def _manifest(bundle: Path) -> tuple[dict[str, Any], bytes]:
-    """The manifest and the bytes of its sidecar: the local sidecar, or manifest.json in the archive."""
-    side = manifest_sidecar(bundle)
-    try:
-        data = side.read_bytes()
-        return json.loads(data), data
-    except (OSError, ValueError):
-        pass
-    with open(bundle, "rb") as fh, open_stream(fh, str(bundle)) as tar:
-        for m in tar:
-            if m.name.endswith("/manifest.json") and m.name.count("/") == 1:
-                data = tar.extractfile(m).read()  # type: ignore[union-attr]
-                return json.loads(data), data
-    raise BundleError("no manifest.json in the archive")
+def _manifest(bundle: Path) -> tuple[Manifest, bytes]:
+    """The manifest (through the one reader) and the bytes of its sidecar: the local sidecar, or the archive's."""
+    data, source = manifest_bytes(bundle)
+    return read_manifest(data, source), data
 
 
 def _ensure_sidecars(cfg: Config, s3, bundle: Path, t: _Target, man_bytes: bytes) -> tuple[str, str]:
@@ -596,7 +588,7 @@ def _bundle_sha(bundle: Path) -> str:
     if sha:
         return sha
     rep = verify_file(bundle)
-    problems = [p for p in rep.problems if not p.endswith("is missing beside the bundle")]
+    problems = [p for p in rep.problems if p.kind != RECORD]
     if problems:
         raise StorageError(f"{bundle.name} has no .sha256 and does not verify ({problems[0]}); not uploaded",
                            EXIT_TAMPERED)
@@ -622,7 +614,7 @@ def _upload_locked(cfg: Config, bundle: Path, on_part: Callable[[int, int], None
     what = f"upload of {bundle.name}"
     try:
         man, man_bytes = _manifest(bundle)
-        incident, host = man["incident"]["id"], man["host"]["hostname"]
+        incident, host = man.incident.id, man.host.hostname
     except Exception as exc:  # noqa: BLE001 - a broken bundle stays pending with its reason
         raise StorageError(f"{what}: cannot read its manifest ({type(exc).__name__}: {exc}); it stays pending, "
                            f"run `goldenhour verify {bundle}`", EXIT_TAMPERED) from None

@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 from agent import __version__
 from agent.report import loader, rules, timeline
+from agent.manifest import Integrity
 from agent.report.loader import Bundle
 from agent.report.model import SEVERITIES, Event, Finding, iso
 
@@ -40,7 +41,7 @@ class Report:
 
     @property
     def title(self) -> str:
-        titles = sorted({(b.manifest.get("incident") or {}).get("title", "") for b in self.bundles} - {""})
+        titles = sorted({b.manifest.incident.title for b in self.bundles} - {""})
         inc = ", ".join(self.incidents) or "unknown incident"
         return f"Incident {inc}" + (f": {titles[0]}" if titles else "")
 
@@ -56,14 +57,21 @@ class Report:
             "generated": iso(self.generated), "goldenhour": __version__, "incidents": self.incidents,
             "hosts": self.hosts, "window_s": self.window_s, "counts": self.counts(),
             "bundles": [{"bundle": b.name, "host": b.host, "incident": b.incident, "source": b.source,
-                         "start_utc": (b.manifest.get("clocks") or {}).get("start_utc"),
-                         "end_utc": (b.manifest.get("clocks") or {}).get("end_utc"),
-                         "profile": b.manifest.get("profile"), "trigger": b.manifest.get("trigger"),
-                         "collectors": (b.manifest.get("summary") or {}).get("collectors"),
-                         "integrity": b.integrity.to_json(), "problems": b.problems} for b in self.bundles],
+                         "start_utc": b.manifest.clocks.start_utc or None,
+                         "end_utc": b.manifest.clocks.end_utc or None,
+                         "profile": b.manifest.profile or None,
+                         "trigger": b.manifest.trigger.to_json() if b.manifest.trigger else None,
+                         "collectors": b.manifest.summary.collectors if b.manifest.summary else None,
+                         "integrity": _integrity(b.integrity), "problems": b.problems} for b in self.bundles],
             "findings": [f.to_json() for f in self.findings],
             "timeline": [e.to_json() for e in self.events],
         }
+
+
+def _integrity(integ: Integrity) -> dict[str, Any]:
+    """A bundle's integrity in the report's JSON (the problems worded as ``goldenhour verify`` words them)."""
+    return {"ok": integ.ok, "files_checked": integ.files_checked, "problems": integ.messages(),
+            "archive_sha256": integ.sha256, "expected_sha256": integ.expected_sha256}
 
 
 def build(sources: Iterable[str], store_root: Path | None = None,

@@ -133,7 +133,7 @@ def render_html(r: "Report") -> str:
 
 
 def _span(r: "Report") -> str:
-    starts = [b.manifest.get("clocks", {}).get("start_utc") for b in r.bundles]
+    starts = [b.manifest.clocks.start_utc for b in r.bundles]
     starts = sorted(s for s in starts if s)
     if not starts:
         return ""
@@ -222,8 +222,7 @@ def _timeline(r: "Report") -> str:
     spans, lines = [], []
     for b in r.bundles:
         from agent.report.model import parse_iso
-        clocks = b.manifest.get("clocks") or {}
-        s0, s1 = parse_iso(clocks.get("start_utc")), parse_iso(clocks.get("end_utc"))
+        s0, s1 = parse_iso(b.manifest.clocks.start_utc), parse_iso(b.manifest.clocks.end_utc)
         if s0 and s1:
             spans.append((s0, s1, f"{b.host} · capture", f"capture of {b.host}: {b.name}"))
     for t in sorted({ev.time for ev in evs if ev.source == "incident"}):
@@ -400,33 +399,32 @@ def _evidence(r: "Report") -> str:
     out = ['<section id="evidence" aria-labelledby="h-evidence"><h2 id="h-evidence">Evidence</h2>']
     for b in r.bundles:
         m = b.manifest
-        clocks = m.get("clocks") or {}
-        trig = m.get("trigger") or {}
+        clocks, trig, host = m.clocks, m.trigger, m.host
         integ = b.integrity
-        ok = (f'<span class="ok">verified</span>: {integ.checked} files match manifest.json and SHA256SUMS'
+        ok = (f'<span class="ok">verified</span>: {integ.files_checked} files match manifest.json and SHA256SUMS'
               + (", the archive matches its .sha256" if integ.expected_sha256 else "")) if integ.ok else \
-            f'<span class="bad">{len(integ.problems)} problems</span>: ' + e("; ".join(integ.problems[:5]))
+            f'<span class="bad">{len(integ.problems)} problems</span>: ' + e("; ".join(integ.messages()[:5]))
         out.append(f'<h3>{e(b.host)}</h3><table><tbody>'
                    f'<tr><th scope="row">bundle</th><td><code>{e(b.name)}</code> ({e(b.source)})</td></tr>'
-                   f'<tr><th scope="row">captured</th><td>{e(clocks.get("start_utc", "?"))} → '
-                   f'{e(clocks.get("end_utc", "?"))} ({e(clocks.get("duration_s", "?"))} s), profile '
-                   f'{e(m.get("profile", "?"))}</td></tr>'
-                   f'<tr><th scope="row">trigger</th><td>{e(trig.get("kind", "?"))} at {e(trig.get("at", "?"))}'
-                   f'{" — " + e(trig["reason"]) if trig.get("reason") else ""}'
-                   f'{" by " + e(trig["by"]) if trig.get("by") else ""}</td></tr>'
-                   f'<tr><th scope="row">host</th><td>{e((m.get("host") or {}).get("kernel", ""))} · '
-                   f'{e((m.get("host") or {}).get("os", ""))} · {e((m.get("host") or {}).get("cpus", "?"))} CPUs</td></tr>'
+                   f'<tr><th scope="row">captured</th><td>{e(clocks.start_utc or "?")} → '
+                   f'{e(clocks.end_utc or "?")} ({e(clocks.duration_s)} s), profile '
+                   f'{e(m.profile or "?")}</td></tr>'
+                   f'<tr><th scope="row">trigger</th><td>{e(trig.kind if trig else "?")} at {e(trig.at if trig else "?")}'
+                   f'{" — " + e(trig.reason) if trig and trig.reason else ""}'
+                   f'{" by " + e(trig.by) if trig and trig.by else ""}</td></tr>'
+                   f'<tr><th scope="row">host</th><td>{e(host.kernel)} · '
+                   f'{e(host.os)} · {e(host.cpus if host.cpus is not None else "?")} CPUs</td></tr>'
                    f'<tr><th scope="row">integrity</th><td>{ok}'
-                   + (f'<br><code>sha256 {e(integ.archive_sha256)}</code>' if integ.archive_sha256 and b.kind == "archive"
+                   + (f'<br><code>sha256 {e(integ.sha256)}</code>' if integ.sha256 and b.kind == "archive"
                       else "") + "</td></tr></tbody></table>")
         out.append('<table><thead><tr><th scope="col">collector</th><th scope="col">status</th>'
                    '<th scope="col">duration</th><th scope="col">files</th><th scope="col">reason</th></tr></thead><tbody>')
-        for c in m.get("collectors") or []:
-            st = c.get("status", "?")
+        for c in m.collectors:
+            st = c.status
             cls = "bad" if st in ("failed", "timeout", "interrupted") else "ok" if st == "ok" else ""
-            out.append(f'<tr><td><code>{e(c.get("key") or c.get("name"))}</code></td>'
-                       f'<td class="{cls}">{e(st)}</td><td>{float(c.get("duration_s") or 0):.2f} s</td>'
-                       f'<td>{len(c.get("files") or [])}</td><td>{e(c.get("reason", ""))}</td></tr>')
+            out.append(f'<tr><td><code>{e(c.key or c.name)}</code></td>'
+                       f'<td class="{cls}">{e(st)}</td><td>{c.duration_s:.2f} s</td>'
+                       f'<td>{len(c.files)}</td><td>{e(c.reason)}</td></tr>')
         out.append("</tbody></table>")
     out.append("</section>")
     return "".join(out)

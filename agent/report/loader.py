@@ -14,21 +14,19 @@ folder of bundles (an incident folder of the store), or a bundle name from the s
 from __future__ import annotations
 
 import fnmatch
-import gzip
 import hashlib
-import io
 import json
 import os
-import tarfile
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterable
 
-import zstandard
-
-from agent.bundle import EXTENSIONS, BundleError, manifest_sidecar, open_stream, read_sidecar
+from agent.bundle import EXTENSIONS, expected_from_sidecar, manifest_sidecar, scan
 from agent.errors import NotFoundError, UsageError
+from agent.incident import Incident
+from agent.manifest import (FORMAT, MANIFEST, SUMS, CollectorEntry, Expected, Host, Integrity, Manifest,
+                            ManifestError, Seen, check)
+from agent.manifest import read as read_manifest
 
 BUF = 1 << 20
 WHOLE_MAX = 64 * 2**20          # JSON evidence kept whole up to this size
@@ -57,51 +55,34 @@ def keep_mode(rel: str, size: int) -> str | None:
     return None
 
 
-@dataclass
-class Integrity:
-    checked: int = 0
-    problems: list[str] = field(default_factory=list)
-    archive_sha256: str = ""
-    expected_sha256: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "files_checked": self.checked, "problems": self.problems,
-                "archive_sha256": self.archive_sha256, "expected_sha256": self.expected_sha256}
-
-
 class Bundle:
     """One bundle's evidence, as the rules see it (paths relative to the bundle's top folder)."""
 
     def __init__(self, source: str, kind: str):
         self.source = source
         self.kind = kind                          # "archive" or "folder"
-        self.manifest: dict[str, Any] = {}
+        self.manifest = Manifest(bundle="", incident=Incident("unknown"), host=Host(""))   # set by the loader
         self.sizes: dict[str, int] = {}           # every member -> bytes
         self.hashes: dict[str, str] = {}
         self._data: dict[str, bytes] = {}
         self.lines_dropped: dict[str, int] = {}   # tail-kept files: lines cut from their head
         self.cut: set[str] = set()                # kept partially (tail) or not kept
-        self.integrity = Integrity()
+        self.integrity = Integrity(bundle=source)   # agent.manifest.check: the same checks as `verify`
         self.problems: list[str] = []             # evidence the report could not read
         self._json: dict[str, Any] = {}
 
     # -- identity ---------------------------------------------------------------------
     @property
     def name(self) -> str:
-        return self.manifest.get("bundle") or Path(self.source).name
+        return self.manifest.bundle or Path(self.source).name
 
     @property
     def host(self) -> str:
-        h = self.manifest.get("host") or {}
-        return h.get("hostname") or h.get("nodename") or "?"
+        return self.manifest.host.hostname or self.manifest.host.nodename or "?"
 
     @property
     def incident(self) -> str:
-        return (self.manifest.get("incident") or {}).get("id", "")
+        return self.manifest.incident.id
 
     # -- evidence ---------------------------------------------------------------------
     def has(self, rel: str) -> bool:
@@ -138,10 +119,9 @@ class Bundle:
         self._json[rel] = val
         return val
 
-    def collectors(self, name: str | None = None) -> list[dict[str, Any]]:
+    def collectors(self, name: str | None = None) -> list[CollectorEntry]:
         """Manifest entries of collectors (all, or those named ``name``, one per target)."""
-        out = self.manifest.get("collectors") or []
-        return [c for c in out if name is None or c.get("name") == name]
+        return self.manifest.entries(name)
 
     def targets(self, collector: str) -> list[int]:
         """PIDs that have a folder under ``collectors/<collector>/``."""
@@ -155,10 +135,7 @@ class Bundle:
         return sorted(pids)
 
     def target_info(self, pid: int) -> dict[str, Any]:
-        for t in self.manifest.get("targets") or []:
-            if t.get("pid") == pid:
-                return t
-        return {}
+        return self.manifest.target(pid)
 
     # -- loading ----------------------------------------------------------------------
     def _keep(self, rel: str, data: bytes, dropped_lines: int = 0, cut: bool = False) -> None:
@@ -168,49 +145,14 @@ class Bundle:
         if cut:
             self.cut.add(rel)
 
-    def _check_hashes(self) -> None:
-        """Every member against SHA256SUMS and manifest.json (like ``goldenhour verify``)."""
-        integ = self.integrity
-        sums = self.read("SHA256SUMS")
-        if sums is None:
-            integ.problems.append("SHA256SUMS missing")
-        else:
-            listed = {}
-            for line in sums.decode("utf-8", "replace").splitlines():
-                digest, _, rel = line.partition("  ")
-                listed[rel] = digest
-            for rel, digest in listed.items():
-                if rel not in self.hashes:
-                    integ.problems.append(f"{rel}: listed in SHA256SUMS but missing")
-                elif self.hashes[rel] != digest:
-                    integ.problems.append(f"{rel}: sha256 differs from SHA256SUMS")
-            for rel in self.hashes:
-                if rel not in listed and rel != "SHA256SUMS":
-                    integ.problems.append(f"{rel}: not listed in SHA256SUMS")
-        for c in self.manifest.get("collectors") or []:
-            for fe in c.get("files") or []:
-                rel = fe.get("path")
-                if rel in self.hashes and self.hashes[rel] != fe.get("sha256"):
-                    integ.problems.append(f"{rel}: sha256 differs from manifest.json")
-                elif rel not in self.hashes and not any(p.startswith(f"{rel}:") for p in integ.problems):
-                    integ.problems.append(f"{rel}: in manifest.json but missing")
-        integ.checked = len([r for r in self.hashes if r != "SHA256SUMS"])
-
-
-class _Reader(io.RawIOBase):
-    """Hashes the raw archive bytes as the tar reader pulls them."""
-
-    def __init__(self, fh: IO[bytes]):
-        self.fh, self.sha = fh, hashlib.sha256()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf) -> int:  # type: ignore[override]
-        b = self.fh.read(len(buf))
-        self.sha.update(b)
-        buf[:len(b)] = b
-        return len(b)
+    def _consume(self, rel: str, size: int, fh: IO[bytes]) -> tuple[str, bytes | None]:
+        """Hash one member and keep what the rules read (for ``bundle.scan``)."""
+        digest, data, dropped, cut = _consume(fh, keep_mode(rel, size), size)
+        self.sizes[rel] = size
+        self.hashes[rel] = digest
+        if data is not None:
+            self._keep(rel, data, dropped, cut)
+        return digest, data
 
 
 def _consume(fh: IO[bytes], mode: str | None, size: int) -> tuple[str, bytes | None, int, bool]:
@@ -268,48 +210,12 @@ def load_archive(path: Path) -> Bundle:
         fh = open(path, "rb")
     except OSError as exc:
         raise NotFoundError(f"cannot open {path}: {exc.strerror or exc}") from None
-    top = None
     with fh:
-        reader = _Reader(fh)
-        try:
-            tar = open_stream(io.BufferedReader(reader, BUF), str(path))  # type: ignore[arg-type]
-        except BundleError as exc:
-            raise UsageError(f"{path} is not a goldenhour bundle: {exc}") from None
-        except (OSError, EOFError) as exc:
-            raise UsageError(f"{path} is not a goldenhour bundle: {exc}") from None
-        try:
-            with tar:
-                for m in tar:
-                    parts = m.name.split("/", 1)
-                    if top is None:
-                        top = parts[0]
-                    if parts[0] != top or len(parts) < 2 or not m.isfile():
-                        bundle.integrity.problems.append(f"unexpected member {m.name}")
-                        continue
-                    rel = parts[1]
-                    f = tar.extractfile(m)
-                    if f is None:
-                        continue
-                    mode = keep_mode(rel, m.size)
-                    digest, data, dropped, cut = _consume(f, mode, m.size)
-                    bundle.sizes[rel] = m.size
-                    bundle.hashes[rel] = digest
-                    if data is not None:
-                        bundle._keep(rel, data, dropped, cut)
-            while reader.read(BUF):
-                pass
-        except (tarfile.TarError, zstandard.ZstdError, EOFError, OSError, gzip.BadGzipFile) as exc:
-            bundle.integrity.problems.append(
-                f"archive unreadable after {len(bundle.sizes)} files ({type(exc).__name__}: {exc}); "
-                "the report uses what could be read")
-    bundle.integrity.archive_sha256 = reader.sha.hexdigest()
-    bundle.integrity.expected_sha256 = read_sidecar(path)
-    if bundle.integrity.expected_sha256 is None:
-        bundle.integrity.problems.append(f"{path.name}.sha256 is missing beside the bundle")
-    elif bundle.integrity.expected_sha256 != bundle.integrity.archive_sha256:
-        bundle.integrity.problems.append("the archive's sha256 differs from its .sha256")
-    _set_manifest(bundle, path)
-    bundle._check_hashes()
+        seen = scan(fh, str(path), bundle._consume)
+    fmt = [p for p in seen.problems if p.kind == FORMAT]
+    if fmt:
+        raise UsageError(f"{path} is {fmt[0].reason}")
+    _checked(bundle, seen, expected_from_sidecar(path), manifest_sidecar(path))
     return bundle
 
 
@@ -324,36 +230,32 @@ def load_folder(root: Path) -> Bundle:
             try:
                 size = p.stat().st_size
                 with open(p, "rb") as fh:
-                    digest, data, dropped, cut = _consume(fh, keep_mode(rel, size), size)
+                    bundle._consume(rel, size, fh)
             except OSError as exc:
                 bundle.problems.append(f"{rel}: unreadable ({exc.strerror or exc})")
                 continue
-            bundle.sizes[rel] = size
-            bundle.hashes[rel] = digest
-            if data is not None:
-                bundle._keep(rel, data, dropped, cut)
-    _set_manifest(bundle, None)
-    bundle._check_hashes()
+    seen = Seen(hashes=dict(bundle.hashes), sums=bundle.read(SUMS), manifest=bundle.read(MANIFEST))
+    _checked(bundle, seen, None, None)
     return bundle
 
 
-def _set_manifest(bundle: Bundle, archive: Path | None) -> None:
-    raw = bundle.read("manifest.json")
-    man = None
-    if raw is not None:
+def _checked(bundle: Bundle, seen: Seen, expected: Expected | None, sidecar: Path | None) -> None:
+    """Run the one integrity check (agent/manifest.py) and set the bundle's manifest from it.
+
+    A manifest.json that cannot be read in an archive is taken from the bundle's sidecar
+    (and said so); with neither, the source is not a bundle the report can read.
+    """
+    bundle.integrity = check(bundle.source, seen, expected)
+    man = bundle.integrity.manifest
+    why = next((str(p) for p in bundle.integrity.problems if p.file == MANIFEST), "no manifest.json")
+    if man is None and sidecar is not None and sidecar.exists():
         try:
-            man = json.loads(raw)
-        except ValueError as exc:
-            bundle.integrity.problems.append(f"manifest.json is not valid JSON: {exc}")
-    if man is None and archive is not None:
-        side = manifest_sidecar(archive)
-        try:
-            man = json.loads(side.read_text())
+            man = read_manifest(sidecar)
             bundle.problems.append("manifest.json unreadable in the archive: the sidecar manifest was used")
-        except (OSError, ValueError):
+        except (OSError, ManifestError):
             man = None
-    if not isinstance(man, dict):
-        raise UsageError(f"{bundle.source} is not a goldenhour bundle: no readable manifest.json")
+    if man is None:
+        raise UsageError(f"{bundle.source} is not a goldenhour bundle: {why}")
     bundle.manifest = man
 
 
@@ -396,5 +298,5 @@ def load(sources: Iterable[str], store_root: Path | None = None) -> list[Bundle]
             if b.name in {x.name for x in out}:
                 continue
             out.append(b)
-    out.sort(key=lambda b: ((b.manifest.get("clocks") or {}).get("start_utc", ""), b.host, b.name))
+    out.sort(key=lambda b: (b.manifest.clocks.start_utc, b.host, b.name))
     return out

@@ -40,14 +40,13 @@ def render_markdown(r: "Report") -> str:
                "| Host | Captured (UTC) | Bundle | SHA-256 | Location | Integrity | Collectors |\n"
                "|------|----------------|--------|---------|----------|-----------|------------|\n")
     for b in r.bundles:
-        clocks = b.manifest.get("clocks") or {}
-        statuses = (b.manifest.get("summary") or {}).get("collectors") or {}
+        statuses = b.manifest.summary.collectors if b.manifest.summary else {}
         counts: dict[str, int] = {}
         for s in statuses.values():
             counts[s] = counts.get(s, 0) + 1
-        integ = f"ok ({b.integrity.checked} files)" if b.integrity.ok else f"{len(b.integrity.problems)} problems"
-        sha = b.integrity.archive_sha256 if b.kind == "archive" else ""
-        start = str(clocks.get("start_utc", "")).replace("T", " ")[:19]
+        integ = f"ok ({b.integrity.files_checked} files)" if b.integrity.ok else f"{len(b.integrity.problems)} problems"
+        sha = b.integrity.sha256 if b.kind == "archive" else ""
+        start = b.manifest.clocks.start_utc.replace("T", " ")[:19]
         out.append(f"| {_cell(b.host)} | {_cell(start)} | {_cell(b.name)} | {_cell(sha)} | {_cell(b.source)} | "
                    f"{integ} | {_cell(', '.join(f'{n} {s}' for s, n in sorted(counts.items())))} |\n")
     return "".join(out)

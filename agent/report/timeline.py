@@ -161,10 +161,9 @@ def _strip_prefix(line: str) -> str:
 class _Window:
     def __init__(self, b: Bundle, window_s: float):
         m = b.manifest
-        clocks = m.get("clocks") or {}
-        self.start = parse_iso(clocks.get("start_utc"))
-        self.end = parse_iso(clocks.get("end_utc")) or self.start
-        self.trigger = parse_iso((m.get("trigger") or {}).get("at"))
+        self.start = parse_iso(m.clocks.start_utc)
+        self.end = parse_iso(m.clocks.end_utc) or self.start
+        self.trigger = parse_iso(m.trigger.at if m.trigger else None)
         anchor = min(t for t in (self.start, self.trigger) if t) if (self.start or self.trigger) else None
         self.lo = anchor - timedelta(seconds=window_s) if anchor else None
         self.hi = (self.end or anchor) + timedelta(minutes=5) if anchor else None
@@ -177,31 +176,29 @@ class _Window:
 def capture_events(b: Bundle) -> list[Event]:
     m, host = b.manifest, b.host
     out: list[Event] = []
-    trig = m.get("trigger") or {}
-    inc = m.get("incident") or {}
-    t = parse_iso(trig.get("at"))
-    if t:
-        what = f"Incident {inc.get('id', '?')}" + (f" \"{inc['title']}\"" if inc.get("title") else "") \
-            + f" triggered a capture ({trig.get('kind', '?')}" + (f", {trig['reason']}" if trig.get("reason") else "") \
-            + (f", by {trig['by']}" if trig.get("by") else "") + ")"
+    trig, inc = m.trigger, m.incident
+    t = parse_iso(trig.at) if trig else None
+    if trig and t:
+        what = f"Incident {inc.id}" + (f" \"{inc.title}\"" if inc.title else "") \
+            + f" triggered a capture ({trig.kind or '?'}" + (f", {trig.reason}" if trig.reason else "") \
+            + (f", by {trig.by}" if trig.by else "") + ")"
         out.append(Event(t, host, "incident", what, INFO, file="manifest.json"))
-    clocks = m.get("clocks") or {}
-    start, end = parse_iso(clocks.get("start_utc")), parse_iso(clocks.get("end_utc"))
-    targets = m.get("targets") or []
+    start, end = parse_iso(m.clocks.start_utc), parse_iso(m.clocks.end_utc)
+    targets = m.targets
     if start:
-        out.append(Event(start, host, "goldenhour", f"Capture started (profile {m.get('profile', '?')}, "
+        out.append(Event(start, host, "goldenhour", f"Capture started (profile {m.profile or '?'}, "
                          f"{len(targets)} target process{'es' if len(targets) != 1 else ''})", INFO,
                          file="manifest.json"))
     statuses: dict[str, int] = {}
-    for c in m.get("collectors") or []:
-        st = c.get("status", "?")
+    for c in m.collectors:
+        st = c.status
         statuses[st] = statuses.get(st, 0) + 1
         if st in ("failed", "timeout", "interrupted"):
-            ct = parse_iso(c.get("started_at")) or start
+            ct = parse_iso(c.started_at) or start
             if ct:
-                ct = ct + timedelta(seconds=float(c.get("duration_s") or 0))
-                out.append(Event(ct, host, "goldenhour", f"Collector {c.get('key') or c.get('name')} {st}"
-                                 + (f": {c['reason']}" if c.get("reason") else ""), WARNING, file="manifest.json"))
+                ct = ct + timedelta(seconds=c.duration_s)
+                out.append(Event(ct, host, "goldenhour", f"Collector {c.key or c.name} {st}"
+                                 + (f": {c.reason}" if c.reason else ""), WARNING, file="manifest.json"))
     if end:
         summary = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
         out.append(Event(end, host, "goldenhour", f"Capture ended: bundle {b.name} ({summary})", INFO,
@@ -226,7 +223,7 @@ def kernel_events(b: Bundle, win: _Window, flagged: dict[tuple[str, Any], str]) 
         txt = b.has(DMESG_TXT)
         out.append(Event(t, b.host, "dmesg", str(r.get("message", "")).split("\n")[0], sev,
                          file=DMESG_TXT if txt else "collectors/dmesg/dmesg.json", line=r.get("_line") if txt else None,
-                         ident=f"{(b.manifest.get('host') or {}).get('boot_id', '')}/{r.get('seq')}"))
+                         ident=f"{b.manifest.host.boot_id}/{r.get('seq')}"))
     return out
 
 

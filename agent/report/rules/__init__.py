@@ -69,7 +69,7 @@ def discover() -> tuple[list[Rule], list[tuple[str, str]]]:
 def _anchor(b: "Bundle") -> datetime | None:
     """The incident's moment for this bundle: its trigger, or the capture start."""
     m = b.manifest
-    times = [parse_iso((m.get("trigger") or {}).get("at")), parse_iso((m.get("clocks") or {}).get("start_utc"))]
+    times = [parse_iso(m.trigger.at if m.trigger else None), parse_iso(m.clocks.start_utc)]
     times = [t for t in times if t]
     return min(times) if times else None
 

@@ -114,7 +114,7 @@ def join_names(items: Iterable[str], limit: int = 5) -> str:
 def status_of(b: "Bundle", collector: str) -> tuple[str | None, str]:
     """(status, reason) of a host collector in the manifest; (None, "") if it was not planned."""
     for c in b.collectors(collector):
-        return c.get("status"), c.get("reason", "")
+        return c.status, c.reason
     return None, ""
 
 

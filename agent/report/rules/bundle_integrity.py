@@ -26,9 +26,9 @@ def evaluate(b) -> Iterator[Finding]:
                       "findings that rest on these files with suspicion and fetch the bundle again "
                       "(`goldenhour verify` lists the same).",
                       rule="bundle_integrity", host=b.host,
-                      evidence=[Evidence(b.host, p.split(":", 1)[0] if ":" in p and "/" in p.split(":", 1)[0]
-                                         else "manifest.json", excerpt=p) for p in integ.problems[:8]],
-                      data={"problems": integ.problems})
+                      evidence=[Evidence(b.host, p.file if "/" in p.file else "manifest.json", excerpt=str(p))
+                                for p in integ.problems[:8]],
+                      data={"problems": integ.messages()})
     if b.problems:
         yield Finding(WARNING, f"{plural(len(b.problems), 'evidence file')} could not be read by the report",
                       "; ".join(b.problems[:6]), rule="bundle_integrity", host=b.host,

@@ -25,11 +25,11 @@ def evaluate(b) -> Iterator[Finding]:
     m = b.manifest
     skipped = []
     for c in b.collectors():
-        st, key = c.get("status"), c.get("key") or c.get("name")
-        reason = (c.get("reason") or "").strip()
+        st, key = c.status, c.key or c.name
+        reason = c.reason.strip()
         log = f"collectors/{key}/collector.log"
         ev = [Evidence(b.host, "manifest.json", record=f"collectors[{key}]",
-                       excerpt=f"status {st}, {c.get('duration_s', 0)} s of {c.get('timeout_s', '?')} s"
+                       excerpt=f"status {st}, {c.duration_s} s of {c.timeout_s or '?'} s"
                                + (f": {reason}" if reason else ""))]
         if b.has(log):
             ev.append(Evidence(b.host, log, excerpt=(b.text(log) or "").strip().splitlines()[-1][:300]
@@ -39,7 +39,7 @@ def evaluate(b) -> Iterator[Finding]:
                           f"{key} {BAD[st]}" + (f" ({reason})" if reason else "")
                           + ". What it captures is missing or incomplete in this bundle, so the findings above "
                             "cannot rule out a problem it would have shown. Files it wrote before stopping are kept.",
-                          rule="collector_status", host=b.host, evidence=ev, time=parse_iso(c.get("started_at")),
+                          rule="collector_status", host=b.host, evidence=ev, time=parse_iso(c.started_at),
                           data={"collector": key, "status": st})
         elif st == "partial":
             yield Finding(INFO, f"Collector {key} captured only part of its evidence",
@@ -62,26 +62,26 @@ def evaluate(b) -> Iterator[Finding]:
                           evidence=[Evidence(b.host, "manifest.json", record=f"collectors[{k}]", excerpt=r)
                                     for k, r in not_here[:6]],
                           data={"collectors": [k for k, _ in not_here]})
-    for br in m.get("broken_collectors") or []:
+    for br in m.broken_collectors:
         yield Finding(WARNING, f"Collector module {br.get('name')} was broken on {b.host}",
                       f"It could not be loaded ({br.get('error')}), so its evidence was never captured.",
                       rule="collector_status", host=b.host,
                       evidence=[Evidence(b.host, "manifest.json", record="broken_collectors", excerpt=str(br))])
-    left = m.get("left_out") or []
+    left = m.left_out
     if left:
         yield Finding(WARNING, f"{plural(len(left), 'file')} left out of the bundle by its size caps",
                       "The bundle hit store.max_bundle_bytes (or a file was unreadable): "
                       + join_names(f"{x.get('path')} ({x.get('reason')})" for x in left) + ".",
                       rule="collector_status", host=b.host,
                       evidence=[Evidence(b.host, "manifest.json", record="left_out", excerpt=str(left[:3])[:300])])
-    probs = m.get("target_problems") or []
+    probs = m.target_problems
     if probs:
         yield Finding(INFO, f"{plural(len(probs), 'target')} could not be resolved",
                       "Asked-for processes that were not captured: " + join_names(str(p) for p in probs) + ".",
                       rule="collector_status", host=b.host,
                       evidence=[Evidence(b.host, "manifest.json", record="target_problems")])
-    if m.get("salvaged"):
-        s = m["salvaged"]
+    if m.salvaged:
+        s = m.salvaged
         yield Finding(WARNING, "This capture was interrupted and salvaged",
                       f"The capturing goldenhour process died ({s.get('why', '?')}); the evidence staged so far was "
                       f"published at {s.get('at', '?')}. Collectors that had not ended are marked interrupted.",
