@@ -16,9 +16,10 @@ itself within minutes, taking the evidence with it.
 Produces: ``nf_conntrack.txt`` (the raw table from /proc, streamed, cut at the per-file
 cap) or ``conntrack-L.txt`` (the CLI's); ``stat-nf_conntrack.txt`` (raw per-CPU stats,
 hex), ``conntrack-S.txt`` when the CLI ran; ``conntrack.json`` (method, count, max,
-buckets, fill_ratio, near_max/at_max flags, entries read, per-proto, per-l3, per-state
-and per-flag counts, zones, stats totals and per CPU, the change of the stats over the
-capture, top sources/destinations/ports, sysctls, findings).
+buckets, fill_ratio, entries read, per-proto, per-l3, per-state and per-flag counts, zones,
+stats totals and per CPU, the change of the stats over the capture, top
+sources/destinations/ports, sysctls). Facts only: how full is too full, and which drops
+matter, is judged by the report's ``conntrack`` rule.
 Overhead: reads /proc files; the table is streamed line by line (about 1 s per 100,000
 entries), memory stays bounded (top-talker counters stop learning new addresses at
 100,000 distinct ones). ``conntrack -S`` runs only when the kernel already has
@@ -57,8 +58,6 @@ L3_NAMES = frozenset(("ipv4", "ipv6", "unknown"))
 # /proc/net/stat/nf_conntrack column names -> the names conntrack -S prints
 STAT_ALIASES = {"icmp_error": "error", "clashres": "clash_resolve", "chainlength": "chaintoolong"}
 STAT_NOT_SUMMED = frozenset(("entries", "searched"))   # global gauges repeated on every CPU row
-NEAR_MAX = 0.90
-AT_MAX = 0.99
 MAX_DISTINCT = 100_000
 UNPARSED_EXAMPLES = 10
 
@@ -263,36 +262,15 @@ def stat_totals(rows: list[dict[str, int]]) -> dict[str, int]:
 
 
 def parse_limits(values: dict[str, str]) -> dict[str, Any]:
-    """count, max, buckets, fill ratio and flags from the nf_conntrack_* sysctl texts."""
+    """count, max, buckets and fill ratio from the nf_conntrack_* sysctl texts."""
     def num(name: str) -> int | None:
         v = values.get(name, "").strip()
         return int(v) if v.lstrip("-").isdigit() else None
     count, mx, buckets = num("nf_conntrack_count"), num("nf_conntrack_max"), num("nf_conntrack_buckets")
     fill = round(count / mx, 4) if count is not None and mx else None
     return {"count": count, "max": mx, "buckets": buckets, "expect_max": num("nf_conntrack_expect_max"),
-            "fill_ratio": fill, "near_max": fill is not None and fill >= NEAR_MAX,
-            "at_max": fill is not None and fill >= AT_MAX,
+            "fill_ratio": fill,
             "avg_chain_length": round(count / buckets, 2) if count is not None and buckets else None}
-
-
-def findings(s: dict[str, Any]) -> list[str]:
-    """Plain-language observations for the RCA report."""
-    out = []
-    if s.get("fill_ratio") is not None and s["near_max"]:
-        out.append(f"conntrack table at {s['fill_ratio']:.0%} of nf_conntrack_max ({s['count']} of {s['max']}): "
-                   "new connections are dropped when it is full")
-    tot = (s.get("stats") or {}).get("totals", {})
-    delta = (s.get("stats_delta") or {}).get("counters", {})
-    for k, why in (("drop", "packets dropped: the table was full and nothing could be evicted"),
-                   ("early_drop", "entries evicted early to make room in a full table"),
-                   ("insert_failed", "entries that could not be inserted (races, clashes, full table)")):
-        if tot.get(k):
-            now = f", {delta[k]} during the capture" if delta.get(k) else ""
-            out.append(f"conntrack {k} = {tot[k]} since the namespace started{now}: {why}")
-    top = s.get("top_sources") or []
-    if s.get("near_max") and top:
-        out.append(f"top source {top[0]['addr']} holds {top[0]['count']} of {s.get('entries_read')} entries")
-    return out
 
 
 # -- I/O --------------------------------------------------------------------------------------
@@ -436,7 +414,6 @@ def collect(ctx) -> None:
         "netns": netns, **limits, "count_at_start": parse_limits(sysctls)["count"], "table_file": table_file,
         **table.to_json(top), "stats": stats, "stats_delta": delta, "sysctls": sysctls_after or sysctls,
     }
-    summary["findings"] = findings(summary)
     ctx.write_json("conntrack.json", summary)
     ctx.note(method=used, count=limits["count"], max=limits["max"], fill_ratio=limits["fill_ratio"],
              entries=table.entries)

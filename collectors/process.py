@@ -15,7 +15,9 @@ start_time, started_at, comm, exe, cmdline, runtime (+ evidence), state, ppid, u
 [{tid, name, state, wchan, kernel_stack, utime, stime}], thread_states, fd {count, limit,
 hard_limit, ratio, by_type, listed, truncated}, memory (status, bytes), smaps_rollup (bytes),
 limits, signals (caught/ignored/blocked), io, sched, namespaces, container, cgroup (+ limits),
-tracer_pid, oom_score(_adj), findings [{kind, text}], errors.
+tracer_pid, oom_score(_adj), errors. Facts only: what they mean (descriptors near the limit, threads in D
+state, a stopped, zombie or traced process) is judged by the report's rules (``fd_limits``,
+``d_state``, ``process_state``).
 Overhead: reads only; no helper process, no signal, no ptrace; ~15 ms for a small process,
 ~0.2 s for a JVM with hundreds of threads. ``smaps_rollup``, ``maps``, ``cmdline`` and
 ``environ`` take the target's memory-map lock: read once each, in a watchdog thread abandoned
@@ -48,7 +50,6 @@ STATE_NAMES = {"R": "running", "S": "sleeping", "D": "uninterruptible (disk) sle
                "t": "tracing stop", "Z": "zombie", "X": "dead", "I": "idle", "P": "parked", "W": "waking"}
 HZ = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-FD_WARN = 0.8
 
 
 # -- pure parsers ---------------------------------------------------------------
@@ -270,22 +271,6 @@ def collect(ctx) -> None:
     for th in threads:
         states[th["state"]] = states.get(th["state"], 0) + 1
     tracer = int(status.get("TracerPid", "0") or 0)
-    findings = []
-    if fds.get("ratio") is not None and fds["ratio"] >= FD_WARN:
-        findings.append({"kind": "fd_near_limit",
-                         "text": f"{fds['count']} of {fds['limit']} descriptors open "
-                                 f"({fds['ratio']:.0%} of RLIMIT_NOFILE)"})
-    d = [th for th in threads if th["state"] == "D"]
-    if d:
-        wch = sorted({th["wchan"] or "?" for th in d})
-        findings.append({"kind": "d_state",
-                         "text": f"{len(d)} thread(s) in uninterruptible sleep (D), at {', '.join(wch)}"})
-    if st.state in ("T", "t") or any(th["state"] in ("T", "t") for th in threads):
-        findings.append({"kind": "stopped", "text": "the process (or a thread) is stopped (T/t)"})
-    if st.state == "Z":
-        findings.append({"kind": "zombie", "text": "the process is a zombie (exited, not reaped)"})
-    if tracer:
-        findings.append({"kind": "traced", "text": f"traced by PID {tracer}"})
     started = datetime.fromtimestamp(boot + st.starttime / HZ, timezone.utc) if boot else None
     memory = {k: v for k, v in parse_kv_kb(status_text).items()
               if k.startswith(("Vm", "Rss", "Hugetlb")) or k in ("Threads",)}
@@ -315,11 +300,11 @@ def collect(ctx) -> None:
         "tracer_pid": tracer,
         "nspid": nspid, "namespaces": ns, "container": cinfo,
         "cgroup": {"path": cinfo.get("cgroup", ""), **_cgroup_limits(cinfo.get("cgroup", ""))},
-        "findings": findings, "errors": errors,
+        "errors": errors,
     }
     ctx.write_json("process.json", doc)
     ctx.note(runtime=runtime, threads=nthreads, fds=fds.get("count"), fd_limit=fds.get("limit"),
-             container=cinfo.get("in_container"), findings=[f["kind"] for f in findings])
+             container=cinfo.get("in_container"))
     if errors:
         ctx.partial("; ".join(errors))
     t.ensure_alive()

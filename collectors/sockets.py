@@ -17,7 +17,9 @@ address and port or Unix path and inode, ``users`` [{comm, pid, fd}], ``info`` w
 TCP internals); ``sockets.json`` (summary: method, totals by protocol and state,
 per-process counts by state, listeners with accept queue, backlog and a ``full``
 flag, top remote peers, ``counters`` by section as in /proc/net/netstat and snmp,
-``key_counters``, ``sockstat``, ``findings``); raw copies under ``proc/``.
+``key_counters``, ``sockstat``); raw copies under ``proc/``. Facts only: full accept queues,
+CLOSE-WAIT piles and overflow counters are judged by the report's rules (``listen_queue``,
+``socket_leaks``).
 Overhead: three ``ss`` runs over netlink sock_diag; each scans /proc/*/fd once to
 find owners. Parsing streams line by line and the records are written as they are
 parsed, so memory stays flat with 50,000 sockets.
@@ -75,7 +77,6 @@ TOP_PEERS = 20
 MAX_PROCESSES = 500
 MAX_LISTENERS = 5000
 MAX_DISTINCT_PEERS = 100_000     # bounds memory on a host talking to the whole internet
-CLOSE_WAIT_FINDING = 100
 
 _USER_RE = re.compile(r'\("(.*?)",pid=(\d+),fd=(\d+)\)')
 _SKMEM_RE = re.compile(r"([a-z_]+)(\d+)")
@@ -426,27 +427,6 @@ def summarise(records: Iterable[dict[str, Any]], sink) -> dict[str, Any]:
             "peers_distinct": len(peers.counts), "peers_not_counted": peers.overflowed}
 
 
-def findings(summary: dict[str, Any]) -> list[str]:
-    """Plain-language observations for the RCA report."""
-    out = []
-    for lis in summary["listeners"]:
-        if not lis["full"]:
-            break
-        who = ", ".join(f"{o['comm']} (pid {o['pid']})" for o in lis["owners"][:3]) or "no owner found"
-        out.append(f"accept queue full on {lis['proto']} {lis['local']}: {lis['accept_queue']} waiting, "
-                   f"backlog {lis['backlog']}; owner {who}")
-    for p in summary["processes"]:
-        cw = p["states"].get("tcp:CLOSE-WAIT", 0)
-        if cw >= CLOSE_WAIT_FINDING:
-            out.append(f"{p['comm']} (pid {p['pid']}) holds {cw} TCP sockets in CLOSE-WAIT "
-                       "(the peer closed, the application did not)")
-    kc = summary.get("key_counters", {})
-    for k in ("ListenOverflows", "ListenDrops", "TCPBacklogDrop", "TCPReqQFullDrop"):
-        if kc.get(k):
-            out.append(f"TcpExt {k} = {kc[k]} since boot")
-    return out
-
-
 # -- I/O ----------------------------------------------------------------------------------
 
 def inode_owners(proc: str = "/proc") -> dict[int, list[dict[str, Any]]]:
@@ -553,7 +533,6 @@ def collect(ctx) -> None:
             "fallback_reason": fallback_reason, "netns": netns}
     summary = {**head, **summary, "unparsed_lines": unparsed.count,
                "unparsed_examples": unparsed.examples, "key_counters": key_counters, "counters": counters}
-    summary["findings"] = findings(summary)
     ctx.write_json("sockets.json", summary)
     ctx.note(method=used, sockets=summary["total"], fallback_reason=fallback_reason)
     if unparsed.count:

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import psutil
@@ -20,6 +21,7 @@ import pytest
 from collectors.sockets import (cut_users, parse_netstat, parse_proc_net, parse_proc_unix, parse_sockstat, parse_ss,
                                 parse_ss_line, split_addr, summarise, Unparsed)
 from tests.helpers.netns import netns as helper_netns
+from tests.report import bundlemaker as bm
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "sockets"
 ODD_COMM = 'gh "sock, t'      # quotes, a comma and spaces in the command name ss prints
@@ -141,7 +143,7 @@ def test_fallback_when_ss_is_missing_says_so_and_keeps_the_table(run_collector, 
                for r in _records(res))
 
 
-def test_full_accept_queue_is_flagged_and_overflow_counters_rise(run_collector):
+def test_full_accept_queue_is_flagged_and_overflow_counters_rise(run_collector, tmp_path):
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(1)                      # backlog 1, never accepted
@@ -161,7 +163,12 @@ def test_full_accept_queue_is_flagged_and_overflow_counters_rise(run_collector):
         lis = next(x for x in summary["listeners"] if x["local"] == f"127.0.0.1:{port}")
         assert lis["backlog"] == 1 and lis["accept_queue"] >= 1 and lis["full"] is True
         assert lis["owners"] and lis["owners"][0]["pid"] == os.getpid()
-        assert any(f"127.0.0.1:{port}" in f for f in summary["findings"])
+        assert "findings" not in summary            # facts here; the report's listen_queue rule judges
+        found = [f for f in bm.findings(tmp_path / "b", {"collectors/sockets/sockets.json": summary})
+                 if f.rule == "listen_queue"]
+        full = next(f for f in found if f"tcp 127.0.0.1:{port} " in f.title)
+        assert full.severity == "critical" and full.title.startswith("Accept queue full")
+        assert any(f.title.startswith("Listen queue overflows: ListenOverflows") for f in found)
         after = summary["counters"]["TcpExt"]
         assert after["ListenOverflows"] > before["ListenOverflows"]
         assert after["ListenDrops"] > before["ListenDrops"]
@@ -170,6 +177,44 @@ def test_full_accept_queue_is_flagged_and_overflow_counters_rise(run_collector):
         for c in clients:
             c.close()
         srv.close()
+
+
+CLOSE_WAIT = r'''
+import json, socket, sys
+n = int(sys.argv[1])
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(n)
+print("READY " + json.dumps({"port": srv.getsockname()[1]}), flush=True)
+held = [srv.accept()[0] for _ in range(n)]      # accepted, and never closed: CLOSE-WAIT once the peers close
+print("ACCEPTED", flush=True)
+sys.stdin.read()
+'''
+
+
+def test_a_pile_of_close_wait_sockets_is_a_socket_leak_finding(run_collector, tmp_path):
+    """120 connections the peer closed and the target never did: counted per process, judged by socket_leaks."""
+    n = 120
+    p, info = _start([sys.executable, "-c", CLOSE_WAIT, str(n)])
+    clients = []
+    try:
+        clients = [socket.create_connection(("127.0.0.1", info["port"])) for _ in range(n)]
+        assert p.stdout.readline().strip() == "ACCEPTED"
+        for c in clients:
+            c.close()
+        deadline = time.monotonic() + 30
+        while sum(c.status == psutil.CONN_CLOSE_WAIT for c in psutil.Process(p.pid).net_connections("tcp")) < n:
+            assert time.monotonic() < deadline, "the target's sockets never reached CLOSE-WAIT"
+            time.sleep(0.01)
+        res = run_collector("sockets")
+        assert res.status == "ok", res.reason
+        summary = _summary(res)
+    finally:
+        _stop(p)
+    proc = next(x for x in summary["processes"] if x["pid"] == p.pid)
+    assert proc["states"]["tcp:CLOSE-WAIT"] == n
+    found = [f for f in bm.findings(tmp_path / "b", {"collectors/sockets/sockets.json": summary})
+             if f.rule == "socket_leaks"]
+    (f,) = [f for f in found if f"(pid {p.pid})" in f.title]
+    assert f.severity == "warning" and f.title.endswith(f"holds {n} sockets in CLOSE-WAIT")
 
 
 @pytest.fixture

@@ -80,3 +80,10 @@ def make(root: Path, files: dict[str, Any], *, host: str = "db-1", incident: str
     written["manifest.json"] = hashlib.sha256(mdata).hexdigest()
     (top / "SHA256SUMS").write_text("".join(f"{h}  {r}\n" for r, h in sorted(written.items())))
     return top
+
+
+def findings(root: Path, files: dict[str, Any], **kw) -> list:
+    """The report's findings on a bundle folder of ``files`` (in collector tests: what the real collector wrote)."""
+    from agent.report import from_bundles
+    from agent.report.loader import load_folder
+    return from_bundles([load_folder(make(root, files, **kw))]).findings

@@ -376,7 +376,7 @@ def test_every_rule_module_keeps_the_contract():
     assert not broken
     names = {r.name for r in found}
     assert {"oom_kill", "kernel_errors", "conntrack", "listen_queue", "tcp_retransmits", "fd_limits", "pressure",
-            "d_state", "thread_dumps", "syscall_latency", "runqueue_latency", "collector_status",
+            "d_state", "process_state", "thread_dumps", "syscall_latency", "runqueue_latency", "collector_status",
             "bundle_integrity"} <= names
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for r in found:

@@ -1,7 +1,7 @@
 """Connection tracking table near or at its maximum, and the packets it dropped.
 
 Triggers: ``conntrack.json`` with ``count`` at 90 % of ``nf_conntrack_max`` or more
-(``near_max``; critical at 99 %, ``at_max``); non-zero ``drop``, ``early_drop`` or
+(``count`` against ``max``; critical at 99 %); non-zero ``drop``, ``early_drop`` or
 ``insert_failed`` statistics (critical when they grew during the capture, warning
 when they are only cumulative since the namespace started); kernel messages
 ``nf_conntrack: table full, dropping packet`` in ``dmesg.json`` (critical: the table
