@@ -1,8 +1,10 @@
 """Read bundles for the report: archives streamed once (never extracted to disk) or extracted folders.
 
 Where it sits: the first step of ``goldenhour report``. An archive is read in one
-pass: every member is hashed (so the report can say the evidence matches its
-manifest and ``SHA256SUMS``), and only what the rules read is kept in memory:
+pass (``bundle.scan``): every member is hashed, so ``agent.manifest.check`` (the
+check ``goldenhour verify`` and ``fetch`` run, with the same words) can say whether
+the evidence matches its manifest, ``SHA256SUMS`` and ``.sha256``; the manifest is
+read by ``agent.manifest.read``. Only what the rules read is kept in memory:
 JSON files whole (up to 64 MiB each), log tails and the journal up to their last
 4 MiB (line numbers stay those of the bundle's file), small text files. Heap dumps,
 core images and raw tables are hashed and passed over.
@@ -37,7 +39,7 @@ JSONL_MAX = 32 * 2**20          # record streams (sockets.jsonl) kept whole up t
 
 def keep_mode(rel: str, size: int) -> str | None:
     """How much of a bundle member the report keeps in memory: "whole", "tail" or None (hash only)."""
-    if rel in ("manifest.json", "SHA256SUMS"):
+    if rel in (MANIFEST, SUMS):
         return "whole"
     if rel == "goldenhour.log":
         return "tail"
