@@ -1,5 +1,5 @@
-"""A stdlib-only Chrome DevTools Protocol client for running Node.js processes, that never
-leaves an inspector open.
+"""A Chrome DevTools Protocol client for running Node.js processes, that never leaves an
+inspector open. The WebSocket is the ``websockets`` package's synchronous client (``WS``).
 
 Where it sits: the ``threads`` collector (diagnostic report, main-thread JS stack) and the
 ``heap`` collector (heap snapshot) use ``Inspector``; the pause ledger (``agent.pauses``) runs
@@ -18,7 +18,13 @@ Opening (``Inspector.__enter__``), each step a guard from the danger list:
    anyone else's port means refusal, no signal;
 4. record "inspector opened on (pid, start time)" in the ledger *before* signalling;
 5. ``SIGUSR1`` through ``agent.safety.send`` (identity by pidfd, SigCgt must have SIGUSR1);
-6. connect, check ``process.pid`` again.
+6. connect from this thread (so the socket is made in the target's namespace; the kernel's
+   ``SIOCGSKNS`` confirms it), check ``process.pid`` again.
+
+Every wait is bounded: a command's answer by its timeout, the closing handshake by
+``CLOSE_TIMEOUT_S``, a message by ``MAX_MESSAGE`` (a heap snapshot is many 100 KiB chunks, each
+written to disk as it arrives). ``/json/list`` and the WebSocket never go through an
+``http_proxy`` from the environment.
 
 Closing (``__exit__``, also on errors and on SIGTERM): ``inspector.close()`` evaluated in the
 target (runs via a V8 interrupt, so it works on a stuck event loop too), wait until the port
@@ -27,21 +33,23 @@ the next goldenhour start tries again.
 """
 from __future__ import annotations
 
-import base64
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import re
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable
+
+from websockets import exceptions as ws_exc
+from websockets.sync.client import connect as ws_connect
 
 from agent import procfs
 
@@ -119,81 +127,101 @@ def port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+# Never through an ``http_proxy`` from the environment: the inspector is local to the target's
+# network namespace, and a proxy would be asked for it from wherever the proxy runs.
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def list_targets(host: str, port: int, timeout: float = 1.0) -> list[dict[str, Any]]:
     h = f"[{host}]" if ":" in host else host
-    with urllib.request.urlopen(f"http://{h}:{port}/json/list", timeout=timeout) as r:
+    with _NO_PROXY.open(f"http://{h}:{port}/json/list", timeout=timeout) as r:
         return json.load(r)
 
 
 # -- the WebSocket and the CDP session -----------------------------------------------
 
-class WS:
-    """RFC 6455 client: masked text frames out, reassembled messages in."""
+# The biggest message we accept. Heap snapshots arrive as many ``addHeapSnapshotChunk`` messages
+# of 100 KiB each (V8's chunk size; each is written to disk as it comes), so this only bounds
+# single answers: a diagnostic report with every libuv handle, a Chromium screenshot.
+MAX_MESSAGE = 256 * 2**20
+# How long the closing handshake may take before we drop the TCP connection ourselves.
+CLOSE_TIMEOUT_S = 1.0
+SIOCGSKNS = 0x894C        # ioctl: a socket's network namespace (Linux >= 4.9)
 
-    def __init__(self, url: str, timeout: float = 30):
+
+def socket_netns(sock: socket.socket) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the network namespace ``sock`` lives in; None if the kernel won't say."""
+    try:
+        fd = fcntl.ioctl(sock.fileno(), SIOCGSKNS)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        return st.st_dev, st.st_ino
+    finally:
+        os.close(fd)
+
+
+class WS:
+    """A WebSocket to a CDP endpoint (``websockets``' synchronous client): JSON messages out and in.
+
+    The TCP socket is made here, in the calling thread, so it lives in that thread's network
+    namespace (the target's, after ``enter_netns``), and is handed to ``websockets`` as ``sock``
+    (which also keeps any ``*_proxy`` environment out of it). Set for Node's inspector: no
+    keepalive pings (its server drops a connection on a ping frame), no compression (it offers
+    none; nothing to spend CPU on while the target waits), messages up to ``max_size``, and every
+    wait bounded: ``recv`` by its timeout (default: the one given here), the closing handshake by
+    ``CLOSE_TIMEOUT_S``, a blocked send by the socket's timeout.
+    """
+
+    def __init__(self, url: str, timeout: float = 30, max_size: int = MAX_MESSAGE):
         if not url.startswith("ws://"):
             raise CDPError(f"unexpected debugger URL {url!r}")
-        hostport, path = url[5:].split("/", 1)
-        host, port = hostport.rsplit(":", 1)
+        hostport = url[5:].split("/", 1)[0]
+        host, _, port = hostport.rpartition(":")
+        if not port.isdigit():
+            raise CDPError(f"unexpected debugger URL {url!r}")
+        self.timeout = timeout
         self.s = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.s.sendall((f"GET /{path} HTTP/1.1\r\nHost: {hostport}\r\nUpgrade: websocket\r\n"
-                        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                        "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = self.s.recv(1)
-            if not chunk:
-                raise ConnectionError("inspector closed during the handshake")
-            head += chunk
-        if b" 101 " not in head.split(b"\r\n", 1)[0]:
-            raise ConnectionError(head.decode(errors="replace").splitlines()[0])
-        self.buf = b""
-
-    def _read(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            chunk = self.s.recv(max(65536, n - len(self.buf)))
-            if not chunk:
-                raise ConnectionError("inspector closed the connection")
-            self.buf += chunk
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
+        self._stack = contextlib.ExitStack()
+        try:
+            self.conn = self._stack.enter_context(ws_connect(
+                url, sock=self.s, open_timeout=timeout, compression=None, ping_interval=None,
+                close_timeout=CLOSE_TIMEOUT_S, max_size=max_size))
+        except ws_exc.InvalidHandshake as exc:
+            self.s.close()
+            raise ConnectionError(f"WebSocket handshake with {hostport} failed: {exc}") from None
+        except BaseException:
+            self.s.close()
+            raise
+        self.s.settimeout(timeout)      # bounds a send the peer does not read; reads wait in recv()
 
     def send(self, obj: Any) -> None:
-        data = json.dumps(obj).encode()
-        n = len(data)
-        if n < 126:
-            head = bytes([0x81, 0x80 | n])
-        elif n < 65536:
-            head = bytes([0x81, 0x80 | 126]) + struct.pack(">H", n)
-        else:
-            head = bytes([0x81, 0x80 | 127]) + struct.pack(">Q", n)
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
-        self.s.sendall(head + mask + masked)
+        try:
+            self.conn.send(json.dumps(obj))
+        except ws_exc.ConnectionClosed as exc:
+            raise ConnectionError(f"the connection closed: {exc}") from None
 
-    def recv(self) -> dict[str, Any]:
-        msg = b""
-        while True:
-            b0, b1 = self._read(2)
-            n = b1 & 0x7F
-            if n == 126:
-                n = struct.unpack(">H", self._read(2))[0]
-            elif n == 127:
-                n = struct.unpack(">Q", self._read(8))[0]
-            payload = self._read(n)
-            op = b0 & 0x0F
-            if op == 0x8:
-                raise ConnectionError("inspector sent close")
-            if op in (0x9, 0xA):
-                continue
-            msg += payload
-            if b0 & 0x80:
-                return json.loads(msg)
+    def recv(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next message; TimeoutError after ``timeout`` s (None: the timeout given at connect)."""
+        try:
+            data = self.conn.recv(self.timeout if timeout is None else max(0.0, timeout), decode=False)
+        except ws_exc.ConnectionClosed as exc:
+            raise ConnectionError(f"the connection closed: {exc}") from None
+        return json.loads(data)
 
     def close(self) -> None:
+        """The closing handshake (at most ``CLOSE_TIMEOUT_S``), then the socket is closed."""
+        with contextlib.suppress(Exception):
+            self._stack.close()
         with contextlib.suppress(OSError):
             self.s.close()
+
+    def hang_up(self) -> None:
+        """Drop the connection at once, without a closing handshake."""
+        with contextlib.suppress(OSError):
+            self.s.shutdown(socket.SHUT_RDWR)
+        self.close()
 
 
 class Session:
@@ -203,13 +231,15 @@ class Session:
 
     def call(self, method: str, on_event: Callable[[dict[str, Any]], None] | None = None,
              timeout: float | None = None, **params: Any) -> dict[str, Any]:
+        """Send one command; events before its answer go to ``on_event`` (heap chunks: to disk as
+        they come). TimeoutError if the answer has not come ``timeout`` s (default 60) after sending."""
         self.next_id += 1
         my = self.next_id
         t0 = time.monotonic()
-        self.ws.s.settimeout(timeout if timeout is not None else 60)
+        deadline = t0 + (timeout if timeout is not None else 60)
         self.ws.send({"id": my, "method": method, "params": params})
         while True:
-            m = self.ws.recv()
+            m = self.ws.recv(timeout=deadline - time.monotonic())
             if m.get("id") == my:
                 self.timings.append({"method": method, "s": round(time.monotonic() - t0, 4)})
                 if "error" in m:
@@ -234,11 +264,25 @@ def _nspid(pid: int) -> int:
     return int(nspid[-1]) if nspid else pid
 
 
+def _netns_of(pid: int) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the process's network namespace, as ``socket_netns`` gives a socket's."""
+    try:
+        st = os.stat(procfs.path(pid, "ns/net"))
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _connect(host: str, port: int, pid: int) -> tuple[WS, Session]:
     targets = list_targets(host, port)
     if not targets:
         raise CDPError(f"the inspector on {host}:{port} lists no targets")
     ws = WS(targets[0]["webSocketDebuggerUrl"])
+    ours, theirs_ns = socket_netns(ws.s), _netns_of(pid)
+    if ours is not None and theirs_ns is not None and ours != theirs_ns:
+        ws.close()
+        raise CDPError(f"the connection to {host}:{port} is not in process {pid}'s network namespace: "
+                       "refusing to use it")
     sess = Session(ws)
     try:
         theirs = sess.evaluate("process.pid", timeout=10)
@@ -263,10 +307,10 @@ def close_via(sess: Session, ws: WS, host: str, port: int, pid: int | None = Non
         sess.next_id += 1
         with contextlib.suppress(OSError, ConnectionError):
             ws.send({"id": sess.next_id, "method": "Runtime.evaluate", "params": {"expression": CLOSE_EXPR}})
-            ws.s.settimeout(grace_s)
+            grace = time.monotonic() + grace_s
             while True:         # until Node ends our session, or the grace period ends
-                ws.recv()
-        ws.close()
+                ws.recv(timeout=grace - time.monotonic())
+        ws.hang_up()            # the target waits for it: no closing handshake
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             if not port_open(host, port):
@@ -328,6 +372,7 @@ class Inspector:
                 # someone listens already: only the target itself is acceptable, and then we leave it open
                 self.ws, self.sess = _connect(self.host, self.port, self.pid)
                 self.facts["inspector_was_open"] = True
+                self._note_socket()
                 return self.sess
             safety.check_signal(self.pid, signal.SIGUSR1, "node")
             self.entry = self._ledger_entry()
@@ -345,10 +390,17 @@ class Inspector:
                                        f"{self.open_wait_s:g} s (port taken, or --disable-sigusr1)") from None
                     time.sleep(0.02)
             self.ws, self.sess = _connect(self.host, self.port, self.pid)
+            self._note_socket()
             return self.sess
         except BaseException:
             self.__exit__(*sys.exc_info())
             raise
+
+    def _note_socket(self) -> None:
+        """For the manifest: the kernel's word that our socket is in the target's namespace
+        (``_connect`` refuses it otherwise); None when the kernel would not say."""
+        ours = socket_netns(self.ws.s) if self.ws is not None else None
+        self.facts["socket_in_target_netns"] = None if ours is None else ours == _netns_of(self.pid)
 
     def __exit__(self, *exc: Any) -> None:
         try:

@@ -232,10 +232,9 @@ def dump_node(ctx) -> dict[str, Any]:
             events: list[dict[str, Any]] = []
             try:
                 sess.call("NodeWorker.enable", on_event=events.append, waitForDebuggerOnStart=False, timeout=5)
-                sess.ws.s.settimeout(0.2)
                 try:
-                    while True:
-                        events.append(sess.ws.recv())
+                    while True:         # the attachedToWorker events, until 0.2 s of quiet
+                        events.append(sess.ws.recv(timeout=0.2))
                 except (OSError, ConnectionError):
                     pass
                 sess.call("NodeWorker.disable", on_event=lambda m: None, timeout=5)
@@ -312,10 +311,10 @@ def _js_stack(sess, wait_s: float) -> tuple[list[dict[str, Any]], float]:
             paused["_at"] = time.monotonic()
     try:
         sess.call("Debugger.pause", on_event=on_event, timeout=10)
-        sess.ws.s.settimeout(wait_s)
+        until = time.monotonic() + wait_s
         try:
             while not paused:
-                on_event(sess.ws.recv())
+                on_event(sess.ws.recv(timeout=until - time.monotonic()))
         except (TimeoutError, OSError):
             pass
         frames: list[dict[str, Any]] = []

@@ -217,6 +217,18 @@ def test_node_report_js_stack_of_a_stuck_loop_workers_and_the_inspector_closed(r
     node.assert_running()
 
 
+def test_node_inspector_is_reached_directly_whatever_proxy_the_environment_names(run_collector, node, monkeypatch):
+    """An SRE's shell often exports http_proxy: the inspector is local, never asked of a proxy."""
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")        # discard port: nothing answers there
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    r, doc = dump(run_collector, node)
+    assert r.status == "ok", r.reason
+    assert r.notes["inspector"]["inspector_closed"] is True and not dt.port_open(9229)
+    node.assert_running()
+
+
 def test_node_in_another_network_namespace(run_collector, tmp_path):
     t = dt.node_target(tmp_path, prefix=["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$0" "$@"'],
                        name="netns")
@@ -224,6 +236,7 @@ def test_node_in_another_network_namespace(run_collector, tmp_path):
         r, doc = dump(run_collector, t)
         assert r.status == "ok", r.reason
         assert r.notes["inspector"]["netns_entered"] is True and r.notes["inspector"]["inspector_closed"] is True
+        assert r.notes["inspector"]["socket_in_target_netns"] is True     # the kernel's word (SIOCGSKNS)
         assert doc["threads"][0]["name"] == "main"
         assert subprocess.run(["nsenter", "-t", str(t.pid), "-n", sys.executable, "-c",
                                "import socket,sys; s=socket.socket(); s.settimeout(1); "

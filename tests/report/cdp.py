@@ -1,10 +1,9 @@
-"""A tiny Chrome DevTools Protocol client on the standard library (no Playwright, no websockets package).
+"""A tiny Chrome DevTools Protocol client (no Playwright).
 
 Starts headless Chromium with ``--remote-debugging-port=0``, reads the port it chose
-from its stderr, opens the page target's WebSocket (goldenhour's own RFC 6455 client,
-``agent.nodecdp.WS``, the one that talks to Node inspectors) and sends commands while
-collecting events (console messages, exceptions, log entries such as CSP violations or
-failed loads).
+from its stderr, opens the page target's WebSocket (``agent.nodecdp.WS``, the ``websockets``
+client that talks to Node inspectors) and sends commands while collecting events (console
+messages, exceptions, log entries such as CSP violations or failed loads).
 """
 from __future__ import annotations
 
@@ -64,7 +63,7 @@ class Browser:
         self.ws.send({"id": mid, "method": method, "params": params or {}})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            msg = self.ws.recv()
+            msg = self.ws.recv(timeout=deadline - time.monotonic())
             if msg.get("id") == mid:
                 if "error" in msg:
                     raise RuntimeError(f"{method}: {msg['error']}")
@@ -78,7 +77,7 @@ class Browser:
                 return e
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            msg = self.ws.recv()
+            msg = self.ws.recv(timeout=deadline - time.monotonic())
             self.events.append(msg)
             if msg.get("method") == method:
                 return msg
