@@ -230,6 +230,30 @@ def test_sigterm_to_goldenhour_mid_dump_releases_the_target_before_it_dies(gh, s
         c.stop()
 
 
+def test_sigterm_to_goldenhour_mid_node_heap_snapshot_closes_the_inspector(gh, store, tmp_path):
+    """SIGTERM while the snapshot streams in: the collector asks the target to close the inspector,
+    which it does once the snapshot is out; the ledger's helper, whose new session that closing
+    ends, sees the port go and removes the entry."""
+    node = dt.node_target(tmp_path, heap_mb=32)
+    try:
+        assert not dt.port_open(9229)
+        proc = _start_capture(store, "--incident", "TERM-2", "--pid", str(node.pid), "--collector", "heap",
+                              "--profile", "full")
+        deadline = time.monotonic() + 120
+        while not any(f.stat().st_size for f in store.rglob("heap.heapsnapshot")):   # chunks are arriving
+            assert proc.poll() is None, f"goldenhour ended before the snapshot streamed: {proc.communicate()}"
+            assert time.monotonic() < deadline, "the snapshot never started streaming"
+            time.sleep(0.001)
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=60)
+        assert proc.returncode == -signal.SIGTERM
+        assert not _ledger(store)                          # no inspector entry left: it was closed
+        assert not dt.port_open(9229)
+        node.assert_running()
+    finally:
+        node.stop()
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 def test_a_target_that_exits_mid_dump_is_recorded_and_the_bundle_verifies(gh, store, tmp_path):
