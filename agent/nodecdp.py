@@ -289,7 +289,12 @@ def _connect(host: str, port: int, pid: int) -> tuple[WS, Session]:
     except Exception:
         ws.close()
         raise
-    if int(theirs) != _nspid(pid):
+    try:
+        nspid = _nspid(pid)
+    except procfs.ProcError as exc:
+        ws.close()
+        raise CDPError(f"cannot check the inspector's process against {pid}: {exc}") from None
+    if int(theirs) != nspid:
         ws.close()
         raise CDPError(f"the inspector on {host}:{port} belongs to PID {theirs} (in its namespace), "
                        f"not to {pid}: refusing to use it")
