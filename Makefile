@@ -15,6 +15,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make snapshot   capture this host (PROFILE=quick|standard|full, INCIDENT=ID)"
 	@echo "make test       install what is missing and run the whole test suite"
+	@echo "make lint       ruff over the whole tree (make test runs it first)"
 	@echo "make bench      run the benchmarks, write bench/results.json and bench/README.md"
 	@echo "make install    install the systemd unit, config example and directories"
 
@@ -44,8 +45,12 @@ setup-test: host-deps-test $(VENV)/.stamp-test
 snapshot: setup
 	@$(GH) snapshot --incident "$(INCIDENT)" --profile $(PROFILE)
 
-test: setup-test
+test: setup-test lint
 	@$(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff, configured in pyproject.toml: errors and likely bugs (not formatting)
+lint: setup-test
+	@$(VENV)/bin/ruff check .
 
 bench: setup-test
 	@$(PY) bench/run.py

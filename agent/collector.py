@@ -19,7 +19,7 @@ import shutil
 import signal
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
@@ -147,7 +147,7 @@ class Collector:
         if self.check is not None:
             try:
                 return self.check()
-            except Exception as exc:  # a broken check must not break planning
+            except Exception as exc:  # noqa: BLE001 - a broken check must not break planning
                 return f"availability check failed: {exc}"
         return None
 

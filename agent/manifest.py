@@ -289,7 +289,8 @@ def _manifest(source: str, obj: Any) -> Manifest:
     assert h is not None
     host = Host(hostname=h.text("hostname", True), nodename=h.text("nodename"), machine_id=h.text("machine_id"),
                 boot_id=h.text("boot_id"), kernel=h.text("kernel"), kernel_version=h.text("kernel_version"),
-                arch=h.text("arch"), os=h.text("os"), cpus=h.get("cpus", int), memory_bytes=h.get("memory_bytes", int, 0),
+                arch=h.text("arch"), os=h.text("os"), cpus=h.get("cpus", int),
+                memory_bytes=h.get("memory_bytes", int, 0),
                 uptime_s=h.get("uptime_s", float, 0.0), addresses=h.items("addresses", str), tags=h.items("tags", str))
     t = top.sub("trigger")
     trigger = None if t is None else Trigger(kind=t.text("kind"), reason=t.text("reason"), by=t.text("by"),

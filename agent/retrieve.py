@@ -9,9 +9,9 @@ layout). Three entry points:
   collectors' statuses.
 - ``fetch(cfg, incident, host, dest)``: downloads each of the incident's bundles
   from S3 once, streaming: the bytes go to disk and through ``bundle.verify_stream``
-  (the one integrity check, ``agent.manifest.check``) together, so one pass checks the archive's SHA-256 against the object's
-  ``sha256`` metadata, the ``.sha256`` object and the custody record of its upload,
-  S3's own SHA-256 checksum (recomputed per part for multipart objects) and every
+  (the one integrity check, ``agent.manifest.check``) together, so one pass checks the
+  archive's SHA-256 against the object's ``sha256`` metadata, the ``.sha256`` object and the
+  custody record of its upload, S3's own SHA-256 checksum (recomputed per part for multipart objects) and every
   file against ``SHA256SUMS`` and the manifest. A bundle that fails any check is
   refused (exit 14) and deleted. Verified bundles are then extracted by our own
   loop: only regular files and folders under the bundle's one top folder; an
@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 from agent import bundle as bundle_mod
 from agent.config import Config
-from agent.errors import (EXIT_DISK_FULL, EXIT_NOT_FOUND, EXIT_TAMPERED,  # noqa: F401
+from agent.errors import (EXIT_DISK_FULL, EXIT_NOT_FOUND, EXIT_TAMPERED,
                           EXIT_USAGE, NotFoundError)
 from agent.incident import check_id
 from agent.manifest import Expected, Integrity, Manifest, ManifestError
@@ -287,7 +287,7 @@ def _verify_object(s3, bucket: str, key: str, out, progress: Progress | None,
         checks.append(".sha256 object")
         if side:
             rep.compare(Expected(side[0], "its .sha256"))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if storage_error(exc, "").exit_code != EXIT_NOT_FOUND:
             raise
     if custody_shas is None:

@@ -16,7 +16,6 @@ A bundle without an upload receipt is *pending*: nothing pending is ever removed
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 

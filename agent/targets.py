@@ -354,7 +354,7 @@ def top_pids(limit: int) -> list[int]:
     by_cpu = [r[0] for r in sorted(rows, key=lambda r: -r[1])]
     by_rss = [r[0] for r in sorted(rows, key=lambda r: -r[2])]
     chosen: list[int] = []
-    for a, b in zip(by_cpu, by_rss):
+    for a, b in zip(by_cpu, by_rss, strict=True):
         for pid in (a, b):
             if pid not in chosen and len(chosen) < limit:
                 chosen.append(pid)

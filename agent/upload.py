@@ -80,7 +80,7 @@ from agent import __version__
 from agent.bundle import (BUF, BundleError, atomic_write, fsync_dir, manifest_bytes, manifest_sidecar, read_sidecar,
                           verify_file, write_sidecar)
 from agent.config import Config
-from agent.errors import (EXIT_ACCESS_DENIED, EXIT_DISK_FULL, EXIT_NO_BUCKET,  # noqa: F401
+from agent.errors import (EXIT_ACCESS_DENIED, EXIT_DISK_FULL, EXIT_NO_BUCKET,
                           EXIT_NO_CREDENTIALS, EXIT_NOT_FOUND, EXIT_PENDING, EXIT_REJECTED, EXIT_TAMPERED,
                           EXIT_UNREACHABLE, EXIT_USAGE, GoldenhourError)
 from agent.incident import iso, utcnow

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.bundle import pack  # noqa: E402
+from agent.bundle import pack
 
 
 def make(path: Path, size: int) -> None:

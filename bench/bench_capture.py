@@ -12,7 +12,6 @@ from process start to the first collector output in the staging folder (polled e
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -55,16 +54,19 @@ def run(quick: bool = False) -> dict:
             per = {}
             for k in rows[0]["collectors"]:
                 per[k] = round(statistics.median(r["collectors"].get(k, 0) for r in rows), 3)
-            results.append({"name": f"snapshot --profile {profile}" + (" (minus 1 s probe window)" if profile != "quick" else ""),
+            label = f"snapshot --profile {profile}" + (" (minus 1 s probe window)" if profile != "quick" else "")
+            results.append({"name": label,
                             "unit": "s", "median": round(statistics.median(walls), 3), "min": round(min(walls), 3),
                             "max": round(max(walls), 3), "runs": runs,
-                            "target": "< 2 s" if profile == "quick" else "", "met": (statistics.median(walls) < 2) if profile == "quick" else None,
+                            "target": "< 2 s" if profile == "quick" else "",
+                            "met": (statistics.median(walls) < 2) if profile == "quick" else None,
                             "capture_s_median": round(statistics.median(r["capture_s"] for r in rows), 3),
                             "first_output_s_median": round(statistics.median(firsts), 3) if firsts else None,
                             "bundle_bytes_median": int(statistics.median(r["bytes"] for r in rows)),
                             "per_collector_s": per, "statuses": rows[-1]["statuses"]})
     return {"area": "capture", "results": results,
-            "commands": ["python -m agent snapshot --json --incident BENCH-1 --profile quick|standard --probe-seconds 1"]}
+            "commands": ["python -m agent snapshot --json --incident BENCH-1 --profile quick|standard "
+                         "--probe-seconds 1"]}
 
 
 if __name__ == "__main__":

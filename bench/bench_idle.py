@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_webhook import Daemon  # noqa: E402
+from bench_webhook import Daemon
 
 HZ = os.sysconf("SC_CLK_TCK")
 
@@ -52,7 +52,8 @@ def run(quick: bool = False) -> dict:
             dm.stop()
     cpu_pct = (c1 - c0) / (t1 - t0) * 100
     return {"area": "idle", "results": [
-        {"name": f"idle daemon resident memory over {window} s", "unit": "MB", "median": round(statistics.median(rss), 1),
+        {"name": f"idle daemon resident memory over {window} s", "unit": "MB",
+         "median": round(statistics.median(rss), 1),
          "min": round(min(rss), 1), "max": round(max(rss), 1), "runs": len(rss), "target": "< 60 MB",
          "met": max(rss) < 60, "notes": f"sampled every second; {threads} thread(s)"},
         {"name": f"idle daemon CPU over {window} s", "unit": "%", "median": round(cpu_pct, 3), "runs": 1,

@@ -46,7 +46,8 @@ def make_log(path: Path) -> None:
             b"upstream payments responded status=%d after %d ms (retry %d of %d)",
             b"cache miss key=order:%d ttl=%d size=%d shard=%d",
             b"GC pause young=%d ms old=%d ms heap_used=%d MiB heap_max=%d MiB"]
-    trace = b"".join(b"\tat com.example.orders.Service%d.handle(Service%d.java:%d)\n" % (i, i, 100 + i) for i in range(12))
+    trace = b"".join(b"\tat com.example.orders.Service%d.handle(Service%d.java:%d)\n" % (i, i, 100 + i)
+                     for i in range(12))
     parts, n, i = [], 0, 0
     while n < BLOCK:
         i += 1

@@ -64,7 +64,8 @@ class H(asyncio.Protocol):
                 ticks.clear()
             else:
                 served += 1
-                body = json.dumps({"path": path, "n": served, "items": [{"id": i, "ok": True} for i in range(8)]}).encode()
+                items = [{"id": i, "ok": True} for i in range(8)]
+                body = json.dumps({"path": path, "n": served, "items": items}).encode()
             self.t.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                          % (len(body), body))
 async def tick():
@@ -220,7 +221,8 @@ TARGETS = {"quick/default": 3.0, "standard/default": 5.0}
 def _rows(load: str, base: list[dict], phases: dict[str, dict], probe: float, with_targets: bool) -> list[dict]:
     brps = [x["rps"] for x in base]
     bp99 = statistics.mean(x["p99_ms"] for x in base)
-    rows = [{"name": f"{load}: baseline requests/s, no capture", "unit": "req/s", "median": round(statistics.median(brps)),
+    rows = [{"name": f"{load}: baseline requests/s, no capture", "unit": "req/s",
+             "median": round(statistics.median(brps)),
              "min": round(min(brps)), "max": round(max(brps)), "runs": len(brps)},
             {"name": f"{load}: baseline p99 latency, no capture", "unit": "ms", "median": round(bp99, 2),
              "min": round(min(x["p99_ms"] for x in base), 2), "max": round(max(x["p99_ms"] for x in base), 2),
@@ -237,7 +239,8 @@ def _rows(load: str, base: list[dict], phases: dict[str, dict], probe: float, wi
                      "runs": len(losses), "target": f"< {t:g} %" if t else "", "met": (med < t) if t else None,
                      "notes": f"{secs:.1f} s and {cpu:.2f} s of CPU each; over the whole phase ({r['seconds']:.0f} s, "
                               f"{len(r['spans'])} captures): {r['rps']:.0f} req/s "
-                              f"({(1 - r['rps'] / statistics.median(brps)) * 100:+.1f} % loss), p99 {r['p99_ms']:.2f} ms "
+                              f"({(1 - r['rps'] / statistics.median(brps)) * 100:+.1f} % loss), "
+                              f"p99 {r['p99_ms']:.2f} ms "
                               f"({r['p99_ms'] / bp99:.2f}x baseline)"})
     return rows
 
@@ -279,8 +282,10 @@ def run(quick: bool = False) -> dict:
     return {"area": "overhead", "results": rows, "paced_connections": conns,
             "commands": ["server: python asyncio HTTP/1.1 on CPU 0 (taskset); load on CPU 1:",
                          "saturated: wrk -t1 -c32 -dNs --latency http://127.0.0.1:PORT/api/orders",
-                         f"paced: wrk -t1 -c{conns} -s pace.lua (100 ms between a connection's requests: many clients with think time, near open loop) ...",
-                         "python -m agent --config CFG snapshot --profile quick|standard --pid SERVER --probe-seconds 3 "
+                         f"paced: wrk -t1 -c{conns} -s pace.lua (100 ms between a connection's requests: "
+                         "many clients with think time, near open loop) ...",
+                         "python -m agent --config CFG snapshot --profile quick|standard --pid SERVER "
+                         "--probe-seconds 3 "
                          "(CFG: defaults, or capture.nice = 0 and capture.ionice_idle = false)"]}
 
 

@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-import dumptargets as dt  # noqa: E402
-from agent import runner  # noqa: E402
+import dumptargets as dt
+from agent import runner
 
 
 def max_gap_ms(ticker: Path, lo: int, hi: int) -> float:

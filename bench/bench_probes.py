@@ -316,19 +316,19 @@ def run(quick: bool = False) -> dict:
     per_call_host: list[float] = []
     for label, g in got.items():
         on, off = g["on"], g["off"]
-        per_call = [a["loop_ns"] - z["loop_ns"] for a, z in zip(on, off)]
+        per_call = [a["loop_ns"] - z["loop_ns"] for a, z in zip(on, off, strict=True)]
         results += [
             _row(f"{label}: CPU added per system call (getppid loop)", "ns", per_call,
                  notes="worst case: a process doing nothing but system calls"),
             _row(f"{label}: getppid loop slowdown", "%",
-                 [100 * (a["loop_ns"] - z["loop_ns"]) / a["loop_ns"] for a, z in zip(on, off)]),
+                 [100 * (a["loop_ns"] - z["loop_ns"]) / a["loop_ns"] for a, z in zip(on, off, strict=True)]),
             _row(f"{label}: CPU added per pipe round trip (2 context switches, 4 calls)", "ns",
-                 [a["ping_ns"] - z["ping_ns"] for a, z in zip(on, off)]),
+                 [a["ping_ns"] - z["ping_ns"] for a, z in zip(on, off, strict=True)]),
         ]
         for which, server in SERVERS.items():
             rk = f"{which}rps"
             results.append(_row(f"{label}: HTTP {server}, throughput loss measured side by side", "%",
-                                [100 * (z[rk] - a[rk]) / z[rk] for a, z in zip(on, off)],
+                                [100 * (z[rk] - a[rk]) / z[rk] for a, z in zip(on, off, strict=True)],
                                 notes="wall-clock req/s on a shared 2-core VM: +-20 % between identical runs"))
         results.append(_row(f"{label}: compile and attach (collector start to attached.json)", "s", g["attach"]))
         if label.startswith("syscalls, host"):
@@ -342,7 +342,7 @@ def run(quick: bool = False) -> dict:
             continue
         cpu_us = statistics.median(base[f"{which}us" if which else "srv_us"])
         results.append(_row(f"HTTP {server}: system calls per request (counted by the probe)", "calls", n))
-        est = [100 * (k * c / 1000) / cpu_us for k, c in zip(n, per_call_host)]
+        est = [100 * (k * c / 1000) / cpu_us for k, c in zip(n, per_call_host, strict=True)]
         target = "< 5 %"
         results.append(_row(f"syscalls, host-wide: HTTP {server}, throughput loss estimated", "%", est, target,
                             statistics.median(est) < 5.0,

@@ -39,7 +39,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.helpers.netns import delete as delete_netns, make_netns  # noqa: E402
+from tests.helpers.netns import delete as delete_netns, make_netns
 
 NS = "gh-bench-scale"
 N_TCP, N_UDP, N_PROCS, N_THREADS = 25_000, 100_000, 2_000, 10

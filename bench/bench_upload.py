@@ -19,7 +19,8 @@ order; the figure is the median over rounds of boto3's time / goldenhour's time 
 fast; above 1 faster). There is no target in the issue: goldenhour does more per byte
 (its own SHA-256 of every part, checked against the capture's hash) and a few more
 requests per bundle (two HEADs, two sidecars, a custody object), which weigh most on a
-small bundle (``--quick``, 64 MiB: about 0.7x; 256 MiB: about 0.95x). A second row gives goldenhour's throughput. The CLI's start-up
+small bundle (``--quick``, 64 MiB: about 0.7x; 256 MiB: about 0.95x). A second row gives goldenhour's
+throughput. The CLI's start-up
 (``goldenhour upload``) is measured once on its own.
 
     .venv/bin/python bench/bench_upload.py [--quick]
@@ -38,7 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.helpers.moto import start_moto, stop as stop_moto  # noqa: E402
+from tests.helpers.moto import start_moto, stop as stop_moto
 
 CREDS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
          "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/nonexistent",

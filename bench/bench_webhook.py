@@ -214,7 +214,7 @@ def run(quick: bool = False) -> dict:
                                             for _ in range(50)])
                 return time.monotonic() - t0, sorted(r.status_code for r in rs)
         bursts = []
-        for j in range(2 if quick else 3):
+        for _ in range(2 if quick else 3):
             took, codes = asyncio.run(burst())
             assert codes.count(202) <= 1, codes
             bursts.append(took * 1000)

@@ -154,7 +154,7 @@ def parse_thread_print(text: str) -> dict[str, Any]:
     i = 0
     while i < len(lines):
         line = lines[i]
-        if line.startswith("Found one Java-level deadlock") or line.startswith("Found a total of"):
+        if line.startswith(("Found one Java-level deadlock", "Found a total of")):
             block = []
             i += 1
             while i < len(lines) and not lines[i].startswith("Java stack information"):

@@ -227,12 +227,14 @@ def render(doc: dict[str, Any], top: int = 20) -> str:
     if not doc["devices"]:
         out.append("(no block requests completed in the window)")
     for p in doc["in_flight"]:
-        out.append(f"{p['device']}: {p['count']} requests outstanding at the end, oldest {p['oldest_us'] / 1000:.1f} ms")
+        out.append(f"{p['device']}: {p['count']} requests outstanding at the end, "
+                   f"oldest {p['oldest_us'] / 1000:.1f} ms")
     for d in doc["devices"][:6]:
         out += ["", f"{d['device']} {d['op']}: {d['count']} requests"]
         out.append(_bpf.render_hist(d["hist"]).rstrip("\n"))
     if doc["issuers"]:
-        out += ["", f"Top {min(top, len(doc['issuers']))} issuers:", f"{'COMM':<16} {'DEVICE':<12} {'OP':<8} {'COUNT':>8} {'MB':>9}"]
+        out += ["", f"Top {min(top, len(doc['issuers']))} issuers:",
+                f"{'COMM':<16} {'DEVICE':<12} {'OP':<8} {'COUNT':>8} {'MB':>9}"]
         for r in doc["issuers"][:top]:
             out.append(f"{r['comm']:<16} {r['device']:<12} {r['op']:<8} {r['count']:>8} {r['bytes'] / 2**20:>9.2f}")
     return "\n".join(out) + "\n"

@@ -227,7 +227,7 @@ def parse_stat_proc(text: str) -> list[dict[str, int]]:
     rows = []
     for vals in lines[1:]:
         try:
-            rows.append({h: int(v, 16) for h, v in zip(head, vals)})
+            rows.append({h: int(v, 16) for h, v in zip(head, vals, strict=False)})
         except ValueError:
             continue
     return rows

@@ -34,6 +34,7 @@ Options: ``[collectors.dmesg] kmsg_path`` (default ``/dev/kmsg``), ``max_records
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import re
 import time
@@ -148,7 +149,7 @@ def parse_dmesg_raw(text: str) -> str:
 def find_gaps(records: list[dict[str, Any]]) -> list[dict[str, int]]:
     """Holes in the sequence numbers: records overwritten while we read (or a seq reset)."""
     gaps = []
-    for a, b in zip(records, records[1:]):
+    for a, b in itertools.pairwise(records):
         if b["seq"] != a["seq"] + 1:
             gaps.append({"after_seq": a["seq"], "next_seq": b["seq"], "lost": max(0, b["seq"] - a["seq"] - 1)})
     return gaps
@@ -219,10 +220,11 @@ def collect(ctx) -> None:
     except OSError as exc:
         why = f"{path} unusable ({exc.strerror or exc})"
         if not which("dmesg"):
-            raise Skip(f"{why} and no dmesg command")
+            raise Skip(f"{why} and no dmesg command") from None
         res = ctx.run(["dmesg", "-S", "-r"], stdout="dmesg-raw.txt", timeout_s=min(10.0, ctx.remaining()))
         if not res.ok:
-            raise Skip(f"{why} and `dmesg -S -r` failed (exit {res.returncode}{', ' + res.error if res.error else ''})")
+            detail = f", {res.error}" if res.error else ""
+            raise Skip(f"{why} and `dmesg -S -r` failed (exit {res.returncode}{detail})") from None
         text = parse_dmesg_raw((ctx.out / "dmesg-raw.txt").read_text("utf-8", "replace"))
         raw, epipes, stopped = text.encode(), 0, False
         method, seq_synthetic = "dmesg -S -r", True

@@ -160,7 +160,7 @@ def parse_proc_stat(text: str) -> dict[str, Any]:
         if not parts:
             continue
         if parts[0] == "cpu":
-            out["cpu"] = {k: int(v) for k, v in zip(CPU_FIELDS, parts[1:])}
+            out["cpu"] = {k: int(v) for k, v in zip(CPU_FIELDS, parts[1:], strict=False)}
         elif parts[0].startswith("cpu"):
             out["cpus"] += 1
         elif parts[0] in ("ctxt", "btime", "processes", "procs_running", "procs_blocked") and len(parts) == 2:

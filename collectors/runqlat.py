@@ -185,7 +185,8 @@ def render(doc: dict[str, Any], top: int = 20) -> str:
            f"{'PID':>7} {'COMM':<16} {'THREADS':>7} {'COUNT':>8} {'TOTAL ms':>10} {'P50 us':>10} {'P99 us':>10} "
            f"{'MAX us':>10}"]
     for r in doc["per_pid"][:top]:
-        out.append(f"{r['pid']:>7} {r['comm'][:16]:<16} {r['threads']:>7} {r['count']:>8} {r['total_us'] / 1000:>10.2f} "
+        out.append(f"{r['pid']:>7} {r['comm'][:16]:<16} {r['threads']:>7} {r['count']:>8} "
+                   f"{r['total_us'] / 1000:>10.2f} "
                    f"{f(r['p50_us']):>10} {f(r['p99_us']):>10} {f(r['max_us']):>10}")
     return "\n".join(out) + "\n"
 

@@ -321,12 +321,12 @@ def parse_netstat(text: str) -> dict[str, dict[str, int]]:
     """/proc/net/netstat and /proc/net/snmp: per section a header line then a value line."""
     out: dict[str, dict[str, int]] = {}
     lines = text.splitlines()
-    for head, vals in zip(lines[::2], lines[1::2]):
+    for head, vals in zip(lines[::2], lines[1::2], strict=False):
         hk, hv = head.split(":", 1), vals.split(":", 1)
         if len(hk) < 2 or len(hv) < 2 or hk[0] != hv[0]:
             continue
         sec = out.setdefault(hk[0], {})
-        for n, v in zip(hk[1].split(), hv[1].split()):
+        for n, v in zip(hk[1].split(), hv[1].split(), strict=False):
             try:
                 sec[n] = int(v)
             except ValueError:
@@ -342,7 +342,7 @@ def parse_sockstat(text: str) -> dict[str, dict[str, int]]:
         if not sep:
             continue
         f = rest.split()
-        out[name.strip()] = {k: int(v) for k, v in zip(f[::2], f[1::2]) if v.lstrip("-").isdigit()}
+        out[name.strip()] = {k: int(v) for k, v in zip(f[::2], f[1::2], strict=False) if v.lstrip("-").isdigit()}
     return out
 
 

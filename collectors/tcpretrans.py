@@ -214,7 +214,7 @@ def collect(ctx) -> None:
             rec["pid"], rec["comm"] = owner
         events.append(rec)
     events.sort(key=lambda r: (-r["count"], r["kind"], r["daddr"], r["dport"]))
-    totals = {name: 0 for name in KIND_NAMES.values()}
+    totals = dict.fromkeys(KIND_NAMES.values(), 0)
     for e in events:
         totals[e["kind"]] = totals.get(e["kind"], 0) + e["count"]
     if drops:

@@ -282,7 +282,8 @@ def dump_node(ctx) -> dict[str, Any]:
     lines += [f"    {s}" for s in threads[0]["native_stack"]]
     ctx.write_text("threads.txt", "\n".join(lines) + "\n")
     evals = [x["s"] for x in timings if x["method"] == "Runtime.evaluate"]
-    tool_name = "Node inspector (CDP): process.report.getReport()" + (", Debugger.pause" if js_frames is not None else "")
+    tool_name = ("Node inspector (CDP): process.report.getReport()"
+                 + (", Debugger.pause" if js_frames is not None else ""))
     return {"tool": tool_name,
             "threads": threads,
             "pause": {"technique": "Node inspector evaluation on the main thread",

@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent import config, registry  # noqa: E402
+from agent import config, registry
 
 
 def _fmt(v) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent import config  # noqa: E402
+from agent import config
 
 OUT = ROOT / "config" / "goldenhour.example.toml"
 

@@ -1,4 +1,5 @@
-"""The layout rules of agent/cli/: command modules never import ``main``, every command is registered, files stay small."""
+"""The layout rules of agent/cli/: command modules never import ``main``, every command is registered,
+files stay small."""
 from __future__ import annotations
 
 import ast

@@ -49,7 +49,7 @@ def test_no_test_function_is_shadowed_by_another_of_the_same_name():
                      and n.name.startswith("test")]
             dup = {n for n in names if names.count(n) > 1}
             assert not dup, f"{path}: test functions defined twice: {dup}"
-            seen.update({n: 1 for n in names})
+            seen.update(dict.fromkeys(names, 1))
 
 
 def test_every_cli_command_has_help_with_text():

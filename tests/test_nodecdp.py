@@ -74,7 +74,7 @@ def test_the_socket_is_made_in_the_calling_threads_network_namespace(tmp_path):
                     seen["pid"] = Session(ws).evaluate("process.pid")
                 finally:
                     ws.close()
-            except BaseException as exc:  # reported to the test below
+            except BaseException as exc:  # noqa: BLE001 - reported to the test below
                 seen["error"] = exc
         th = threading.Thread(target=in_target_ns)
         th.start()

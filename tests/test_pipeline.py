@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import tarfile
-import uuid
 from pathlib import Path
 
 import pytest

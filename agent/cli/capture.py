@@ -41,14 +41,16 @@ Exit 0 when a bundle was written (failed or skipped collectors are recorded in i
 @click.option("--profile", "-p", type=click.Choice(["quick", "standard", "full"]),
               help="How much to capture (default: capture.profile, standard).")
 @click.option("--store", metavar="DIR", envvar="GOLDENHOUR_STORE", help="Local store (default: store.path).")
-@click.option("--log", "logs", multiple=True, metavar="PATH_OR_GLOB", help="Extra log file or glob to tail (repeatable).")
+@click.option("--log", "logs", multiple=True, metavar="PATH_OR_GLOB",
+              help="Extra log file or glob to tail (repeatable).")
 @click.option("--collector", "-c", "only", multiple=True, metavar="NAME",
               help="Run only these collectors (repeatable). See `goldenhour collectors`.")
 @click.option("--skip", multiple=True, metavar="NAME", help="Do not run this collector (repeatable).")
 @click.option("--pid", "pids", multiple=True, type=int, metavar="PID", help="Target process (repeatable).")
 @click.option("--process", "processes", multiple=True, metavar="REGEX",
               help="Target processes whose name or command line matches (repeatable).")
-@click.option("--unit", "units", multiple=True, metavar="UNIT", help="Target the processes of a systemd unit (repeatable).")
+@click.option("--unit", "units", multiple=True, metavar="UNIT",
+              help="Target the processes of a systemd unit (repeatable).")
 @click.option("--heap", is_flag=True, help="Also take heap dumps / core images (always on in the full profile).")
 @click.option("--time-budget", type=click.FloatRange(1, 3600), metavar="SECONDS",
               help="Overall budget; collectors still running then are stopped (default: capture.time_budget_s).")
@@ -62,7 +64,8 @@ Exit 0 when a bundle was written (failed or skipped collectors are recorded in i
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of progress and a summary.")
 @click.option("--upload", "upload_opt", is_flag=False, flag_value="-", default=None, metavar="[s3://BUCKET/PREFIX]",
               help="Upload after capturing, to upload.url or to this S3 location (default: when upload.url is set).")
-@click.option("--no-upload", "no_upload", is_flag=True, help="Keep the bundle in the local store only (it stays pending).")
+@click.option("--no-upload", "no_upload", is_flag=True,
+              help="Keep the bundle in the local store only (it stays pending).")
 @click.option("--upload-url", "upload_url", metavar="s3://BUCKET/PREFIX", help="Same as --upload s3://BUCKET/PREFIX.")
 @click.option("--via-daemon", is_flag=True,
               help="Ask the running daemon to capture (its queue and config) and wait; exit 5 if unreachable.")

@@ -82,7 +82,8 @@ def snapshot_via_daemon(app: App, body: dict[str, Any], as_json: bool) -> None:
             for s in (out.get("collectors") or {}).values():
                 counts[s] = counts.get(s, 0) + 1
             click.echo(f"size    {human_size(out.get('size', 0))}, {out.get('duration_s', 0):.2f} s via the daemon "
-                       f"(job {out.get('job')}); collectors: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+                       f"(job {out.get('job')}); collectors: "
+                       + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
         return
     msg = out.get("error") or out.get("reason") or f"HTTP {status}"
     code = EXIT_USAGE if status == 400 else EXIT_CAPTURE

@@ -70,7 +70,8 @@ def show(app: App, bundle: str, as_json: bool) -> None:
     click.echo(f"bundle     {m['bundle']}  ({human_size(path.stat().st_size)} on disk)")
     click.echo(f"incident   {inc['id']}" + (f"  {inc['title']}" if inc.get("title") else "")
                + f"  [source {inc.get('source', '')}]")
-    click.echo(f"trigger    {m['trigger']['kind']}" + (f" ({m['trigger']['reason']})" if m['trigger'].get('reason') else "")
+    click.echo(f"trigger    {m['trigger']['kind']}"
+               + (f" ({m['trigger']['reason']})" if m['trigger'].get('reason') else "")
                + f" by {m['trigger'].get('by', '')}")
     click.echo(f"host       {host['hostname']}  kernel {host['kernel']}  {host.get('os', '')}")
     click.echo(f"time       {clocks['start_utc']} -> {clocks['end_utc']}  ({clocks['duration_s']} s), "

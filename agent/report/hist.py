@@ -106,7 +106,7 @@ def percentile(bs: list[Bucket], q: float) -> float | None:
         return None
     rank = q * n
     seen = 0
-    for lo, hi, c in bs:
+    for _lo, hi, c in bs:
         seen += c
         if seen >= rank:
             return hi

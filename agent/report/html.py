@@ -73,7 +73,8 @@ table.timeline{table-layout:fixed}table.timeline td{overflow-wrap:anywhere}
 table.timeline code{font-size:11.5px;overflow-wrap:anywhere;color:var(--muted)}
 table.glance td:nth-child(2){overflow-wrap:anywhere}
 table.glance td:first-child,table.glance td:nth-child(3),table.glance th{white-space:nowrap}
-tr.critical td:first-child{box-shadow:inset 4px 0 var(--crit)}tr.warning td:first-child{box-shadow:inset 4px 0 var(--warn)}
+tr.critical td:first-child{box-shadow:inset 4px 0 var(--crit)}
+tr.warning td:first-child{box-shadow:inset 4px 0 var(--warn)}
 .sev{font-weight:700;font-size:12px;text-transform:uppercase}
 .sev.critical{color:var(--crit)}.sev.warning{color:var(--warn)}.sev.info{color:var(--info)}
 .plots{display:flex;flex-wrap:wrap;gap:16px}
@@ -309,7 +310,7 @@ def _host_plots(b: "Bundle") -> str:
     host_wide = [x for x in plotted if x[1] == "all CPUs"]
     per_proc = sorted((x for x in plotted if x[1] != "all CPUs"),
                       key=lambda x: -(hist.percentile(x[3], 0.99) or 0))
-    for rel, label, rec, bs in host_wide[:1] + per_proc[:3]:
+    for _rel, label, _rec, bs in host_wide[:1] + per_proc[:3]:
         rq.append(svg.latency_histogram(bs, f"Run-queue latency: {label}", xlabel="wait for a CPU (log₂ buckets)",
                                         ylabel="wake-ups", marks={"p50": hist.percentile(bs, 0.5),
                                                                   "p99": hist.percentile(bs, 0.99)}))
@@ -409,7 +410,8 @@ def _evidence(r: "Report") -> str:
                    f'<tr><th scope="row">captured</th><td>{e(clocks.start_utc or "?")} → '
                    f'{e(clocks.end_utc or "?")} ({e(clocks.duration_s)} s), profile '
                    f'{e(m.profile or "?")}</td></tr>'
-                   f'<tr><th scope="row">trigger</th><td>{e(trig.kind if trig else "?")} at {e(trig.at if trig else "?")}'
+                   f'<tr><th scope="row">trigger</th><td>{e(trig.kind if trig else "?")} '
+                   f'at {e(trig.at if trig else "?")}'
                    f'{" — " + e(trig.reason) if trig and trig.reason else ""}'
                    f'{" by " + e(trig.by) if trig and trig.by else ""}</td></tr>'
                    f'<tr><th scope="row">host</th><td>{e(host.kernel)} · '
@@ -418,7 +420,8 @@ def _evidence(r: "Report") -> str:
                    + (f'<br><code>sha256 {e(integ.sha256)}</code>' if integ.sha256 and b.kind == "archive"
                       else "") + "</td></tr></tbody></table>")
         out.append('<table><thead><tr><th scope="col">collector</th><th scope="col">status</th>'
-                   '<th scope="col">duration</th><th scope="col">files</th><th scope="col">reason</th></tr></thead><tbody>')
+                   '<th scope="col">duration</th><th scope="col">files</th><th scope="col">reason</th>'
+                   '</tr></thead><tbody>')
         for c in m.collectors:
             st = c.status
             cls = "bad" if st in ("failed", "timeout", "interrupted") else "ok" if st == "ok" else ""

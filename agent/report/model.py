@@ -61,8 +61,8 @@ class Finding:
 
     def sort_key(self) -> tuple:
         # evidence that fails its hashes qualifies everything else: it comes first
-        return (RANK[self.severity], self.rule != "bundle_integrity", self.time is None, self.time or datetime.min.replace(tzinfo=timezone.utc),
-                self.host, self.title)
+        return (RANK[self.severity], self.rule != "bundle_integrity", self.time is None,
+                self.time or datetime.min.replace(tzinfo=timezone.utc), self.host, self.title)
 
     def to_json(self) -> dict[str, Any]:
         return {"severity": self.severity, "title": self.title, "explanation": self.explanation,

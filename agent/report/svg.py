@@ -81,8 +81,8 @@ def latency_histogram(buckets: Sequence[tuple[float, float, int]], title: str, d
         lo_i = max(0, hi_i - min_slots)
         hi_i = max(hi_i, lo_i + min_slots)
     slots = list(range(lo_i, hi_i))
-    counts = {i: 0 for i in slots}
-    for lo, hi, c in buckets:
+    counts = dict.fromkeys(slots, 0)
+    for lo, _hi, c in buckets:
         i = min(max(int(math.log2(max(lo, 1))), lo_i), hi_i - 1)
         counts[i] += c
     ml, mr, mt, mb = 56, 16, 34, 52

@@ -85,7 +85,8 @@ def test_direct_io_shows_on_its_disk(spawn, tmp_path):
 def test_program_follows_the_format_offsets():
     from collectors._bpf import parse_format
     issue = parse_format("\tfield:dev_t dev;\toffset:8;\tsize:4;\n\tfield:sector_t sector;\toffset:16;\tsize:8;\n"
-                         "\tfield:unsigned int nr_sector;\toffset:24;\tsize:4;\n\tfield:char rwbs[8];\toffset:32;\tsize:8;\n"
+                         "\tfield:unsigned int nr_sector;\toffset:24;\tsize:4;\n"
+                         "\tfield:char rwbs[8];\toffset:32;\tsize:8;\n"
                          "\tfield:char comm[16];\toffset:40;\tsize:16;\n")
     done = parse_format("\tfield:dev_t dev;\toffset:8;\tsize:4;\n\tfield:sector_t sector;\toffset:16;\tsize:8;\n"
                         "\tfield:int error;\toffset:28;\tsize:4;\n\tfield:char rwbs[8];\toffset:32;\tsize:8;\n")

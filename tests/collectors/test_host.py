@@ -199,7 +199,8 @@ FUSE_HANG = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/fuse") or not shutil.which("unshare"), reason="needs /dev/fuse and unshare")
+@pytest.mark.skipif(not os.path.exists("/dev/fuse") or not shutil.which("unshare"),
+                    reason="needs /dev/fuse and unshare")
 def test_a_hung_mount_costs_only_its_own_row(tmp_path):
     # private mount namespace: the hanging mount is invisible to everything else on the machine
     cp = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c", FUSE_HANG,

@@ -49,7 +49,8 @@ def traced(tmp_path_factory):
         child = int(forker.popen.stdout.readline().split()[1])
         doc = json.loads((res.out / "syscalls.json").read_text()) if res.out and \
             (res.out / "syscalls.json").exists() else {}
-        yield {"res": res, "doc": doc, "slept_us": [int(x) for x in slept.read_text().split()], "sleeper": sleeper.pid, "rare": rare.pid, "outsider": outsider.pid,
+        yield {"res": res, "doc": doc, "slept_us": [int(x) for x in slept.read_text().split()],
+               "sleeper": sleeper.pid, "rare": rare.pid, "outsider": outsider.pid,
                "forker": forker.pid, "child": child}
     finally:
         for p in procs:

@@ -89,12 +89,16 @@ def test_retransmits_and_resets_show_with_their_ports(spawn, tmp_path, lossy_net
 
 def test_send_reset_formats_of_old_and_new_kernels_both_compile_to_c():
     """Linux < 6.10 has family/sport/dport/saddr[4]; newer kernels two sockaddr fields."""
-    old = ("\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;\n\tfield:__u16 sport;\toffset:28;\tsize:2;\tsigned:0;\n"
-           "\tfield:__u16 dport;\toffset:30;\tsize:2;\tsigned:0;\n\tfield:__u16 family;\toffset:32;\tsize:2;\tsigned:0;\n"
-           "\tfield:__u8 saddr[4];\toffset:34;\tsize:4;\tsigned:0;\n\tfield:__u8 daddr[4];\toffset:38;\tsize:4;\tsigned:0;\n")
+    old = ("\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;\n"
+           "\tfield:__u16 sport;\toffset:28;\tsize:2;\tsigned:0;\n"
+           "\tfield:__u16 dport;\toffset:30;\tsize:2;\tsigned:0;\n"
+           "\tfield:__u16 family;\toffset:32;\tsize:2;\tsigned:0;\n"
+           "\tfield:__u8 saddr[4];\toffset:34;\tsize:4;\tsigned:0;\n"
+           "\tfield:__u8 daddr[4];\toffset:38;\tsize:4;\tsigned:0;\n")
     new = ("\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;\n"
            "\tfield:enum sk_rst_reason reason;\toffset:28;\tsize:4;\tsigned:0;\n"
-           "\tfield:__u8 saddr[28];\toffset:32;\tsize:28;\tsigned:0;\n\tfield:__u8 daddr[28];\toffset:60;\tsize:28;\tsigned:0;\n")
+           "\tfield:__u8 saddr[28];\toffset:32;\tsize:28;\tsigned:0;\n"
+           "\tfield:__u8 daddr[28];\toffset:60;\tsize:28;\tsigned:0;\n")
     from collectors._bpf import parse_format
     c_old = tcpretrans.probe_c("tcp:tcp_send_reset", parse_format(old))
     c_new = tcpretrans.probe_c("tcp:tcp_send_reset", parse_format(new))

@@ -151,7 +151,7 @@ def alertmanager_delivery(group_key: str | None = None, status: str = "firing", 
         body["groupKey"] = group_key
     body["status"] = status
     body["alerts"] = [dict(a, status=status, labels=dict(a["labels"], instance=h))
-                      for a, h in zip(body["alerts"] * 2, hosts)]
+                      for a, h in zip(body["alerts"] * 2, hosts, strict=False)]
     # Go's json.Encoder: compact, trailing newline, &<> escaped
     raw = json.dumps(body, separators=(",", ":")).replace("&", "\\u0026").replace("<", "\\u003c").replace(
         ">", "\\u003e").encode() + b"\n"

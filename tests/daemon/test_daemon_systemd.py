@@ -35,7 +35,7 @@ def _install(tmp_path: Path, destdir: bool) -> dict[str, Path]:
     cp = subprocess.run(["bash", str(ROOT / "scripts" / "install.sh")], capture_output=True, text=True, env=env,
                         timeout=60)
     assert cp.returncode == 0, cp.stderr
-    rel = lambda p: base / str(p).lstrip("/")  # noqa: E731
+    rel = lambda p: base / str(p).lstrip("/")
     return {"bin": rel(paths["prefix"] / "bin" / "goldenhour"),
             "unit": rel(paths["units"] / "goldenhour.service"),
             "dropin": rel(paths["prefix"] / "share" / "goldenhour" / "goldenhour-pre-restart.conf"),
@@ -157,7 +157,7 @@ def test_example_config_lists_every_key_and_is_up_to_date():
     text = (ROOT / "config" / "goldenhour.example.toml").read_text()
     for key in config.KEYS:
         assert f"#{key.split('.', 1)[1]} = " in text, key
-    assert all(l == "" or l.startswith("#") or l.startswith("[") for l in text.splitlines())
+    assert all(l == "" or l.startswith(("#", "[")) for l in text.splitlines())
 
 
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) not installed")

@@ -178,7 +178,7 @@ def test_generic_mapping_and_validation():
 def test_targeting_rules():
     me = Identity(names={"web-3.example.com", "web-3"}, addresses={"10.0.0.5", "2001:db8::5"},
                   services={"checkout-api"}, tags={"role=db", "cluster-a"})
-    ev = lambda **kw: Event(TRIGGER, "I", **kw)  # noqa: E731
+    ev = lambda **kw: Event(TRIGGER, "I", **kw)
     assert concerns(ev(hosts=["WEB-3"]), me) == "host web-3"
     assert concerns(ev(hosts=["web-3.prod.example.com:9100"]), me) == "host web-3.prod.example.com"
     assert concerns(ev(hosts=["10.0.0.5:9100"]), me) == "host address 10.0.0.5"

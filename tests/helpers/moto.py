@@ -34,7 +34,7 @@ def start_moto(env: dict[str, str] | None = None, timeout: float = 60) -> tuple[
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 stop(proc)
-                raise RuntimeError("moto server did not start")
+                raise RuntimeError("moto server did not start") from None
             time.sleep(0.05)
 
 

@@ -23,7 +23,8 @@ def make_netns(prefix: str, conntrack: bool = False, unique: bool = True) -> str
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
         if conntrack:
             ex = ["ip", "netns", "exec", name]
-            subprocess.run(ex + ["nft", "add table inet gh; add chain inet gh out { type filter hook output priority 0; };"
+            subprocess.run(ex + ["nft", "add table inet gh;"
+                                 " add chain inet gh out { type filter hook output priority 0; };"
                                  " add rule inet gh out ct state new counter"], check=True)
             subprocess.run(ex + ["sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=600"], check=True)
     except BaseException:

@@ -126,7 +126,7 @@ def test_timeline_merges_kernel_logs_trigger_and_capture_of_both_hosts(incident,
     tl = report["timeline"]
     times = [e["time"] for e in tl]
     assert times == sorted(times)
-    by = lambda pred: [e for e in tl if pred(e)]   # noqa: E731
+    by = lambda pred: [e for e in tl if pred(e)]
     oom = by(lambda e: e["source"] == "dmesg" and f"Killed process {incident.oom_pid}" in e["event"])
     assert {e["host"] for e in oom} == {"web-1", "web-2"} and oom[0]["severity"] == "critical"
     assert by(lambda e: e["source"] == "incident" and incident.id in e["event"] and "checkout latency" in e["event"])

@@ -5,7 +5,8 @@ Fixtures:
   s3           a boto3 client and a fresh bucket per test: (client, bucket)
   s3_config    writes a goldenhour config for that bucket: ``s3_config(extra, endpoint=, host=)``
   run          the real CLI with the fake AWS credentials in its environment: ``run(cfg, *args)``
-Helpers: ``start_moto`` and ``free_port`` (tests/helpers/moto.py), ``TcpProxy`` (a loopback proxy that can stall a transfer).
+Helpers: ``start_moto`` and ``free_port`` (tests/helpers/moto.py), ``TcpProxy`` (a loopback proxy that can
+stall a transfer).
 """
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def s3_config(store, tmp_path, s3, moto_server):
               store_dir: Path | None = None, after: str = "") -> str:
         p = tmp_path / f"s3-{host}-{os.urandom(3).hex()}.toml"
         p.write_text(f'[store]\npath = "{store_dir or store}"\n[host]\nname = "{host}"\n'
-                     f'[upload]\nurl = "s3://{bucket_name or bucket}/prod"\nendpoint_url = "{endpoint or moto_server}"\n'
+                     f'[upload]\nurl = "s3://{bucket_name or bucket}/prod"\n'
+                     f'endpoint_url = "{endpoint or moto_server}"\n'
                      f'multipart_threshold_mb = 5\nmultipart_chunk_mb = 5\nretry_initial_s = 600\n{extra}\n{after}')
         return str(p)
     return write

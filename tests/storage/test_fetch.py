@@ -34,8 +34,8 @@ def two_hosts(run, s3, s3_config, tmp_path):
         assert outs[host]["upload"]["status"] == "uploaded", cp.stdout + cp.stderr
     laptop = tmp_path / "laptop"
     laptop.mkdir()
-    return client, bucket, outs, s3_config(host="laptop", store_dir=laptop), s3_config(host="web-1",
-                                                                                        store_dir=tmp_path / "store-web-1")
+    return (client, bucket, outs, s3_config(host="laptop", store_dir=laptop),
+            s3_config(host="web-1", store_dir=tmp_path / "store-web-1"))
 
 
 def run_on_tty(cfg: str, *args: str) -> tuple[int, str, str]:
@@ -144,7 +144,8 @@ def test_tampered_objects_are_refused(two_hosts, run, tmp_path):
     obj = client.get_object(Bucket=bucket, Key=key2)
     forged = _repack(obj["Body"].read(), "collectors/host/uname.txt", b"nothing to see here\n")
     sha = hashlib.sha256(forged).hexdigest()
-    client.put_object(Bucket=bucket, Key=key2, Body=forged, Metadata={**obj["Metadata"], "sha256": sha, "part-size": "0"})
+    client.put_object(Bucket=bucket, Key=key2, Body=forged,
+                      Metadata={**obj["Metadata"], "sha256": sha, "part-size": "0"})
     client.put_object(Bucket=bucket, Key=key2 + ".sha256", Body=f"{sha}  x\n".encode())
 
     dest = tmp_path / "rca"

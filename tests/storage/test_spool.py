@@ -52,7 +52,7 @@ def test_endpoint_down_for_a_capture_then_back(run, s3, s3_config, store):
     res = json.loads(cp.stdout)
     assert [r["status"] for r in res] == ["uploaded", "uploaded"]
     assert [Path(r["bundle"]) for r in res] == pending                     # oldest first
-    for r, p in zip(res, pending):
+    for r, p in zip(res, pending, strict=True):
         body = client.get_object(Bucket=bucket, Key=r["key"])["Body"].read()
         assert hashlib.sha256(body).hexdigest() == p.with_name(p.name + ".sha256").read_text().split()[0]
         assert not p.with_name(p.name.replace(".tar.zst", ".pending.json")).exists()

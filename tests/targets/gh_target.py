@@ -2,7 +2,11 @@
 a sleeper, a CPU worker), a retained heap of --heap-mb MiB, --fds N open descriptors, and a
 ticker thread that appends time.monotonic_ns() to --ticker FILE about every millisecond.
 (Adapted from ../shared/runtime-targets/gh_target.py.)"""
-import argparse, os, random, threading, time
+import argparse
+import os
+import random
+import threading
+import time
 
 lock_a, lock_b = threading.Lock(), threading.Lock()
 both_hold_one = threading.Barrier(3)        # the two deadlock threads and main

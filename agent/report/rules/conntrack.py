@@ -61,7 +61,8 @@ def evaluate(b) -> Iterator[Finding]:
                   "dominates, or stop tracking traffic that does not need it (NOTRACK).",
                 rule="conntrack", host=b.host,
                 evidence=[Evidence(b.host, FILE, record="count, max, fill_ratio",
-                                   excerpt=f"count {s.get('count')}, max {s.get('max')}, fill_ratio {s.get('fill_ratio')}"
+                                   excerpt=f"count {s.get('count')}, max {s.get('max')}, "
+                                           f"fill_ratio {s.get('fill_ratio')}"
                                    + (f", netns {s.get('netns')}" if s.get("netns") else ""))] + cap(msg_ev, 3),
                 data={"count": count, "max": mx, "fill_ratio": fill})
             msg_ev = []
@@ -96,5 +97,6 @@ def evaluate(b) -> Iterator[Finding]:
 
 RULE = Rule(name="conntrack", summary="conntrack table near or at nf_conntrack_max, and its drops",
             evaluate=evaluate, reads=("conntrack", "dmesg"),
-            severity="critical (≥ 99 % full, drops during capture, \"table full\" messages); warning (≥ 90 %, old drops)",
+            severity="critical (≥ 99 % full, drops during capture, \"table full\" messages); "
+                     "warning (≥ 90 %, old drops)",
             order=20)

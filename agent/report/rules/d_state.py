@@ -61,7 +61,8 @@ def evaluate(b) -> Iterator[Finding]:
     names += [f"{target_label(b, pid)}: {plural(len(ts), 'thread')}" for _, pid, ts in thread_hits]
     where = ", ".join(f"{w} ×{n}" for w, n in wchans.most_common(4) if w != "?")
     ev = [Evidence(b.host, HOST, record=f"d_state pid {p.get('pid')}",
-                   excerpt=f"{p.get('comm')} pid {p.get('pid')} wchan {p.get('wchan')} cmdline {str(p.get('cmdline'))[:120]}")
+                   excerpt=f"{p.get('comm')} pid {p.get('pid')} wchan {p.get('wchan')} "
+                           f"cmdline {str(p.get('cmdline'))[:120]}")
           for p in user + kernel]
     for rel, _, ts in thread_hits:
         for t in ts[:3]:

@@ -68,7 +68,8 @@ KINDS = (
           re.compile(r"end_request: I/O error, dev (?P<dev>[\w.-]+)"),
           re.compile(r"EXT4-fs error \(device (?P<dev>[\w.-]+)\)"),
           re.compile(r"EXT4-fs (?:warning )?\((?:device )?(?P<dev>[\w.-]+)\): .*(?:I/O error|error count|corrupt)"),
-          re.compile(r"XFS \((?P<dev>[\w.-]+)\): .*(?:I/O [Ee]rror|[Cc]orruption|metadata I/O|Filesystem has been shut)"),
+          re.compile(r"XFS \((?P<dev>[\w.-]+)\): "
+                     r".*(?:I/O [Ee]rror|[Cc]orruption|metadata I/O|Filesystem has been shut)"),
           re.compile(r"BTRFS (?:error|critical) \(device (?P<dev>[\w.-]+)"),
           re.compile(r"\((?P<dev>[\w.-]+)\): Remounting filesystem read-only"),
           re.compile(r"nvme (?P<dev>nvme\w*): .*(?:timeout|resetting controller|controller is down)"),

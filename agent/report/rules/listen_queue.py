@@ -26,7 +26,8 @@ NEAR = 0.8
 
 def _owners(lis: dict) -> str:
     own = lis.get("owners") or []
-    return ", ".join(f"{o.get('comm')} (pid {o.get('pid')})" for o in own[:3] if isinstance(o, dict)) or "no owner found"
+    names = [f"{o.get('comm')} (pid {o.get('pid')})" for o in own[:3] if isinstance(o, dict)]
+    return ", ".join(names) or "no owner found"
 
 
 def evaluate(b) -> Iterator[Finding]:

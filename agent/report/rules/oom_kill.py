@@ -107,8 +107,10 @@ def evaluate(b) -> Iterator[Finding]:
                  else f"OOM killer killed {comm} {len(ks)} times (pids {join_names(pids)})")
         invokers = sorted({k["invoker"] for k in ks if k.get("invoker")})
         expl = (f"The kernel ran out of {sorted(set(scope_txt))[0] if len(set(scope_txt)) == 1 else 'memory'} and "
-                f"killed {comm}" + (f" {len(ks)} times" if len(ks) > 1 else "") + f"; the victim held {human_bytes(max(rss))} resident"
-                + (f" (total-vm {human_bytes(first['sizes'].get('total-vm'))})" if first["sizes"].get("total-vm") else "")
+                f"killed {comm}" + (f" {len(ks)} times" if len(ks) > 1 else "")
+                + f"; the victim held {human_bytes(max(rss))} resident"
+                + (f" (total-vm {human_bytes(first['sizes'].get('total-vm'))})"
+                   if first["sizes"].get("total-vm") else "")
                 + ". " + (f"The allocation that triggered it came from {join_names(invokers)}. " if invokers else "")
                 + "Whatever the process held in memory and its connections were lost at that moment; look at "
                   "what grew just before (the timeline) and at the memory limits.")

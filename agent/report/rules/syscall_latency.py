@@ -7,8 +7,8 @@ calls that wait by design (``epoll_wait``, ``poll``, ``select``, ``futex``,
 - critical: a call that took 1 s or more, or a p99 of 100 ms or more over 10+ calls;
 - warning: a call of 100 ms or more, or a p99 of 20 ms or more over 10+ calls;
 - a call still in flight when the window ended (``in_flight``), blocked 1 s or more
-  (critical) or 100 ms or more (warning): the stall itself, caught in the act. ``read``/``recv*``/``write`` to sockets and pipes may be waiting for a peer,
-  so they are at most warnings.
+  (critical) or 100 ms or more (warning): the stall itself, caught in the act. ``read``/``recv*``/``write``
+  to sockets and pipes may be waiting for a peer, so they are at most warnings.
 Evidence: the record (pid, command, syscall, count, p50, p99, max) in ``syscalls.json``.
 The report plots each process's latency histogram.
 """
@@ -134,7 +134,8 @@ def evaluate(b) -> Iterator[Finding]:
         yield Finding(WARNING, f"{len(rest)} more system calls with outlier latency",
                       "Listed in syscalls.json; the histograms below show them per process.",
                       rule="syscall_latency", host=b.host,
-                      evidence=[Evidence(b.host, rel, record=", ".join(f"{h[2].get('comm')}:{h[3]}" for h in rest[:10]))])
+                      evidence=[Evidence(b.host, rel,
+                                         record=", ".join(f"{h[2].get('comm')}:{h[3]}" for h in rest[:10]))])
 
 
 RULE = Rule(name="syscall_latency", summary="system calls with outlier latency (eBPF probe window)",

@@ -47,7 +47,8 @@ def evaluate(b) -> Iterator[Finding]:
             if not ev:
                 ev = [Evidence(b.host, dump.source, record="deadlocks", excerpt=(text or str(d))[:400])]
             yield Finding(CRITICAL, f"Deadlock in {who}" + (f": threads {join_names(names)}" if names else ""),
-                          f"The {RUNTIMES.get(dump.runtime, dump.runtime or 'runtime')} reported a deadlock: these threads each hold a lock "
+                          f"The {RUNTIMES.get(dump.runtime, dump.runtime or 'runtime')} reported a deadlock: "
+                          "these threads each hold a lock "
                           "another of them waits for, so none of them can ever proceed; whatever they serve hangs "
                           "until the process is restarted. Their stacks (thread dump below) show which locks and "
                           "where they were taken." + (f" Runtime's words: {text[:300]}" if text else ""),

@@ -11,7 +11,7 @@ import time
 def overflows():
     with open("/proc/net/netstat") as fh:
         lines = fh.read().splitlines()
-    for head, vals in zip(lines[::2], lines[1::2]):
+    for head, vals in zip(lines[::2], lines[1::2], strict=False):
         if head.startswith("TcpExt:"):
             return int(vals.split()[head.split().index("ListenOverflows")])
     return 0
