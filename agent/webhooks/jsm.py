@@ -35,6 +35,14 @@ neither is there, 403 when wrong.
 Dedupe: Jira's ``X-Atlassian-Webhook-Identifier`` (the same on every retry);
 alert webhooks are named by ``<alertId>:<action>:<updatedAt>``.
 
+Set-up (JSM UI): alerts: Operations → Integrations → Add integration → Webhook;
+Webhook URL ``https://<proxy>/v1/webhooks/jsm``; add the header
+``X-Goldenhour-Token`` with a long random value; alert actions "Alert is
+created", "Alert is closed", "Alert is acknowledged". Jira webhooks: Jira
+settings → System → WebHooks → Create a WebHook; URL as above; Secret: the same
+value; events Issue created, updated, deleted, with a JQL filter for incident
+issues. Put the value in ``[webhooks.jsm] secret_file``.
+
 Migrating from the Opsgenie receiver: in JSM Operations add the Webhook
 integration with URL ``https://<proxy>/v1/webhooks/jsm`` and the same
 ``X-Goldenhour-Token`` header, and move ``[webhooks.opsgenie]`` to
