@@ -102,16 +102,18 @@ KEYS: dict[str, Key] = {
     "daemon.close_on_ack": Key(False, bool, "Treat an acknowledged incident as closed (default: it stays open, responders are working on it)."),
 }
 
-# Webhook receivers: [webhooks.<tracker>] with these keys each.
-TRACKERS = ("pagerduty", "incidentio", "alertmanager", "opsgenie", "generic")
+# Webhook receivers: [webhooks.<tracker>] with these keys each (agent/webhooks/<tracker>.py says which it reads).
+TRACKERS = ("pagerduty", "incidentio", "alertmanager", "opsgenie", "generic",
+            "grafana_irm", "grafana_alerting", "firehydrant", "rootly", "jsm", "datadog")
 WEBHOOK_KEYS: dict[str, Key] = {
     "enabled": Key(False, bool, "Accept deliveries from this tracker."),
     "secret": Key("", (str, list), "Signing secret(s) or token(s); several during rotation. Prefer secret_file."),
     "secret_file": Key("", str, "File holding the secret (one per line for rotation); never logged."),
-    "username": Key("", str, "alertmanager: basic-auth user (password in secret/secret_file)."),
-    "header": Key("", str, "opsgenie: the header carrying the token (default X-Goldenhour-Token)."),
-    "tolerance_s": Key(300, int, "incidentio/generic: accepted clock skew of the signed timestamp."),
-    "capture_test": Key(False, bool, "incidentio: also capture incidents in test/tutorial mode."),
+    "username": Key("", str, "alertmanager, grafana_alerting, grafana_irm: basic-auth user (password in secret/secret_file)."),
+    "header": Key("", str, "opsgenie, jsm, datadog, grafana_irm: the header carrying the token (default X-Goldenhour-Token); grafana_alerting: the HMAC signature header (default X-Grafana-Alerting-Signature)."),
+    "timestamp_header": Key("", str, "grafana_alerting: the contact point's HMAC \"Timestamp header\" name; set, every delivery must be signed with a timestamp within tolerance_s."),
+    "tolerance_s": Key(300, int, "incidentio, generic, rootly, grafana_alerting: accepted clock skew of the signed timestamp."),
+    "capture_test": Key(False, bool, "incidentio, rootly: also capture test/tutorial/example incidents."),
 }
 COLLECTOR_KEYS: dict[str, Key] = {
     "enabled": Key(None, (bool, type(None)), "Force a collector on or off regardless of the profile."),

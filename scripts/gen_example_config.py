@@ -33,10 +33,19 @@ WEBHOOK_EXAMPLES = {
     "alertmanager": "webhook_config with http_config.authorization (bearer) or basic_auth (username here)",
     "opsgenie": "Webhook integration with a custom header (header below) carrying the token",
     "generic": "X-Goldenhour-Signature: t=<unix>,v1=<hex HMAC-SHA256 of \"<t>.<body>\">",
+    "grafana_irm": "Outgoing webhook, Forward All; Authorization header (Bearer <secret>) or a token header",
+    "grafana_alerting": "Webhook contact point with HMAC Signature (secret here, timestamp header below) or bearer",
+    "firehydrant": "Settings > Webhooks; its Secret here (fh-signature: hex HMAC-SHA256 of the body)",
+    "rootly": "Settings > Webhooks; its signing secret here (X-Rootly-Signature: t=<unix>,v1=<hex>)",
+    "jsm": "Operations Webhook integration with the token header; Jira webhooks signed with this secret",
+    "datadog": "Webhooks integration with goldenhour's payload template and the token as a custom header",
 }
 
 RELEVANT = {"incidentio": ("tolerance_s", "capture_test"), "alertmanager": ("username",),
-            "opsgenie": ("header",), "generic": ("tolerance_s",)}
+            "opsgenie": ("header",), "generic": ("tolerance_s",),
+            "grafana_irm": ("username", "header"),
+            "grafana_alerting": ("username", "header", "timestamp_header", "tolerance_s"),
+            "rootly": ("tolerance_s", "capture_test"), "jsm": ("header",), "datadog": ("header",)}
 
 
 def toml_value(v) -> str:

@@ -23,10 +23,15 @@ raw body (capped), and calls the tracker's module:
     retried delivery is recognised even before parsing the incident.
 
 Each module documents its wire format, what maps to which action, and the
-tracker UI steps (README "The daemon and webhooks" repeats them).
+tracker UI steps (README "The daemon and webhooks" repeats them). The helpers
+below are shared by the modules: constant-time token and ``Authorization``
+checks, and the rules that turn alert labels and ``key:value`` tags into hosts,
+services and labels for targeting.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import importlib
@@ -36,7 +41,9 @@ from typing import Any, Mapping
 
 from agent.incident import ID_RE, parse_iso
 
-TRACKERS = ("pagerduty", "incidentio", "alertmanager", "opsgenie", "generic")
+TRACKERS = ("pagerduty", "incidentio", "alertmanager", "opsgenie", "generic",
+            "grafana_irm", "grafana_alerting", "firehydrant", "rootly", "jsm", "datadog")
+DEFAULT_TOKEN_HEADER = "X-Goldenhour-Token"
 
 TRIGGER, RESOLVE, ACK, IGNORE, PING = "trigger", "resolve", "acknowledge", "ignore", "ping"
 
@@ -132,14 +139,22 @@ def incident_id(raw: Any, prefix: str = "") -> str:
 
 
 def parse_time(value: Any) -> float | None:
-    """ISO 8601 / RFC 3339 text, epoch seconds or epoch milliseconds -> epoch seconds."""
+    """ISO 8601 / RFC 3339 text, epoch seconds or epoch milliseconds -> epoch seconds.
+
+    Also FireHydrant's ``"2023-07-25 13:34:49 UTC"`` and epoch digits sent as text
+    (Datadog's ``$DATE`` in a JSON string).
+    """
     if value is None or value == "":
         return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         v = float(value)
         while v > 1e11:        # ms, us or ns
             v /= 1000.0
         return v
+    if isinstance(value, str) and value.rstrip().endswith(" UTC"):
+        value = value.rstrip()[:-4]
     dt = parse_iso(value)
     return dt.timestamp() if dt else None
 
@@ -159,3 +174,130 @@ def obj(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise Malformed(f"{what} must be a JSON object")
     return value
+
+
+# -- authentication helpers -----------------------------------------------------
+
+def token_header(headers: Mapping[str, str], name: str, secrets: list[str]) -> bool:
+    """A shared-token header: False when absent, True when it equals a secret, else ``Forbidden``."""
+    value = header(headers, name)
+    if not value or not value.strip():
+        return False
+    if not any_equal([value.strip()], secrets):
+        raise Forbidden(f"wrong {name} token")
+    return True
+
+
+def check_authorization(value: str, secrets: list[str], *, username: str = "", verbatim: bool = False) -> None:
+    """An ``Authorization`` header: ``Bearer <secret>``, or Basic ``username:<secret>`` when a user is set.
+
+    ``verbatim`` also accepts the whole value equal to a secret (Grafana IRM sends its
+    "Authorization header" field as typed). Raises ``Unauthorized``/``Forbidden``/``Malformed``.
+    """
+    auth = (value or "").strip()
+    if not auth:
+        raise Unauthorized("missing Authorization header (bearer token or basic auth)")
+    if verbatim and any_equal([auth], secrets):
+        return
+    scheme, _, cred = auth.partition(" ")
+    cred = cred.strip()
+    if scheme.lower() == "bearer":
+        if not any_equal([cred], secrets):
+            raise Forbidden("wrong bearer token")
+        return
+    if scheme.lower() == "basic":
+        try:
+            user, sep, password = base64.b64decode(cred, validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, ValueError, UnicodeDecodeError):
+            raise Malformed("malformed basic auth") from None
+        if not sep:
+            raise Malformed("malformed basic auth")
+        # both compared in constant time, always both
+        ok_user = any_equal([user], [username]) if username else False
+        ok_pass = any_equal([password], secrets)
+        if not (ok_user and ok_pass):
+            raise Forbidden("wrong basic auth credentials")
+        return
+    if verbatim:
+        raise Forbidden("wrong Authorization header")
+    raise Unauthorized("Authorization must be Bearer or Basic")
+
+
+def hex_digest(value: str, what: str) -> str:
+    """A hex signature from a header, lower-cased; ``Malformed`` when it is not hex."""
+    v = (value or "").strip().lower()
+    try:
+        bytes.fromhex(v)
+    except ValueError:
+        raise Malformed(f"{what} is not a hex digest") from None
+    if not v:
+        raise Malformed(f"{what} is empty")
+    return v
+
+
+# -- targeting helpers: labels and tags -> hosts, services, labels -----------------
+
+HOST_LABELS = ("instance", "host", "hostname", "node", "nodename", "server", "fqdn")
+SERVICE_LABELS = ("service", "job", "app", "application", "component", "container", "systemd_unit",
+                  "unit", "name")
+HOST_TAGS = ("host", "hostname", "instance", "node", "server")
+SERVICE_TAGS = ("service", "app", "unit")
+
+
+def host_from_label(value: str) -> str:
+    """``web-3:9100`` -> ``web-3``; ``[2001:db8::1]:9100`` -> ``2001:db8::1``; other values as they are."""
+    v = value.strip()
+    if v.startswith("["):                     # [2001:db8::1]:9100
+        return v[1:].split("]", 1)[0]
+    if v.count(":") == 1:                      # web-3:9100
+        return v.split(":", 1)[0]
+    return v
+
+
+def label_targets(labels: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """Hosts and services named by Prometheus-style alert labels (the Alertmanager rules)."""
+    lab = {str(k): str(v) for k, v in labels.items() if v is not None}
+    hosts = [host_from_label(lab[k]) for k in HOST_LABELS if lab.get(k)]
+    services = [lab[k] for k in SERVICE_LABELS if lab.get(k)]
+    return hosts, services
+
+
+def split_tag(tag: str) -> tuple[str, str] | None:
+    """``host:web-3`` or ``host=web-3`` -> ``("host", "web-3")``; a bare tag -> None."""
+    for sep in (":", "="):
+        if sep in tag:
+            k, v = tag.split(sep, 1)
+            return k.strip().lower(), v.strip()
+    return None
+
+
+def tag_targets(tags: list[str]) -> tuple[list[str], list[str], dict[str, str]]:
+    """Hosts, services and labels named by ``key:value`` tags (Opsgenie, Datadog, Jira labels)."""
+    hosts: list[str] = []
+    services: list[str] = []
+    labels: dict[str, str] = {}
+    for t in tags:
+        kv = split_tag(t)
+        if not kv:
+            continue
+        k, v = kv
+        labels[k] = v
+        if k in HOST_TAGS:
+            hosts.append(v)
+        elif k in SERVICE_TAGS:
+            services.append(v)
+    return hosts, services, labels
+
+
+def names(value: Any, *keys: str) -> list[str]:
+    """Names from a list of strings or of objects (their first present key of ``keys``)."""
+    out: list[str] = []
+    for item in value if isinstance(value, list) else []:
+        if isinstance(item, dict):
+            for k in keys:
+                if item.get(k):
+                    out.append(str(item[k]))
+                    break
+        elif item is not None and str(item).strip():
+            out.append(str(item).strip())
+    return out

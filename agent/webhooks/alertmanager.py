@@ -43,46 +43,20 @@ in ``[webhooks.alertmanager] secret_file``.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 from typing import Any, Mapping
 
-from agent.webhooks import (IGNORE, RESOLVE, TRIGGER, Event, Forbidden, Malformed, Unauthorized, any_equal,
-                            header, obj)
+from agent.webhooks import (HOST_LABELS, IGNORE, RESOLVE, SERVICE_LABELS, TRIGGER, Event, Malformed,
+                            check_authorization, header, label_targets, obj)
 
 NAME = "alertmanager"
-HOST_LABELS = ("instance", "host", "hostname", "node", "nodename", "server", "fqdn")
-SERVICE_LABELS = ("service", "job", "app", "application", "component", "container", "systemd_unit",
-                  "unit", "name")
+__all__ = ["HOST_LABELS", "SERVICE_LABELS", "delivery_id", "group_incident_id", "parse", "verify"]
 
 
 def verify(raw_body: bytes, headers: Mapping[str, str], secrets: list[str], *,
            opts: dict[str, Any] | None = None, now: float | None = None) -> None:
-    auth = (header(headers, "Authorization") or "").strip()
-    if not auth:
-        raise Unauthorized("missing Authorization header (bearer token or basic auth)")
-    scheme, _, cred = auth.partition(" ")
-    cred = cred.strip()
-    username = str((opts or {}).get("username") or "")
-    if scheme.lower() == "bearer":
-        if not any_equal([cred], secrets):
-            raise Forbidden("wrong bearer token")
-        return
-    if scheme.lower() == "basic":
-        try:
-            user, sep, password = base64.b64decode(cred, validate=True).decode("utf-8").partition(":")
-        except (binascii.Error, ValueError, UnicodeDecodeError):
-            raise Malformed("malformed basic auth") from None
-        if not sep:
-            raise Malformed("malformed basic auth")
-        # both compared in constant time, always both
-        ok_user = any_equal([user], [username]) if username else False
-        ok_pass = any_equal([password], secrets)
-        if not (ok_user and ok_pass):
-            raise Forbidden("wrong basic auth credentials")
-        return
-    raise Unauthorized("Authorization must be Bearer or Basic")
+    check_authorization(header(headers, "Authorization") or "", secrets,
+                        username=str((opts or {}).get("username") or ""))
 
 
 def delivery_id(headers: Mapping[str, str], body: Any = None) -> str:
@@ -91,15 +65,6 @@ def delivery_id(headers: Mapping[str, str], body: Any = None) -> str:
 
 def group_incident_id(group_key: str) -> str:
     return "am-" + hashlib.sha256(group_key.encode()).hexdigest()[:16]
-
-
-def _host(value: str) -> str:
-    v = value.strip()
-    if v.startswith("["):                     # [2001:db8::1]:9100
-        return v[1:].split("]", 1)[0]
-    if v.count(":") == 1:                      # web-3:9100
-        return v.split(":", 1)[0]
-    return v
 
 
 def parse(body: Any, *, opts: dict[str, Any] | None = None) -> list[Event]:
@@ -126,12 +91,11 @@ def parse(body: Any, *, opts: dict[str, Any] | None = None) -> list[Event]:
             raise Malformed("each alert must be an object")
         labels = {str(k): str(v) for k, v in (a.get("labels") or {}).items()}
         ann = a.get("annotations") if isinstance(a.get("annotations"), dict) else {}
+        hosts, services = label_targets(labels)
         e = Event(IGNORE, incident_id=inc, source=NAME, kind=f"alert {a.get('status', '')}",
                   title=str(ann.get("summary") or common_ann.get("summary") or labels.get("alertname") or ""),
                   url=str(a.get("generatorURL") or url), severity=labels.get("severity", ""),
-                  hosts=[_host(labels[k]) for k in HOST_LABELS if labels.get(k)],
-                  services=[labels[k] for k in SERVICE_LABELS if labels.get(k)],
-                  labels=labels, reopen=True)
+                  hosts=hosts, services=services, labels=labels, reopen=True)
         if a.get("status") == "firing":
             e.action = TRIGGER
         else:

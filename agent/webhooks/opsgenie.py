@@ -30,36 +30,26 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from agent.webhooks import (ACK, IGNORE, RESOLVE, TRIGGER, Event, Forbidden, Malformed, Unauthorized, any_equal,
-                            header, incident_id, obj, strs)
+from agent.webhooks import (ACK, DEFAULT_TOKEN_HEADER, HOST_TAGS, IGNORE, RESOLVE, TRIGGER, Event, Malformed,
+                            Unauthorized, incident_id, obj, strs, tag_targets, token_header)
 
 NAME = "opsgenie"
-DEFAULT_HEADER = "X-Goldenhour-Token"
+DEFAULT_HEADER = DEFAULT_TOKEN_HEADER
 
 
 def verify(raw_body: bytes, headers: Mapping[str, str], secrets: list[str], *,
            opts: dict[str, Any] | None = None, now: float | None = None) -> None:
     name = str((opts or {}).get("header") or DEFAULT_HEADER)
-    value = header(headers, name)
-    if not value:
+    if not token_header(headers, name, secrets):
         raise Unauthorized(f"missing {name} header")
-    if not any_equal([value.strip()], secrets):
-        raise Forbidden(f"wrong {name} token")
 
 
 def delivery_id(headers: Mapping[str, str], body: Any = None) -> str:
     return ""
 
 
-def _split_tag(tag: str) -> tuple[str, str] | None:
-    for sep in (":", "="):
-        if sep in tag:
-            k, v = tag.split(sep, 1)
-            return k.strip().lower(), v.strip()
-    return None
-
-
-def parse(body: Any, *, opts: dict[str, Any] | None = None) -> list[Event]:
+def parse(body: Any, *, opts: dict[str, Any] | None = None, source: str = NAME) -> list[Event]:
+    """``source`` names the tracker in the events (``jsm`` reuses this parser: same wire format)."""
     b = obj(body, "body")
     action = str(b.get("action") or "")
     if not action:
@@ -68,21 +58,11 @@ def parse(body: Any, *, opts: dict[str, Any] | None = None) -> list[Event]:
     tags = strs(alert.get("tags"))
     details = alert.get("details") if isinstance(alert.get("details"), dict) else {}
     hosts = strs(alert.get("entity"))
-    services: list[str] = []
-    labels: dict[str, str] = {}
-    for t in tags:
-        kv = _split_tag(t)
-        if not kv:
-            continue
-        k, v = kv
-        labels[k] = v
-        if k in ("host", "hostname", "instance", "node", "server"):
-            hosts.append(v)
-        elif k in ("service", "app", "unit"):
-            services.append(v)
+    tag_hosts, services, labels = tag_targets(tags)
+    hosts.extend(tag_hosts)
     for k, v in details.items():
         key = str(k).lower()
-        if key in ("host", "hostname", "instance", "node", "server"):
+        if key in HOST_TAGS:
             hosts.extend(strs(v))
         elif key in ("service", "services", "app"):
             services.extend(strs(v))
@@ -90,7 +70,7 @@ def parse(body: Any, *, opts: dict[str, Any] | None = None) -> list[Event]:
     prio = alert.get("priority")
     severity = f"P{prio}" if isinstance(prio, int) and not isinstance(prio, bool) else str(prio or "")
     raw_id = alert.get("alertId") or alert.get("alias")
-    e = Event(IGNORE, incident_id=incident_id(raw_id, "og"), source=NAME, kind=action,
+    e = Event(IGNORE, incident_id=incident_id(raw_id, "og"), source=source, kind=action,
               title=str(alert.get("message") or "").strip(), severity=severity,
               services=services, hosts=hosts, labels=labels, tags=tags)
     if action == "Create":
