@@ -60,7 +60,7 @@ def parse_iso(text: Any) -> datetime | None:
 @dataclass
 class Incident:
     id: str
-    source: str = "manual"            # manual | pagerduty | incidentio | alertmanager | opsgenie | generic
+    source: str = "manual"            # manual, pre-restart, or a tracker of agent.webhooks.TRACKERS
     title: str = ""
     url: str = ""
     severity: str = ""

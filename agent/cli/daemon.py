@@ -13,9 +13,12 @@ import click
 
 from agent.cli.app import CONTEXT, App, emit_json, pass_app
 from agent.errors import GoldenhourError, UsageError
+from agent.webhooks import TRACKERS
+
+_TRACKER_LINES = "\n".join("      " + ", ".join(TRACKERS[i:i + 6]) for i in range(0, len(TRACKERS), 6))
 
 
-@click.command(context_settings=CONTEXT, epilog="""\b
+@click.command(context_settings=CONTEXT, epilog=f"""\b
 Examples:
   goldenhour daemon                                  run in the foreground (systemd: goldenhour.service)
   goldenhour --config /etc/goldenhour/config.toml daemon
@@ -23,7 +26,8 @@ Examples:
 
 \b
 Endpoints:
-  POST /v1/webhooks/{pagerduty,incidentio,alertmanager,opsgenie,generic}
+  POST /v1/webhooks/TRACKER, TRACKER one of:
+{_TRACKER_LINES}
   GET  /healthz, /metrics
   POST /v1/snapshot, GET /v1/incidents   (Unix socket daemon.socket, or HTTP with a bearer token)
 
