@@ -1,7 +1,7 @@
 """Prometheus text exposition (format 0.0.4) for the daemon, without a client library.
 
-Where it sits: ``agent.daemon`` counts into a ``Registry`` and serves
-``registry.render()`` at ``GET /metrics``. Counters, gauges and histograms
+Where it sits: the daemon declares its instruments in ``agent.daemon.telemetry``,
+counts into that ``Registry`` and serves ``registry.render()`` at ``GET /metrics``. Counters, gauges and histograms
 with labels are all the daemon needs; a gauge may be a callable read at scrape.
 """
 from __future__ import annotations

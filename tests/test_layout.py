@@ -6,6 +6,11 @@ An edge goes to the module named (``from agent.cli import app`` -> ``agent.cli.a
 the packages above it: a package's ``__init__`` importing its own submodules, which import a
 sibling, is how agent/cli/ registers its commands, not a circle. A circle is reported with the
 import statements that close it.
+
+The daemon's long-lived process never loads capture code: no module of agent/daemon/ except
+the child side (agent/daemon/child.py, what ``goldenhour daemon-job`` runs) reaches the capture
+pipeline or any collector module, following the same edges transitively (plus the packages
+above each module, whose ``__init__`` an import runs). No file of agent/daemon/ is over 300 lines.
 """
 from __future__ import annotations
 
@@ -161,3 +166,71 @@ def test_import_cycle_check_sees_function_level_imports_and_skips_type_only_ones
     assert graph["agent.a"] == {"agent.b": 2} and graph["agent.sub.c"] == {"agent.a": 1}
     assert graph["agent.d"] == {} and graph["agent.e"] == {"agent.d": 1}
     assert import_cycles(graph) == [["agent.a", "agent.b", "agent.sub.c"]]
+
+
+# -- agent/daemon/: the capture code stays in the child ---------------------------------------
+
+# The capture pipeline: plan -> run (runner, collector base, targets, the pause ledger and its
+# safety checks, the Node inspector) -> capture -> upload / fetch. The local store's layout
+# (agent.store, agent.bundle, agent.manifest) is shared: the daemon counts bundles waiting for upload.
+PIPELINE = {"agent.capture", "agent.plan", "agent.runner", "agent.registry", "agent.collector", "agent.targets",
+            "agent.pauses", "agent.safety", "agent.nodecdp", "agent.upload", "agent.retrieve"}
+CHILD = "agent.daemon.child"
+DAEMON_MODULES = sorted(m for m in _modules(ROOT, PACKAGES) if m == "agent.daemon" or m.startswith("agent.daemon."))
+
+
+def reachable(start: str, graph: dict[str, dict[str, int]]) -> dict[str, str]:
+    """Every project module importing ``start`` can load -> the module that imports it."""
+    def loads(mod: str) -> set[str]:
+        out = set()
+        for dep in graph.get(mod, {}):
+            parts = dep.split(".")
+            out |= {p for p in (".".join(parts[:i]) for i in range(1, len(parts) + 1)) if p in graph}
+        return out - {mod}
+    via: dict[str, str] = {}
+    todo = [start]
+    while todo:
+        mod = todo.pop()
+        for dep in loads(mod):
+            if dep not in via and dep != start:
+                via[dep] = mod
+                todo.append(dep)
+    return via
+
+
+def _chain(via: dict[str, str], start: str, end: str) -> str:
+    path = [end]
+    while path[-1] != start:
+        path.append(via[path[-1]])
+    return " -> ".join(reversed(path))
+
+
+def _capture_code(mod: str) -> bool:
+    return mod in PIPELINE or mod == CHILD or mod == "collectors" or mod.startswith("collectors.")
+
+
+def test_the_daemon_never_loads_capture_code():
+    graph = import_graph()
+    assert CHILD in DAEMON_MODULES and "agent.daemon.server" in DAEMON_MODULES
+    bad = []
+    for module in DAEMON_MODULES:
+        if module != CHILD:
+            via = reachable(module, graph)
+            bad += [_chain(via, module, m) for m in sorted(via) if _capture_code(m)]
+    assert not bad, "the daemon's own process would load capture code:\n" + "\n".join(bad)
+
+
+def test_the_daemon_check_sees_what_the_child_loads():
+    """The check above is only worth something if it finds the real thing where it is."""
+    graph = import_graph()
+    via = reachable(CHILD, graph)
+    assert {"agent.capture", "agent.pauses", "agent.upload", "agent.runner", "agent.registry", "collectors"} <= set(via)
+    assert "agent.daemon.request" in reachable("agent.daemon.server", graph)
+    graph["agent.daemon.jobs"]["agent.pauses"] = 1          # a function-level `from agent import pauses`
+    assert "agent.collector" in reachable("agent.daemon.server", graph)
+
+
+def test_daemon_files_stay_small():
+    big = {p.name: n for p in sorted((ROOT / "agent" / "daemon").glob("*.py"))
+           if (n := len(p.read_text().splitlines())) > 300}
+    assert not big, f"agent/daemon/ files over 300 lines (split them along a seam): {big}"

@@ -40,8 +40,7 @@ def maybe_upload(app: App, res: Any, do_upload: bool | None, url: str | None, as
 
 def pre_restart_incident(app: App, units: tuple[str, ...]) -> tuple[Any, str]:
     """(Incident or None, message) for ``snapshot --reason pre-restart`` without ``--incident``."""
-    from agent.daemon import pre_restart_choice
-    from agent.daemon_state import State
+    from agent.daemon.state import State, pre_restart_choice
     from agent.incident import Incident
     cfg = app.cfg
     state = State.for_config(cfg)
@@ -63,7 +62,7 @@ def pre_restart_incident(app: App, units: tuple[str, ...]) -> tuple[Any, str]:
 
 def snapshot_via_daemon(app: App, body: dict[str, Any], as_json: bool) -> None:
     """Send a capture request to the daemon, wait for it, print like ``snapshot`` does; exits on failure."""
-    from agent import daemon_client
+    from agent.daemon import client as daemon_client
     cfg = app.cfg
     budget = float(body.get("time_budget_s") or cfg["capture.time_budget_s"])
     status, out = daemon_client.request(cfg, "POST", "/v1/snapshot", {**body, "wait": True, "force": True},

@@ -1,10 +1,12 @@
 """Talking to a running daemon: ``goldenhour snapshot --via-daemon`` and friends.
 
-Where it sits: the CLI side of the local API (``agent.daemon``). The request
+Where it sits: the CLI side of the local API (``agent.daemon.http_app``). The request
 goes over the Unix socket ``daemon.socket`` when it exists (its file mode is
 the access control), else over HTTP to ``daemon.listen`` with
 ``Authorization: Bearer <daemon.api_token_file>``. Standard library only, so
-the CLI stays light. A daemon that cannot be reached is exit code 5.
+the CLI stays light. A daemon that cannot be reached is exit code 5. The daemon's
+server uses ``parse_listen``, ``api_socket_path`` and ``read_token`` too, so both
+sides agree on where the API is and what the token is.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import Config, ConfigError
-from agent.daemon_state import state_dir
+from agent.daemon.state import state_dir
 from agent.errors import EXIT_DAEMON, GoldenhourError
 
 DEFAULT_SOCKET = "/run/goldenhour/api.sock"

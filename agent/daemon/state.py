@@ -1,8 +1,10 @@
 """The daemon's memory: which incidents are open here, which were captured, which deliveries were seen.
 
-Where it sits: ``agent.daemon`` owns it (the only writer); the pre-restart path of
-``goldenhour snapshot`` reads it to learn whether an incident is open for this
-host. One JSON file, ``<state>/daemon-state.json`` (``<state>`` is
+Where it sits: the daemon owns it (``agent.daemon.intake`` decides with it,
+``agent.daemon.jobs`` records capture outcomes, ``agent.daemon.service`` loads,
+prunes and re-queues it; one process, the only writer); the pre-restart path of
+``goldenhour snapshot`` reads it (``pre_restart_choice``) to learn whether an
+incident is open for this host. One JSON file, ``<state>/daemon-state.json`` (``<state>`` is
 ``daemon.state_dir``, default ``<store>/state``), rewritten by atomic rename
 after each change, so a reader never sees half a file and a daemon restart
 finds what it knew:
@@ -10,7 +12,9 @@ finds what it knew:
 - ``incidents``: ``"<source>/<id>"`` → id, source, title, url, severity,
   services, hosts, ``status`` (open/resolved), times, ``capture`` (""/queued/
   running/done/failed/interrupted), ``captures`` (bundle, sha256, when, by
-  which job). An open incident counts as open for ``daemon.open_hours`` after
+  which job), and while a capture is queued ``job_request``: the
+  ``agent.daemon.request.CaptureRequest`` it runs, so a restarted daemon
+  re-queues it. An open incident counts as open for ``daemon.open_hours`` after
   its last trigger (trackers that never send a resolve do not keep it open for
   ever); any incident is forgotten ``daemon.dedupe_hours`` after its last
   activity (PagerDuty retries for up to 48 h).
@@ -105,3 +109,24 @@ class State:
 def open_incidents(cfg) -> list[dict[str, Any]]:
     """For the CLI: open incidents from the daemon's state file (none if there is no file)."""
     return State.for_config(cfg).open_incidents()
+
+
+def pre_restart_choice(cfg, state: State, unit: str = "") -> dict[str, Any] | None:
+    """The incident a pre-restart capture is filed under, or None when none should be taken.
+
+    ``daemon.pre_restart``: ``never`` → None; ``incident`` → the most recently
+    triggered incident open for this host, or None; ``always`` → that, or a
+    synthetic ``restart-<unit>-<time>`` incident. Used by the local API and by
+    ``snapshot --reason pre-restart``, which needs no running daemon.
+    """
+    mode = cfg["daemon.pre_restart"]
+    if mode == "never":
+        return None
+    found = state.open_incidents()
+    if found:
+        return found[0]
+    if mode == "always":
+        from agent.incident import safe_component
+        return {"id": f"restart-{safe_component(unit or 'host', 60)}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}",
+                "source": "pre-restart", "title": f"restart of {unit}" if unit else "restart"}
+    return None
