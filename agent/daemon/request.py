@@ -58,7 +58,15 @@ class CaptureRequest:
     heap: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The persisted and child form; fields at their defaults are left out (compact state file)."""
+        out: dict[str, Any] = {"incident": self.incident.to_json(),
+                               "trigger": {k: v for k, v in self.trigger.to_json().items() if v},
+                               "profile": self.profile}
+        for k in (*_LISTS, "pids", "time_budget_s", "probe_seconds", "heap"):
+            v = getattr(self, k)
+            if v:
+                out[k] = list(v) if isinstance(v, list) else v
+        return out
 
     @classmethod
     def from_json(cls, d: Any) -> "CaptureRequest":
