@@ -138,7 +138,8 @@ async def serve(cfg: Config, config_path: str | None = None) -> int:
     except OSError as exc:
         for s in sockets:
             s.close()
-        raise UsageError(f"cannot listen on {cfg['daemon.listen']} / {cfg['daemon.socket']}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot listen on {cfg['daemon.listen']} / {cfg['daemon.socket']}: "
+                         f"{exc.strerror or exc}") from None
     if not sockets:
         raise UsageError("nothing to listen on: set daemon.listen and/or daemon.socket")
     await svc.start()

@@ -86,7 +86,8 @@ class State:
         now = time.time() if now is None else now
         n = 0
         for key in [k for k, r in self.incidents.items()
-                    if now - float(r.get("updated_at", 0)) > self.dedupe_s and r.get("capture") not in ("queued", "running")]:
+                    if now - float(r.get("updated_at", 0)) > self.dedupe_s
+                    and r.get("capture") not in ("queued", "running")]:
             del self.incidents[key]
             n += 1
         for key in [k for k, r in self.deliveries.items() if now - float(r.get("at", 0)) > self.dedupe_s]:
@@ -102,7 +103,8 @@ class State:
         """Incidents open for this host, most recently triggered first."""
         now = time.time() if now is None else now
         found = [r for r in self.incidents.values()
-                 if r.get("status") == "open" and now - float(r.get("triggered_at", r.get("updated_at", 0))) <= self.open_s]
+                 if r.get("status") == "open"
+                 and now - float(r.get("triggered_at", r.get("updated_at", 0))) <= self.open_s]
         return sorted(found, key=lambda r: float(r.get("triggered_at", 0)), reverse=True)
 
 
