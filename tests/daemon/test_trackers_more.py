@@ -14,7 +14,7 @@ import time
 import pytest
 
 import tracker_payloads as T
-from conftest import Daemon
+from tests.daemon.conftest import Daemon
 from gh_webhook_payloads import HOST
 
 
