@@ -198,6 +198,10 @@ def capture(cfg: Config, req: CaptureRequest,
         capture_ctx = {
             "incident": incident, "profile": req.profile, "store": str(store.root),
             "targets": [t.to_json() for t in tlist],
+            # the incident's systemd units (as targeted: --unit, else the configured services when nothing
+            # was given): their cgroups are read even with no process left in them
+            "units": list(dict.fromkeys(req.units if (req.pids or req.processes or req.units)
+                                        else cfg["targets.services"])),
             # given (--pid/--process/--unit, configured services) rather than the automatic top processes
             "targets_explicit": any(t.reason != "top cpu/rss" for t in tlist),
             "log_paths": list(cfg["logs.paths"]) + list(req.log_paths),

@@ -3,6 +3,8 @@
 - ``perfdata(pid)``: the JVM's hsperfdata counters (``/proc/PID/root/tmp/hsperfdata_*/<NSpid>``),
   read without touching the JVM: safepoint count and time (to measure the pause a jcmd
   operation caused), heap used (to size a heap dump), and whether the VM finished initialising.
+- ``attach_listener_running(pid)``: whether the JVM's Attach Listener thread exists, i.e.
+  whether an attach makes the JVM create a thread (``agent.preflight``).
 - ``attach(pid, nspid, command)``: HotSpot's attach protocol over the JVM's own Unix socket,
   used only when the socket already exists and the JVM has no SIGQUIT handler (``-Xrs``):
   it never sends a signal, whereas jcmd would SIGQUIT such a JVM (fatal) if the socket had
@@ -97,6 +99,22 @@ def heap_used(perf: dict[str, Any] | None) -> int | None:
 
 def socket_path(pid: int, nspid: int) -> str:
     return f"/proc/{pid}/root/tmp/.java_pid{nspid}"
+
+
+def attach_listener_running(pid: int) -> bool:
+    """True if the JVM's "Attach Listener" thread exists (an attach then starts no thread)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm", "rb") as fh:
+                if fh.read().strip() == b"Attach Listener":
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def attach(pid: int, nspid: int, command: str, timeout_s: float = 30.0) -> tuple[int, str]:

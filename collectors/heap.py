@@ -23,7 +23,12 @@ Before starting, the dump's size is estimated (JVM: heap used from its perf coun
 Node: V8 heap used; gcore: VmSize, since gdb 13 also writes reserved regions) and checked
 against the store's free space minus its reserve (``capture.reserve_bytes``), against
 ``max_dump_bytes`` and, for gcore, against ``max_pause_s`` at a pessimistic 0.3 GB/s; a dump
-that would not fit or pause too long is skipped with the numbers.
+that would not fit or pause too long is skipped with the numbers. The JVM heap dump and the
+Node snapshot first pass ``agent.preflight`` (``jvm_heap_dump``: room for the Attach Listener
+thread, its socket and the file, and 64 MiB in the JVM's memory cgroup; ``node_inspector``
+before SIGUSR1, then ``node_heap_snapshot``: twice the V8 heap): a target at or near its pids,
+descriptor or memory limit is not dumped (``skipped``, with the figures in ``preflight.json``
+and the skipped technique in the manifest's notes); gcore asks nothing of its target.
 Why: a leak, a runaway cache, a pile of requests: the heap says what the process was doing with
 its memory, and it is gone on restart.
 Produces: ``heap.hprof`` / ``heap.heapsnapshot`` / ``core.<pid>``, and ``heap.json`` {runtime,
@@ -46,9 +51,9 @@ import secrets
 import time
 from typing import Any
 
-from agent import procfs, safety
+from agent import preflight, procfs, safety
 from agent.collector import Collector, Scope, Skip, TargetGone, read_text
-from collectors.threads import _gone_or, _tail, gdb_argv, jcmd, tool
+from collectors.threads import _gone_or, _tail, gdb_argv, jcmd, node_preflight, tool
 
 GCORE_PESSIMISTIC_BPS = 0.3e9       # measured 0.2-2 GB/s; plan for the slow end
 CHUNK = 8 * 2**20
@@ -195,7 +200,8 @@ def dump_jvm(ctx) -> dict[str, Any]:
     src = f"/proc/{t.pid}/root{in_target}"
     dest = ctx.path("heap.hprof")
     try:
-        out, pause = jcmd(ctx, ["GC.heap_dump", in_target], "jcmd.txt", timeout_s=max(10.0, ctx.remaining() - 5))
+        out, pause = jcmd(ctx, ["GC.heap_dump", in_target], "jcmd.txt", timeout_s=max(10.0, ctx.remaining() - 5),
+                          technique="jvm_heap_dump")
         if not os.path.exists(src) or "Heap dump file created" not in out:
             raise _gone_or(t, f"jcmd GC.heap_dump wrote no file: {out.strip()[-300:]}")
         moved = _fetch(ctx, src, str(dest))
@@ -236,35 +242,11 @@ def _fetch(ctx, src: str, dest: str) -> str:
 
 # -- Node.js -----------------------------------------------------------------------------------
 
-def _cgroup_headroom(pid: int) -> int | None:
-    text = read_text(f"/proc/{pid}/cgroup", "") or ""
-    cg = next((l[3:] for l in text.splitlines() if l.startswith("0::")), None)
-    if cg is None:
-        return None
-    room = None
-    while True:                                  # the tightest limit on the way up
-        mx = (read_text(f"/sys/fs/cgroup{cg}/memory.max", "") or "").strip()
-        cur = (read_text(f"/sys/fs/cgroup{cg}/memory.current", "") or "").strip()
-        if mx.isdigit() and cur.isdigit():
-            r = int(mx) - int(cur)
-            room = r if room is None else min(room, r)
-        if cg in ("/", ""):
-            break
-        cg = os.path.dirname(cg.rstrip("/")) or "/"
-    return room
-
-
-def _mem_available() -> int:
-    for line in (read_text("/proc/meminfo", "") or "").splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def dump_node(ctx) -> dict[str, Any]:
     from agent.nodecdp import CDPError, Inspector
     t = ctx.target
     t.ensure_alive()
+    node_preflight(ctx)            # before SIGUSR1: room for the inspector's thread and descriptors
     dest = ctx.path("heap.heapsnapshot")
     ins = Inspector(t.pid, t.start_time, ctx.capture.get("ledger_dir"))
     facts: dict[str, Any] = {}
@@ -273,15 +255,10 @@ def dump_node(ctx) -> dict[str, Any]:
             mem = sess.evaluate("JSON.stringify(process.memoryUsage())", timeout=15)
             mem = json.loads(mem)
             used = int(mem.get("heapUsed") or 0)
-            need = 2 * used
-            headroom = _cgroup_headroom(t.pid)
-            avail = _mem_available()
-            facts.update(memory_usage=mem, cgroup_headroom_bytes=headroom, host_available_bytes=avail)
-            if headroom is not None and headroom < need:
-                raise Skip(f"a heap snapshot needs about {_gb(need)} more memory in the target (2x its "
-                           f"{_gb(used)} heap); its cgroup has {_gb(headroom)} left: it could be OOM-killed")
-            if avail < need:
-                raise Skip(f"a heap snapshot needs about {_gb(need)} free memory; the host has {_gb(avail)}")
+            facts.update(memory_usage=mem)
+            # the snapshot needs about twice the heap in memory, in the target's cgroup and on the host
+            preflight.run(ctx, "node_heap_snapshot", threads=0, fds=0, memory=2 * used,
+                          extra={"heap_used_bytes": used})
             check_room(ctx, used, "a heap snapshot")
             safety.normal_priority()
             written = 0
@@ -319,18 +296,28 @@ def dump_node(ctx) -> dict[str, Any]:
             "analyse": "Chrome DevTools > Memory > Load, or memlab"}
 
 
+FALLBACK = {"jvm": "the heap generations' used and capacity and the GC counters, read from the JVM's hsperfdata "
+                  "file without attaching (jvmstat)",
+            "node": "the process's memory figures (process); no heap snapshot without the inspector"}
+
+
 def collect(ctx) -> None:
     t = ctx.target
     t.ensure_alive()
     method = str(ctx.options.get("method", "auto") or "auto")
-    if method == "gcore":
-        doc = dump_gcore(ctx)
-    elif t.runtime == "jvm":
-        doc = dump_jvm(ctx)
-    elif t.runtime == "node":
-        doc = dump_node(ctx)
-    else:
-        doc = dump_gcore(ctx)
+    try:
+        if method == "gcore":
+            doc = dump_gcore(ctx)
+        elif t.runtime == "jvm":
+            doc = dump_jvm(ctx)
+        elif t.runtime == "node":
+            doc = dump_node(ctx)
+        else:
+            doc = dump_gcore(ctx)
+    except preflight.AtLimit as exc:
+        # no heap evidence that needs nothing from the target, but what there is, is elsewhere
+        preflight.skipped(ctx, exc.verdict.technique, str(exc), FALLBACK.get(t.runtime, "none"))
+        raise
     doc = {"runtime": t.runtime, "pid": t.pid, "start_time": t.start_time, **doc}
     ctx.write_json("heap.json", doc)
     ctx.note(method=doc["method"], bytes=doc["bytes"], pause=doc["pause"])

@@ -51,7 +51,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from agent import procfs, safety
+from agent import preflight, procfs, safety
 from agent.collector import Collector, Scope, Skip, TargetGone, read_text, which
 from agent.redact import RULES, Redactor
 from collectors import _jvm, _stacks
@@ -158,8 +158,13 @@ def dump_python(ctx) -> dict[str, Any]:
 
 # -- JVM -----------------------------------------------------------------------------
 
-def jcmd(ctx, command: list[str], stdout: str, timeout_s: float = TOOL_TIMEOUT_S) -> tuple[str, dict[str, Any]]:
-    """Run a jcmd command against the target after every check; returns (output, pause facts)."""
+def jcmd(ctx, command: list[str], stdout: str, timeout_s: float = TOOL_TIMEOUT_S,
+         technique: str = "jvm_attach", **needs: Any) -> tuple[str, dict[str, Any]]:
+    """Run a jcmd command against the target after every check; returns (output, pause facts).
+
+    The preflight (``technique``'s needs, ``needs`` overriding) raises ``preflight.AtLimit``
+    when the JVM has no room for the Attach Listener thread, its socket or the memory.
+    """
     t = ctx.target
     nspid = t.ns_pid
     perf_before = _jvm.perfdata(t.pid, nspid)
@@ -170,6 +175,11 @@ def jcmd(ctx, command: list[str], stdout: str, timeout_s: float = TOOL_TIMEOUT_S
             direct = True     # the attach listener runs already: speak its protocol, no signal possible
         else:
             raise Skip(why)
+    listening = _jvm.attach_listener_running(t.pid)
+    base = preflight.NEEDS[technique]
+    if listening:        # no new thread, no listening socket: only the connection
+        needs = {"threads": 0, "fds": base.fds - 1, **needs}
+    preflight.run(ctx, technique, extra={"attach_listener_running": listening}, **needs)
     exe = tool(ctx, "jcmd", "jcmd")
     if not exe and not direct:
         raise Skip("jcmd not found: install a JDK (Debian: openjdk-17-jdk-headless) to dump JVMs")
@@ -204,7 +214,12 @@ def jcmd(ctx, command: list[str], stdout: str, timeout_s: float = TOOL_TIMEOUT_S
 
 def dump_jvm(ctx) -> dict[str, Any]:
     cmd = ["Thread.print"] + (["-l"] if ctx.options.get("jvm_locks") else [])
-    out, pause = jcmd(ctx, cmd, "threads.txt")
+    try:
+        out, pause = jcmd(ctx, cmd, "threads.txt")
+    except preflight.AtLimit as exc:
+        return fallback_native(ctx, exc, "jcmd " + " ".join(cmd),
+                               "the JVM's counters (GC, heap, safepoints) are in jvmstat, read from its hsperfdata "
+                               "file without attaching")
     parsed = _jvm.parse_thread_print(out)
     if not parsed["threads"]:
         raise RuntimeError(f"jcmd Thread.print printed no threads: {out.strip()[:300]}")
@@ -214,10 +229,25 @@ def dump_jvm(ctx) -> dict[str, Any]:
 
 # -- Node.js ---------------------------------------------------------------------------
 
+def node_preflight(ctx, technique: str = "node_inspector", **needs: Any) -> preflight.Verdict:
+    """The preflight before SIGUSR1: an inspector started with ``--inspect`` already has its thread
+    and socket, and needs only the connection's descriptor."""
+    from agent.nodecdp import inspector_address
+    _host, port, started = inspector_address(ctx.target.pid)
+    if started:
+        needs = {"threads": 0, "fds": 1, **needs}
+    return preflight.run(ctx, technique, extra={"inspector_started_by_flag": started, "inspector_port": port},
+                         **needs)
+
+
 def dump_node(ctx) -> dict[str, Any]:
     from agent.nodecdp import CDPError, Inspector
     t = ctx.target
     t.ensure_alive()
+    try:
+        node_preflight(ctx)
+    except preflight.AtLimit as exc:
+        return fallback_native(ctx, exc, "the Node inspector (SIGUSR1)", "")
     safety.normal_priority()
     red = Redactor()
     ins = Inspector(t.pid, t.start_time, ctx.capture.get("ledger_dir"))
@@ -339,6 +369,13 @@ def dump_go(ctx) -> dict[str, Any]:
     t = ctx.target
     addr = str(ctx.options.get("go_pprof") or "")
     if addr:
+        try:
+            preflight.run(ctx, "go_pprof")
+        except preflight.AtLimit as exc:
+            preflight.skipped(ctx, "go_pprof", str(exc), "dlv (ptrace), else native stacks")
+            ctx.partial(str(exc))
+            addr = ""
+    if addr:
         from agent.nodecdp import enter_netns
         try:
             enter_netns(t.pid)
@@ -379,6 +416,22 @@ def dump_go(ctx) -> dict[str, Any]:
 
 
 # -- native ------------------------------------------------------------------------------
+
+def fallback_native(ctx, exc: preflight.AtLimit, what: str, also: str) -> dict[str, Any]:
+    """``what`` would ask the target for what it lacks (``exc``): native stacks by ptrace instead,
+    which need nothing from the target. Recorded as partial, with the skipped technique."""
+    try:
+        doc = dump_native(ctx)
+    except Skip as sk:
+        preflight.skipped(ctx, exc.verdict.technique, str(exc), f"none: {sk}")
+        raise Skip(f"{exc}. No fallback either: {sk}") from None
+    preflight.skipped(ctx, exc.verdict.technique, str(exc), f"native stacks by ptrace ({doc['tool']})")
+    ctx.partial(f"{exc}. {what} was not tried; native stacks by ptrace ({doc['tool']}) instead, which need nothing "
+                "from the target; the kernel stacks of every thread are in the process collector"
+                + (f"; {also}" if also else ""))
+    doc["skipped_technique"] = {"technique": exc.verdict.technique, "tool": what, "reason": str(exc)}
+    return doc
+
 
 def dump_native(ctx, prefer: str = "") -> dict[str, Any]:
     t = ctx.target

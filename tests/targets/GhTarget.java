@@ -1,7 +1,10 @@
 // goldenhour dump target (JVM). Named threads in known states, a retained heap of
 // --heap-mb MiB, and a ticker thread that appends System.nanoTime() (CLOCK_MONOTONIC)
 // to --ticker FILE about every millisecond, so the longest gap = the longest pause.
-// Usage: java GhTarget.java [--ticker FILE] [--heap-mb N]   (or javac + java GhTarget)
+// Usage: java GhTarget.java [--ticker FILE] [--heap-mb N] [--churn-mb N]   (or javac + java GhTarget)
+// --churn-mb N: a thread "gh-churn" keeps a rolling window of N MiB of 1 KiB arrays, replacing
+// the oldest without pause: objects live long enough to be promoted, then die in the old
+// generation; with --heap-mb near the old generation's size, the JVM runs back-to-back full GCs.
 // (Adapted from ../shared/runtime-targets/GhTarget.java: READY once the deadlock has formed.)
 import java.io.FileOutputStream;
 import java.nio.charset.StandardCharsets;
@@ -22,10 +25,11 @@ public class GhTarget {
             for (int j = 0; j < payload.length; j++) payload[j] = (byte) (32 + RND.nextInt(64)); } } // text-like, ~6 bits/byte
 
     public static void main(String[] args) throws Exception {
-        String ticker = null; int heapMb = 64;
+        String ticker = null; int heapMb = 64; int churnMb = 0;
         for (int i = 0; i < args.length; i++) {
             if (args[i].equals("--ticker")) ticker = args[++i];
             else if (args[i].equals("--heap-mb")) heapMb = Integer.parseInt(args[++i]);
+            else if (args[i].equals("--churn-mb")) churnMb = Integer.parseInt(args[++i]);
         }
         // retained heap: chains of small objects (many objects, like a real heap)
         int per = 1024; Node head = null;
@@ -38,6 +42,7 @@ public class GhTarget {
         start("gh-lock-holder", () -> { HELD.lock(); try { while (true) nap(1000); } finally { HELD.unlock(); } });
         start("gh-worker", GhTarget::crunchForever);
         if (ticker != null) { final String path = ticker; start("gh-ticker", () -> tick(path)); }
+        if (churnMb > 0) { final int n = churnMb * 1024; start("gh-churn", () -> churn(n)); }
         System.out.println("READY " + ProcessHandle.current().pid());
         System.out.flush();
         while (true) nap(60_000);
@@ -45,6 +50,11 @@ public class GhTarget {
 
     static void crunchForever() {           // light CPU + garbage, then rest
         while (true) { long s = 0; for (int i = 0; i < 20_000; i++) { s += new int[4].length * i; } sink += s; nap(2); }
+    }
+
+    static void churn(int n) {              // a rolling window of n live 1 KiB arrays
+        java.util.ArrayDeque<byte[]> window = new java.util.ArrayDeque<>(n);
+        while (true) { window.addLast(new byte[1024]); if (window.size() > n) window.removeFirst(); }
     }
 
     static void tick(String path) {
