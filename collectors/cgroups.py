@@ -136,7 +136,7 @@ def collect(ctx) -> None:
         readings[k] = rec
 
     if opts.get("raw", True):
-        for k, rec in readings.items():
+        for rec in readings.values():
             base = "raw/" + rec["hierarchy"] + (rec["path"] if rec["path"] != "/" else "")
             for name, text in (rec.get("raw") or {}).items():
                 ctx.write_text(f"{base}/{name}", text)

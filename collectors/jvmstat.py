@@ -105,7 +105,9 @@ def window(a: dict[str, Any], b: dict[str, Any], wall_s: float) -> tuple[float, 
         return dt, out
     total = 0.0
     per: dict[int, dict[str, Any]] = {}
-    for ca, cb in zip(collectors_of(a), collectors_of(b)):
+    before = {c["index"]: c for c in collectors_of(a)}
+    for cb in collectors_of(b):
+        ca = before.get(cb["index"], {"invocations": 0, "time_s": 0.0})
         d_inv = (cb["invocations"] or 0) - (ca["invocations"] or 0)
         d_t = cb["time_s"] - ca["time_s"]
         total += d_t
