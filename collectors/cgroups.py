@@ -144,6 +144,8 @@ def collect(ctx) -> None:
         rec.pop("raw", None)
         rec.pop("at", None)
     for row in targets + units:
+        if not row.get("chains"):
+            continue
         recs = [readings[k] for keys in (row.get("chains") or {}).values() for k in keys if k in readings]
         row["tightest"] = cg.tightest(recs)
 

@@ -134,9 +134,12 @@ def c_target(tmp: Path, heap_mb: int = 4, name: str = "c") -> Target:
                   ticker=tmp / f"{name}.tick").wait_deadlocked()
 
 
-def jvm_target(tmp: Path, *jvm_opts: str, name: str = "jvm", heap_mb: int = 4) -> Target:
+def jvm_target(tmp: Path, *jvm_opts: str, name: str = "jvm", heap_mb: int = 4, extra: tuple = (),
+               preexec=None) -> Target:
+    """A HotSpot target (Serial GC, 64 MiB heap); ``extra``: GhTarget's own options (``--churn-mb N``)."""
     return Target(["java", "-Xmx64m", "-XX:+UseSerialGC", *jvm_opts, "-cp", build_java(), "GhTarget",
-                   "--ticker", tmp / f"{name}.tick", "--heap-mb", str(heap_mb)], ticker=tmp / f"{name}.tick")
+                   "--ticker", tmp / f"{name}.tick", "--heap-mb", str(heap_mb), *extra], ticker=tmp / f"{name}.tick",
+                  preexec=preexec)
 
 
 def node_target(tmp: Path, *extra: str, env: dict | None = None, prefix: list[str] | None = None,

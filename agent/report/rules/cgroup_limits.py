@@ -209,7 +209,8 @@ def _pids(b, doc, members, chains, when) -> Iterator[Finding]:
             + f"{who} {'is' if len(members) == 1 else 'are'} in it. At the limit every new thread or process fails "
             "with EAGAIN: a JVM cannot start a thread (OutOfMemoryError: unable to create native thread) and may "
             "exit, thread pools stop growing, requests that need a thread hang or fail, while the process looks "
-            "alive. goldenhour did not attach to targets at this limit (see the manifest's preflight). Raise "
+            "alive. goldenhour's thread and heap dumps do not attach to a target at this limit (the manifest's "
+            "preflight notes say what was skipped and why). Raise "
             "pids.max (TasksMax= in systemd, the container's pids limit) or find what piles up threads (the "
             "thread dumps and kernel stacks of the process collector).")
     if logs:
@@ -234,8 +235,9 @@ def _memory(b, doc, members, chains, when) -> Iterator[Finding]:
         used = num(m.get("working_set_bytes", m.get("current_bytes")))
         ratio = used / mx if mx and used is not None else None
         ev = r.get("memory_events") or {}
-        oom_now = int(num(ev.get("oom_kill")) or 0) + int(num(ev.get("oom")) or 0) + \
-            int(num(r.get("memory_oom_kill")) or 0)
+        # processes killed in the window (v2 oom_kill, v1 oom_control's oom_kill), else OOM events without a kill
+        oom_now = int(num(ev.get("oom_kill")) or 0) + int(num(r.get("memory_oom_kill")) or 0) \
+            or int(num(ev.get("oom")) or 0)
         hits_now = int(num(ev.get("max")) or 0) + int(num(r.get("memory_failcnt")) or 0)
         under = bool((m.get("oom_control") or {}).get("under_oom"))
         oom_ever = int(num((m.get("events") or {}).get("oom_kill"))
@@ -264,7 +266,7 @@ def _memory(b, doc, members, chains, when) -> Iterator[Finding]:
                      + (f", {human_bytes(ws)} of it working set ({ratio:.0%}; the rest is page cache the kernel can "
                         "drop)" if ws is not None and ratio is not None else ""))
     if oom_now:
-        parts.append(f"the OOM killer acted in it {plural(oom_now, 'time')} in the {interval:.1f} s sampled")
+        parts.append(f"the OOM killer acted in it ({plural(oom_now, 'kill')}) in the {interval:.1f} s sampled")
     if under:
         parts.append("it is under OOM right now (memory.oom_control under_oom 1)")
     if hits_now:

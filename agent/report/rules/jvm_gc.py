@@ -27,7 +27,7 @@ def _cgroup_of(b, pid: int) -> str:
     for t in (doc.get("targets") if isinstance(doc, dict) else None) or []:
         if isinstance(t, dict) and t.get("pid") == pid and isinstance(t.get("cgroups"), dict):
             cgs = t["cgroups"]
-            for label in ("v2", "memory", "cpu", "pids"):
+            for label in ("memory", "v2", "cpu", "pids"):
                 if cgs.get(label):
                     return f"{label}:{cgs[label]}"
     return ""
