@@ -23,7 +23,8 @@ Caveats: absent when the JVM runs with ``-XX:-UsePerfData`` or ``-XX:+PerfDisabl
 or when its /tmp is not reachable through /proc/PID/root. Some counters (space used) are
 sampled by the JVM every 50 ms or updated at GC only. Command line and JVM arguments are
 redacted (``agent/redact.py``).
-Options: ``[collectors.jvmstat] interval_s`` (1.0): the window between the two readings.
+Options: ``[collectors.jvmstat] interval_s`` (1.0; 0.5 in the quick profile): the window between the two
+readings.
 """
 from __future__ import annotations
 
@@ -142,7 +143,7 @@ def collect(ctx) -> None:
     if not path:
         raise Skip(f"no hsperfdata file for this JVM under /proc/{t.pid}/root/tmp/hsperfdata_*/{t.ns_pid} "
                    "(-XX:-UsePerfData or -XX:+PerfDisableSharedMem, or its /tmp is unreachable)")
-    interval = float(ctx.options.get("interval_s", 1.0))
+    interval = float(ctx.options.get("interval_s", 0.5 if ctx.capture.get("profile") == "quick" else 1.0))
     t0 = time.monotonic()
     a = _jvm.perfdata(t.pid, t.ns_pid)
     if a is None:

@@ -7,10 +7,10 @@ share one finding; a unit of the incident with no target left in it gets its own
 
 Triggers:
 - **CPU quota**: in the sampling window the cgroup was throttled in 50 % or more of its
-  scheduling periods (at least 5 periods) — critical: the threads were runnable and did not
-  run, latency no host CPU graph shows; 20 % or more — warning; with no window (a single
-  reading), 20 % of all periods since the cgroup was made (at least 100) — warning. The
-  explanation compares the quota with the CPU the cgroup used over the window.
+  scheduling periods (at least 3 periods: the quick profile samples 0.5 s) — critical: the
+  threads were runnable and did not run, latency no host CPU graph shows; 20 % or more —
+  warning; with no window (a single reading), 20 % of all periods since the cgroup was made
+  (at least 100) — warning. The explanation compares the quota with the CPU the cgroup used over the window.
 - **pids limit**: tasks at ``pids.max`` (no room left), or forks refused by the limit during
   the window (``pids.events`` max rising) — critical: new threads and processes fail
   ("unable to create native thread", EAGAIN); 90 % of ``pids.max`` or forks refused at some
@@ -37,7 +37,7 @@ from agent.report.rules._util import (cap, dmesg_evidence, dmesg_records, human_
                                       target_label)
 
 CG = "collectors/cgroups/cgroups.json"
-THROTTLE_CRIT, THROTTLE_WARN, MIN_PERIODS = 0.5, 0.2, 5
+THROTTLE_CRIT, THROTTLE_WARN, MIN_PERIODS = 0.5, 0.2, 3
 PIDS_WARN = 0.9
 MEM_WARN, MEM_CRIT_WITH_EVENTS = 0.9, 0.8
 THREAD_FAIL = re.compile(
