@@ -44,7 +44,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from agent import procfs
+from agent import cgroups, procfs
 from agent.collector import Collector, Scope, read_text
 
 # Filesystems with no disk space to run out of (tmpfs, overlay, network filesystems are kept).
@@ -426,92 +426,66 @@ def _intval(text: str | None) -> int | str | None:
         return text
 
 
+# The files kept per cgroup in host.json, under their own names (what the kernel printed, as numbers).
 V2_FILES = ("memory.max", "memory.high", "memory.current", "memory.peak", "memory.swap.max",
             "memory.swap.current", "cpu.max", "cpu.weight", "pids.max", "pids.current")
-V1_FILES = {"memory": ("memory.limit_in_bytes", "memory.usage_in_bytes", "memory.max_usage_in_bytes",
-                       "memory.failcnt", "memory.memsw.limit_in_bytes"),
-            "cpu": ("cpu.cfs_quota_us", "cpu.cfs_period_us", "cpu.shares"),
-            "pids": ("pids.max", "pids.current")}
-UNLIMITED_V1 = 2**62      # v1 prints "no limit" as a huge page-rounded number
+V1_FILES = ("memory.limit_in_bytes", "memory.usage_in_bytes", "memory.max_usage_in_bytes", "memory.failcnt",
+            "memory.memsw.limit_in_bytes", "cpu.cfs_quota_us", "cpu.cfs_period_us", "cpu.shares",
+            "pids.max", "pids.current")
+KV_FILES = ("memory.events", "cpu.stat", "pids.events", "memory.oom_control")
+LIMIT_CONTROLLERS = frozenset({"memory", "cpu", "pids"})
 
 
-def _cgroup_dirs(root: str, limit: int) -> list[str]:
+def _top_paths(h: cgroups.Hierarchy, limit: int) -> list[str]:
     try:
-        subs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        subs = sorted(e.name for e in os.scandir(h.mount) if e.is_dir(follow_symlinks=False))
     except OSError:
         return []
-    return [root] + [os.path.join(root, d) for d in subs][:limit]
+    return ["/"] + ["/" + d for d in subs][:limit]
 
 
 def _cgroups(limit: int = 40) -> tuple[int | None, list[dict[str, Any]]]:
     """(cgroup version, entries for the root and its top-level children) with normalised fields:
     memory_max_bytes (None = unlimited), memory_current_bytes, cpu_quota_cores, pids_max,
-    pids_current, oom_kills, throttled {nr_periods, nr_throttled, throttled_usec}."""
-    root = "/sys/fs/cgroup"
-    if os.path.exists(f"{root}/cgroup.controllers"):
-        out = []
-        for d in _cgroup_dirs(root, limit):
-            e: dict[str, Any] = {"path": d[len(root):] or "/"}
-            for f in V2_FILES:
-                v = read_text(f"{d}/{f}")
-                if v is not None:
-                    e[f] = _intval(v)
-            for f in ("memory.events", "cpu.stat", "pids.events"):
-                v = read_text(f"{d}/{f}")
-                if v is not None:
-                    e[f] = parse_kv_table(v)
-            mx = e.get("memory.max")
-            e["memory_max_bytes"] = mx if isinstance(mx, int) else None
-            e["memory_current_bytes"] = e.get("memory.current")
-            quota, _, period = str(e.get("cpu.max", "max")).partition(" ")
-            e["cpu_quota_cores"] = round(int(quota) / int(period), 3) if quota.isdigit() and period.isdigit() else None
-            pm = e.get("pids.max")
-            e["pids_max"] = pm if isinstance(pm, int) else None
-            e["pids_current"] = e.get("pids.current")
-            e["oom_kills"] = (e.get("memory.events") or {}).get("oom_kill")
-            cs = e.get("cpu.stat") or {}
-            if "nr_throttled" in cs:
-                e["throttled"] = {k: cs.get(k) for k in ("nr_periods", "nr_throttled", "throttled_usec")}
-            if len(e) > 1:
-                out.append(e)
-        return 2, out
-    if not os.path.isdir(f"{root}/memory") and not os.path.isdir(f"{root}/cpu"):
-        return None, []
+    pids_current, oom_kills, throttled {nr_periods, nr_throttled, throttled_usec}; read with
+    ``agent.cgroups`` (v2 when its hierarchy holds the memory, cpu or pids controller, else
+    v1's hierarchies merged by path). A target's own cgroups, whole, are the cgroups collector's."""
+    hiers = cgroups.hierarchies()
+    v2 = [h for h in hiers if h.version == 2 and LIMIT_CONTROLLERS & set(h.controllers)]
+    v1 = [h for h in hiers if h.version == 1 and LIMIT_CONTROLLERS & set(h.controllers)]
+    version, use = (2, v2[:1]) if v2 else (1, v1) if v1 else (None, [])
     merged: dict[str, dict[str, Any]] = {}
-    for ctrl, files in V1_FILES.items():
-        base = f"{root}/{ctrl}"
-        for d in _cgroup_dirs(base, limit):
-            rel = d[len(base):] or "/"
-            e = merged.setdefault(rel, {"path": rel})
-            for f in files:
-                v = read_text(f"{d}/{f}")
-                if v is not None:
-                    e[f] = _intval(v)
-            if ctrl == "memory":
-                oc = read_text(f"{d}/memory.oom_control")
-                if oc is not None:
-                    e["memory.oom_control"] = parse_kv_table(oc)
-            if ctrl == "cpu":
-                cs = read_text(f"{d}/cpu.stat")
-                if cs is not None:
-                    e["cpu.stat"] = parse_kv_table(cs)
+    for h in use:
+        for path in _top_paths(h, limit):
+            rec = cgroups.read(h, path, ("cpu", "memory", "pids"))
+            if not rec.get("exists"):
+                continue
+            e = merged.setdefault(path, {"path": path, "_recs": []})
+            e["_recs"].append(rec)
+            for f, text in (rec.get("raw") or {}).items():
+                if f in KV_FILES:
+                    e[f] = parse_kv_table(text)
+                elif f in (V2_FILES if version == 2 else V1_FILES):
+                    e[f] = _intval(text)
     out = []
     for e in merged.values():
-        lim = e.get("memory.limit_in_bytes")
-        e["memory_max_bytes"] = lim if isinstance(lim, int) and lim < UNLIMITED_V1 else None
-        e["memory_current_bytes"] = e.get("memory.usage_in_bytes")
-        q, p = e.get("cpu.cfs_quota_us"), e.get("cpu.cfs_period_us")
-        e["cpu_quota_cores"] = round(q / p, 3) if isinstance(q, int) and q > 0 and isinstance(p, int) and p else None
-        pm = e.get("pids.max")
-        e["pids_max"] = pm if isinstance(pm, int) else None
-        e["pids_current"] = e.get("pids.current")
-        e["oom_kills"] = (e.get("memory.oom_control") or {}).get("oom_kill")
-        cs = e.get("cpu.stat") or {}
-        if "nr_throttled" in cs:
-            e["throttled"] = {"nr_periods": cs.get("nr_periods"), "nr_throttled": cs.get("nr_throttled"),
-                              "throttled_usec": (cs.get("throttled_time") or 0) // 1000}
-        out.append(e)
-    return 1, out
+        cpu, mem, pids = {}, {}, {}
+        for rec in e.pop("_recs"):
+            cpu.update(rec.get("cpu") or {})
+            mem.update(rec.get("memory") or {})
+            pids.update(rec.get("pids") or {})
+        e["memory_max_bytes"] = mem.get("max_bytes")
+        e["memory_current_bytes"] = mem.get("current_bytes")
+        q, p = cpu.get("quota_us"), cpu.get("period_us")
+        e["cpu_quota_cores"] = round(q / p, 3) if isinstance(q, int) and p else None
+        e["pids_max"] = pids.get("max")
+        e["pids_current"] = pids.get("current")
+        e["oom_kills"] = (mem.get("events") or mem.get("oom_control") or {}).get("oom_kill")
+        if "nr_throttled" in cpu:
+            e["throttled"] = {k: cpu.get(k) for k in ("nr_periods", "nr_throttled", "throttled_usec")}
+        if len(e) > 1:
+            out.append(e)
+    return version, out
 
 
 def _ours(rows: dict[int, dict[str, Any]], exclude: set[int]) -> set[int]:

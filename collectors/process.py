@@ -14,7 +14,8 @@ Produces: ``proc/*`` raw copies, ``threads.txt`` (one block per thread with its 
 start_time, started_at, comm, exe, cmdline, runtime (+ evidence), state, ppid, uid/gid, threads
 [{tid, name, state, wchan, kernel_stack, utime, stime}], thread_states, fd {count, limit,
 hard_limit, ratio, by_type, listed, truncated}, memory (status, bytes), smaps_rollup (bytes),
-limits, signals (caught/ignored/blocked), io, sched, namespaces, container, cgroup (+ limits),
+limits, signals (caught/ignored/blocked), io, sched, namespaces, container, cgroup {path, cgroups (per
+hierarchy), tightest (the pids, memory and CPU limits that bind it, v1 or v2)},
 tracer_pid, oom_score(_adj), errors. Facts only: what they mean (descriptors near the limit, threads in D
 state, a stopped, zombie or traced process) is judged by the report's rules (``fd_limits``,
 ``d_state``, ``process_state``).
@@ -38,7 +39,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from agent import procfs, safety
+from agent import cgroups, procfs, safety
 from agent.collector import Collector, Scope, read_text
 from agent.redact import RULES, Redactor
 from agent.targets import container_info, namespaces, runtime_evidence
@@ -172,20 +173,15 @@ def _fds(pid: int, limit: int) -> dict[str, Any]:
             "by_type": dict(sorted(by_type.items(), key=lambda kv: -kv[1])), "_entries": listed}
 
 
-def _cgroup_limits(cg: str) -> dict[str, Any]:
-    base = "/sys/fs/cgroup" + cg
-    out: dict[str, Any] = {}
-    for f in ("memory.current", "memory.max", "memory.high", "memory.swap.current", "memory.swap.max",
-              "memory.peak", "pids.current", "pids.max", "cpu.max", "cpu.weight"):
-        v = read_text(f"{base}/{f}")
-        if v is not None:
-            v = v.strip()
-            out[f] = int(v) if v.isdigit() else v
-    for f in ("memory.events", "cpu.stat", "memory.pressure", "cpu.pressure", "io.pressure"):
-        v = read_text(f"{base}/{f}")
-        if v is not None:
-            out[f] = v.strip()
-    return out
+def _cgroup_limits(pid: int) -> dict[str, Any]:
+    """The process's cgroup in each hierarchy and the tightest pids, memory and CPU limits on its
+    chains (``agent.cgroups``, v1 and v2); the chains themselves, read twice, are the cgroups collector's."""
+    try:
+        placed = cgroups.chains(pid)
+        recs = cgroups.process_records(pid, ("pids", "memory", "cpu"))
+    except OSError as exc:
+        return {"error": str(exc)}
+    return {"cgroups": {h.label: chain[0] for h, chain in placed}, "tightest": cgroups.tightest(recs)}
 
 
 def collect(ctx) -> None:
@@ -299,7 +295,7 @@ def collect(ctx) -> None:
         "oom_score": _int(read_text(f"{base}/oom_score")), "oom_score_adj": _int(read_text(f"{base}/oom_score_adj")),
         "tracer_pid": tracer,
         "nspid": nspid, "namespaces": ns, "container": cinfo,
-        "cgroup": {"path": cinfo.get("cgroup", ""), **_cgroup_limits(cinfo.get("cgroup", ""))},
+        "cgroup": {"path": cinfo.get("cgroup", ""), **_cgroup_limits(pid)},
         "errors": errors,
     }
     ctx.write_json("process.json", doc)

@@ -10,7 +10,8 @@ Triggers:
   scheduling periods (at least 3 periods: the quick profile samples 0.5 s) — critical: the
   threads were runnable and did not run, latency no host CPU graph shows; 20 % or more —
   warning; with no window (a single reading), 20 % of all periods since the cgroup was made
-  (at least 100) — warning. The explanation compares the quota with the CPU the cgroup used over the window.
+  (at least 100) — warning. The explanation compares the quota with the CPU the cgroup used
+  over the window.
 - **pids limit**: tasks at ``pids.max`` (no room left), or forks refused by the limit during
   the window (``pids.events`` max rising) — critical: new threads and processes fail
   ("unable to create native thread", EAGAIN); 90 % of ``pids.max`` or forks refused at some
