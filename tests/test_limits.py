@@ -264,3 +264,28 @@ def test_jvm_in_back_to_back_full_gcs_first_finding(gh, tmp_path):
             jvm.assert_running()
         finally:
             jvm.stop()
+
+
+# -- a Go service's pprof endpoint at its descriptor limit ---------------------------------------------
+
+def test_go_pprof_is_not_asked_at_the_descriptor_limit(run_collector, tmp_path):
+    """A pprof request is a connection the Go service must accept: at its RLIMIT_NOFILE it is not
+    sent; Delve (ptrace, nothing asked of the target) dumps the goroutines instead."""
+    import shutil
+    go = dt.go_target(tmp_path, "-pprof", "127.0.0.1:16061")
+    if go is None:
+        pytest.skip("no Go toolchain (Debian: golang-go)")
+    try:
+        fds = len(os.listdir(f"/proc/{go.pid}/fd"))
+        subprocess.run(["prlimit", f"--pid={go.pid}", f"--nofile={fds}:{fds}"], check=True)
+        r = run_collector("threads", target=dt.agent_target(go.pid), options={"go_pprof": "127.0.0.1:16061"})
+        assert r.status == "partial", r.reason
+        s = r.notes["skipped_techniques"][0]
+        assert s["technique"] == "go_pprof" and "RLIMIT_NOFILE (soft)" in s["reason"]
+        doc = json.loads((r.out / "threads.json").read_text())
+        if shutil.which("dlv"):
+            assert doc["tool"] == "dlv attach: goroutines -t"
+            assert any("main.deadlockA" in f["function"] for t in doc["threads"] for f in t["frames"])
+        go.assert_running()
+    finally:
+        go.stop()
