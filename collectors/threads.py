@@ -38,7 +38,8 @@ kernel stacks are in ``process``). jcmd, the Node inspector and Go's pprof make 
 allocate a thread, descriptors or memory: ``agent.preflight`` checks its room first (cgroup
 pids and memory limits on its whole chain, RLIMIT_NPROC/NOFILE, threads-max) and at or near a
 limit the technique is not tried: native stacks by ptrace instead (status partial, the skipped
-technique and the figures in the manifest's notes and ``preflight.json``). eu-stack symbolizes with the host's files: a container gets gdb.
+technique and the figures in the manifest's notes and ``preflight.json``). eu-stack symbolizes
+with the host's files: a container gets gdb.
 Options: ``[collectors.threads] native`` (py-spy --native, default true), ``locals`` (py-spy
 --locals, default false: locals can hold secrets), ``jvm_locks`` (false), ``js_stack`` (true),
 ``go_pprof`` ("" or "127.0.0.1:6060"), ``native_tool`` ("auto", "eu-stack" or "gdb"), and tool

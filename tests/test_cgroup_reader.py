@@ -167,7 +167,7 @@ def test_v1_nested_chains_tightest_and_throttling(busy):
         n.set("pids", -1, "pids.max", 500)
         n.set("memory", 1, "memory.limit_in_bytes", 256 * 2**20)
         hiers = cg.hierarchies()
-        placed = dict((h.label, chain) for h, chain in cg.chains(busy.pid, hiers))
+        placed = {h.label: chain for h, chain in cg.chains(busy.pid, hiers)}
         for c in ("cpu", "cpuacct", "pids", "memory"):
             assert placed[c][:3] == [n.path(c, -1), n.path(c, 1), n.path(c, 0)]
             assert placed[c][-1] == "/"
