@@ -186,6 +186,16 @@ def jvm_dump_dir(ctx, estimate: int) -> str:
                + "; ".join(tried))
 
 
+def _disk(pid: int, d: str, estimate: int) -> dict[str, Any]:
+    """The preflight's disk figures: where the JVM will write, the room there, the dump's estimate."""
+    try:
+        vfs = os.statvfs(f"/proc/{pid}/root{d}")
+        free = vfs.f_bavail * vfs.f_frsize
+    except OSError:
+        free = None
+    return {"dir": d, "free_bytes": free, "estimate_bytes": estimate}
+
+
 def dump_jvm(ctx) -> dict[str, Any]:
     from collectors import _jvm
     t = ctx.target
@@ -201,7 +211,7 @@ def dump_jvm(ctx) -> dict[str, Any]:
     dest = ctx.path("heap.hprof")
     try:
         out, pause = jcmd(ctx, ["GC.heap_dump", in_target], "jcmd.txt", timeout_s=max(10.0, ctx.remaining() - 5),
-                          technique="jvm_heap_dump")
+                          technique="jvm_heap_dump", figures={"disk": _disk(t.pid, d, estimate)})
         if not os.path.exists(src) or "Heap dump file created" not in out:
             raise _gone_or(t, f"jcmd GC.heap_dump wrote no file: {out.strip()[-300:]}")
         moved = _fetch(ctx, src, str(dest))

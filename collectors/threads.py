@@ -164,11 +164,13 @@ def dump_python(ctx) -> dict[str, Any]:
 # -- JVM -----------------------------------------------------------------------------
 
 def jcmd(ctx, command: list[str], stdout: str, timeout_s: float = TOOL_TIMEOUT_S,
-         technique: str = "jvm_attach", **needs: Any) -> tuple[str, dict[str, Any]]:
+         technique: str = "jvm_attach", figures: dict[str, Any] | None = None,
+         **needs: Any) -> tuple[str, dict[str, Any]]:
     """Run a jcmd command against the target after every check; returns (output, pause facts).
 
-    The preflight (``technique``'s needs, ``needs`` overriding) raises ``preflight.AtLimit``
-    when the JVM has no room for the Attach Listener thread, its socket or the memory.
+    The preflight (``technique``'s needs, ``needs`` overriding; ``figures`` recorded with it)
+    raises ``preflight.AtLimit`` when the JVM has no room for the Attach Listener thread, its
+    socket or the memory.
     """
     t = ctx.target
     nspid = t.ns_pid
@@ -184,7 +186,7 @@ def jcmd(ctx, command: list[str], stdout: str, timeout_s: float = TOOL_TIMEOUT_S
     base = preflight.NEEDS[technique]
     if listening:        # no new thread, no listening socket: only the connection
         needs = {"threads": 0, "fds": base.fds - 1, **needs}
-    preflight.run(ctx, technique, extra={"attach_listener_running": listening}, **needs)
+    preflight.run(ctx, technique, extra={"attach_listener_running": listening, **(figures or {})}, **needs)
     exe = tool(ctx, "jcmd", "jcmd")
     if not exe and not direct:
         raise Skip("jcmd not found: install a JDK (Debian: openjdk-17-jdk-headless) to dump JVMs")
