@@ -24,7 +24,7 @@ import pytest
 
 from agent import cgroups as cg
 from tests.helpers.cgroups import Nested, available
-from tests.report.bundlemaker import T0, findings
+from tests.report.bundlemaker import T0, dmesg_json, findings
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "cgroup2" / "debian12-6.1"
 BUSY = int((FIX / "guest.txt").read_text().split("busy_pid ", 1)[1].split()[0])
@@ -130,18 +130,32 @@ def _doc_from_fixture() -> dict:
             "units": []}
 
 
+def _guest_kernel_log() -> dict:
+    """dmesg.json of the guest's own kernel log (the refused fork and the OOM kill are in it)."""
+    lines = []
+    for line in (FIX / "dmesg.txt").read_text().splitlines():
+        msg = line.split("] ", 1)[1] if line.startswith("[") and "] " in line else line
+        lines.append((6, msg))
+    return dmesg_json(lines)
+
+
 def test_v2_report_names_the_cgroups_that_bind(tmp_path):
-    fs = findings(tmp_path, {"collectors/cgroups/cgroups.json": _doc_from_fixture()})
+    fs = findings(tmp_path, {"collectors/cgroups/cgroups.json": _doc_from_fixture(),
+                             "collectors/dmesg/dmesg.json": _guest_kernel_log()})
     ours = [f for f in fs if f.rule == "cgroup_limits"]
     by = {f.data["limit"]: f for f in ours}
     assert set(by) == {"cpu", "pids", "memory"} and all(f.severity == "critical" for f in ours)
     assert by["pids"].data["cgroup"] == "v2:/gh.slice" and by["pids"].data["refused_in_window"] == 1
     assert f"pid {BUSY}" in by["pids"].title and "at the pids limit of cgroup /gh.slice" in by["pids"].title
+    cited = [e.excerpt for e in by["pids"].evidence if e.file.startswith("collectors/dmesg/")]
+    assert by["pids"].data["log_failures"] == 1 and len(cited) == 1     # the kernel names the cgroup
+    assert cited[0].endswith("cgroup: fork rejected by pids controller in /gh.slice/app.service")
     assert by["cpu"].data["cgroup"] == "v2:/gh.slice/app.service"
     assert "cgroup /gh.slice/app.service" in by["cpu"].title and "quota of 0.20 CPUs" in by["cpu"].title
     assert by["memory"].data["cgroup"] == "v2:/gh.slice" and by["memory"].data["oom_in_window"] >= 1
     assert "memory limit of cgroup /gh.slice" in by["memory"].title
-    assert fs[0].rule == "cgroup_limits" and fs[0].severity == "critical"
+    ours_first = [f for f in fs if f.rule != "oom_kill"]        # the guest's OOM kill has its own finding
+    assert ours_first[0].rule == "cgroup_limits" and ours_first[0].severity == "critical"
 
 
 # -- cgroup v1, live ---------------------------------------------------------------------------

@@ -157,7 +157,12 @@ def _cpu(b, doc, members, chains, when) -> Iterator[Finding]:
                         "pids": [m.get("pid") for m in members if "pid" in m]})
 
 
-def _log_failures(b) -> list[Evidence]:
+PIDS_REJECTED = re.compile(r"fork rejected by pids controller in (\S+)")
+
+
+def _log_failures(b, paths: set[str]) -> list[Evidence]:
+    """Thread-creation failures in the captured logs, and the kernel's "fork rejected by pids controller
+    in PATH" for a cgroup in ``paths`` (the kernel names the cgroup; other cgroups' are not this target's)."""
     ev: list[Evidence] = []
     for rel in b.files("collectors/logs/files/*") + b.files("collectors/logs/journal.txt"):
         text = b.text(rel) or ""
@@ -166,7 +171,9 @@ def _log_failures(b) -> list[Evidence]:
             if THREAD_FAIL.search(line):
                 ev.append(Evidence(b.host, rel, line=first + i, excerpt=line.strip()[:300]))
     for r in dmesg_records(b):
-        if THREAD_FAIL.search(str(r.get("message", ""))):
+        msg = str(r.get("message", ""))
+        m = PIDS_REJECTED.search(msg)
+        if (m and m.group(1) in paths) or (not m and THREAD_FAIL.search(msg)):
             ev.append(dmesg_evidence(b, r))
     return ev
 
@@ -197,7 +204,7 @@ def _pids(b, doc, members, chains, when) -> Iterator[Finding]:
         return
     who = _who(b, members)
     where = f"cgroup {rec['path']}" + (f" ({rec['hierarchy']})" if rec.get("version") == 1 else "")
-    logs = _log_failures(b)
+    logs = _log_failures(b, {k.split(":", 1)[1] for keys in chains.values() for k in keys})
     interval = num((rec.get("rates") or {}).get("interval_s")) or 0
     refused = ""
     if refused_now:
