@@ -8,7 +8,8 @@ What the package holds (the maintainer scripts beside this file set up the rest)
   /usr/bin/goldenhour               -> /opt/goldenhour/bin/goldenhour
   /lib/systemd/system/goldenhour.service            systemd/goldenhour.service, running /usr/bin/goldenhour
   /usr/share/goldenhour/goldenhour-pre-restart.conf the pre-restart drop-in example (same substitution)
-  /etc/goldenhour/config.toml, config.example.toml  conffiles, 0640 in a 0750 directory (as scripts/install.sh)
+  /etc/goldenhour/config.example.toml               the conffile, 0640 in a 0750 directory (as scripts/install.sh);
+                                    postinst makes config.toml from it once (the admin's file from then on)
   /usr/share/doc/goldenhour/        copyright (with every bundled distribution and its license), changelog,
                                     README and docs/
   /usr/share/man/man1/goldenhour.1.gz               rendered from the click commands' --help
@@ -57,9 +58,11 @@ PREFIX = "/opt/goldenhour"
 BIN = "/usr/bin/goldenhour"
 PY_SYS = "/usr/bin/python3"
 CONSTRAINTS = HERE / "constraints.txt"
-CONFFILES = ("/etc/goldenhour/config.example.toml", "/etc/goldenhour/config.toml")
+# config.example.toml is the conffile (an upgrade brings new keys into it); config.toml is the admin's:
+# postinst makes it from the example once, and no upgrade ever touches or asks about it.
+CONFFILES = ("/etc/goldenhour/config.example.toml",)
 PRIVATE_DIRS = {"etc/goldenhour": 0o750}          # secrets live beside the config
-PRIVATE_FILES = {"etc/goldenhour/config.toml": 0o640, "etc/goldenhour/config.example.toml": 0o640}
+PRIVATE_FILES = {"etc/goldenhour/config.example.toml": 0o640}
 
 # Debian relationships (the Python bounds are added from the interpreter the venv is made from).
 # Depends: what goldenhour cannot do its default (standard) profile without. Recommends: the tools
@@ -93,14 +96,12 @@ def log(msg: str) -> None:
     print(f"deb: {time.monotonic() - STARTED:5.1f}s {msg}", file=sys.stderr, flush=True)
 
 
-def run(argv: list[str], *, cwd: Path | None = None, env: dict | None = None, quiet: bool = True) -> str:
+def run(argv: list[str], *, cwd: Path | None = None, env: dict | None = None) -> str:
     """Run a build step; its output is shown only when it fails."""
     cp = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
     if cp.returncode != 0:
         sys.stderr.write(cp.stdout[-4000:] + cp.stderr[-4000:])
         raise BuildError(f"{' '.join(argv[:4])}... failed (exit {cp.returncode})")
-    if not quiet:
-        sys.stderr.write(cp.stderr)
     return cp.stdout
 
 
@@ -390,8 +391,8 @@ def lay_out(stage: Path, meta: dict, dists: list[dict], man: str, sde: int, revi
     put(stage, "/usr/share/goldenhour/goldenhour-pre-restart.conf",
         unit_text(ROOT / "systemd" / "goldenhour-pre-restart.conf"))
     example = (ROOT / "config" / "goldenhour.example.toml").read_bytes()
-    for conf in CONFFILES:
-        put(stage, conf, example, 0o640)
+    put(stage, "/etc/goldenhour/config.example.toml", example, 0o640)
+    put(stage, "/usr/share/goldenhour/config.example.toml", example)     # postinst's pristine copy
     doc = "/usr/share/doc/goldenhour"
     put(stage, f"{doc}/copyright", copyright_text(dists, meta, sp, sde))
     put(stage, f"{doc}/changelog.gz", gz(changelog_text(meta, sde, revision)))
