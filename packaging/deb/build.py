@@ -58,6 +58,8 @@ PREFIX = "/opt/goldenhour"
 BIN = "/usr/bin/goldenhour"
 PY_SYS = "/usr/bin/python3"
 CONSTRAINTS = HERE / "constraints.txt"
+# safe.directory: a build by another user than the checkout's owner reads the same commit (git refuses otherwise)
+GIT = ["git", "-c", f"safe.directory={ROOT}", "-C", str(ROOT)]
 # config.example.toml is the conffile (an upgrade brings new keys into it); config.toml is the admin's:
 # postinst makes it from the example once, and no upgrade ever touches or asks about it.
 CONFFILES = ("/etc/goldenhour/config.example.toml",)
@@ -115,7 +117,7 @@ def source_date_epoch() -> int:
     if os.environ.get("SOURCE_DATE_EPOCH", "").isdigit():
         return int(os.environ["SOURCE_DATE_EPOCH"])
     try:
-        out = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%ct"], capture_output=True,
+        out = subprocess.run(GIT + ["log", "-1", "--format=%ct"], capture_output=True,
                              text=True, timeout=30).stdout.strip()
         if out.isdigit():
             return int(out)
@@ -126,7 +128,7 @@ def source_date_epoch() -> int:
 
 def source_revision() -> str:
     try:
-        return subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty", "--abbrev=12"],
+        return subprocess.run(GIT + ["describe", "--always", "--dirty", "--abbrev=12"],
                               capture_output=True, text=True, timeout=30).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -135,7 +137,7 @@ def source_revision() -> str:
 def source_files() -> list[str]:
     """The checkout's files as git sees them (tracked and new, not ignored); everything if not a checkout."""
     try:
-        out = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others",
+        out = subprocess.run(GIT + ["ls-files", "-z", "--cached", "--others",
                               "--exclude-standard"], capture_output=True, timeout=60)
         if out.returncode == 0:
             return sorted({f for f in out.stdout.decode().split("\0") if f and (ROOT / f).is_file()})
@@ -184,8 +186,12 @@ def build_venv(work: Path, venv: Path, relock: bool) -> list[dict]:
     # that the target host need not have. --only-binary: no compiler runs, no sdist build varies.
     pins = [] if relock or not CONSTRAINTS.exists() else ["--constraint", str(CONSTRAINTS)]
     log("dependencies from PyPI" + (f" (pinned by {CONSTRAINTS.relative_to(ROOT)})" if pins else " (unpinned)"))
-    run([py, "-m", "pip", "install", "-q", "--ignore-installed", "--no-compile", "--only-binary=:all:",
-         *pins, str(wheel)], env=env)
+    try:
+        run([py, "-m", "pip", "install", "-q", "--ignore-installed", "--no-compile", "--only-binary=:all:",
+             *pins, str(wheel)], env=env)
+    except BuildError as exc:
+        hint = " (pyproject.toml now wants versions the pins exclude? packaging/deb/build.py --relock)" if pins else ""
+        raise BuildError(f"{exc}{hint}") from None
     dists = json.loads(run([py, "-I", "-B", "-c", DISTS_SCRIPT, str(site_packages(venv))], env=env, cwd=work))
     # pip check also judges the build host's Debian Python packages (the venv sees them): only ours count.
     ours = {norm(d["name"]) for d in dists}
@@ -443,15 +449,20 @@ MAN_SCRIPT = r"""
 import json
 import click
 from agent.cli import main
-kw = dict(terminal_width=78, max_content_width=78)
-ctx = click.Context(main, info_name="goldenhour", **kw)
-out = {"main": main.get_help(ctx), "commands": []}
+def context(cmd, name, parent=None):
+    settings = {**getattr(cmd, "context_settings", {}), "terminal_width": 78, "max_content_width": 78}
+    return click.Context(cmd, info_name=name, parent=parent, **settings)
+def help_text(cmd, ctx):
+    lines = cmd.get_help(ctx).splitlines()
+    return "\n".join(lines[1:] if lines and lines[0].startswith("Usage:") else lines).strip("\n")
+ctx = context(main, "goldenhour")
+out = {"main": help_text(main, ctx), "commands": []}
 def walk(group, parent, prefix):
     for name in group.list_commands(parent):
         cmd = group.get_command(parent, name)
         if cmd is None or getattr(cmd, "hidden", False):
             continue
-        sub = click.Context(cmd, info_name=name, parent=parent, **kw)
+        sub = context(cmd, name, parent)
         out["commands"].append([prefix + name, cmd.get_help(sub)])
         if isinstance(cmd, click.Group):
             walk(cmd, sub, prefix + name + " ")
@@ -475,7 +486,7 @@ def man_page(py: str, work: Path, meta: dict, sde: int) -> str:
     lines = [f'.TH GOLDENHOUR 1 "{date}" "goldenhour {meta["version"]}" "User Commands"',
              ".SH NAME", "goldenhour \\- " + meta.get("description", "").rstrip(".").replace("-", "\\-"),
              ".SH SYNOPSIS", ".B goldenhour", "[\\fIOPTIONS\\fR] \\fICOMMAND\\fR [\\fIARGS\\fR]...",
-             ".SH DESCRIPTION", *verbatim(helps["main"].replace("Usage: goldenhour", "goldenhour", 1)),
+             ".SH DESCRIPTION", *verbatim(helps["main"]),
              ".SH COMMANDS"]
     for name, text in helps["commands"]:
         lines += [f'.SS "goldenhour {name}"', *verbatim(text)]
