@@ -45,6 +45,10 @@ OURS = [Path(p) for p in ("/opt/goldenhour", "/usr/bin/goldenhour", "/etc/golden
                           "/usr/share/lintian/overrides/goldenhour",
                           "/etc/systemd/system/multi-user.target.wants/goldenhour.service")]
 WANTS = OURS[-1]
+# the Python minor version the package's venv is made for: Debian's python3 on this machine
+PYVER = subprocess.run(["/usr/bin/python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                       capture_output=True, text=True).stdout.strip() if Path("/usr/bin/python3").exists() else "3"
+SITE = f"/opt/goldenhour/lib/python{PYVER}/site-packages"
 
 pytestmark = [
     pytest.mark.slow,
@@ -86,7 +90,9 @@ def field(deb: Path, name: str) -> str:
 def test_package_holds_the_venv_command_units_and_conffiles_with_debian_relationships(deb):
     assert field(deb, "Package") == "goldenhour" and field(deb, "Version") == VERSION
     depends = field(deb, "Depends")
-    for dep in ("python3 (>= 3.11~)", "python3 (<< 3.12)", "python3-bpfcc", "iproute2", "procps", "libc6 (>="):
+    major, minor = map(int, PYVER.split("."))
+    for dep in (f"python3 (>= {PYVER}~)", f"python3 (<< {major}.{minor + 1})", "python3-bpfcc", "iproute2", "procps",
+                "libc6 (>="):
         assert dep in depends, depends
     for rec in ("conntrack", "elfutils", "gdb", "zstd"):
         assert rec in field(deb, "Recommends")
@@ -101,7 +107,7 @@ def test_package_holds_the_venv_command_units_and_conffiles_with_debian_relation
     assert got["etc/goldenhour"].mode == 0o750 and got["etc/goldenhour/config.example.toml"].mode == 0o640
     assert "etc/goldenhour/config.toml" not in got       # the admin's file: postinst makes it once
     assert "lib/systemd/system/goldenhour.service" in got and "usr/share/goldenhour/goldenhour-pre-restart.conf" in got
-    assert any(n.startswith("opt/goldenhour/lib/python3.11/site-packages/agent/") for n in got)
+    assert any(n.startswith(f"{SITE[1:]}/agent/") for n in got)
     # no bytecode (postinst compiles it), no pip (nothing changes the tree at run time)
     assert not [n for n in got if "__pycache__" in n or n.endswith(".pyc")]
     assert not [n for n in got if "/site-packages/pip/" in n or n.endswith("/bin/pip")]
@@ -190,7 +196,7 @@ def test_installs_runs_and_removes_cleanly(deb, tmp_path, machine_lock):
         assert sh([gh, "--version"]).stdout.strip().endswith(VERSION)
         where = sh(["/opt/goldenhour/bin/python", "-c", "import agent, sys; print(agent.__file__, sys.prefix)"],
                    cwd=str(tmp_path)).stdout.split()
-        assert where[0].startswith("/opt/goldenhour/lib/python3.11/site-packages/agent/") and \
+        assert where[0].startswith(f"{SITE}/agent/") and \
             where[1] == "/opt/goldenhour"
         if Path("/usr/lib/python3/dist-packages/bcc").is_dir():
             sh(["/opt/goldenhour/bin/python", "-c", "import bcc"])
