@@ -109,6 +109,11 @@ def test_package_holds_the_venv_command_units_and_conffiles_with_debian_relation
     assert "etc/goldenhour/config.toml" not in got       # the admin's file: postinst makes it once
     assert "lib/systemd/system/goldenhour.service" in got and "usr/share/goldenhour/goldenhour-pre-restart.conf" in got
     assert any(n.startswith(f"{SITE[1:]}/agent/") for n in got)
+    # every module and data file of the checkout (pyproject.toml lists the packages one by one: a new
+    # subpackage left out of that list would be missing here)
+    code = [p.relative_to(ROOT).as_posix() for top in ("agent", "collectors") for p in (ROOT / top).rglob("*")
+            if p.suffix in (".py", ".c", ".json", ".toml", ".js") and "__pycache__" not in p.parts]
+    assert code and not [c for c in code if f"{SITE[1:]}/{c}" not in got]
     # no bytecode (postinst compiles it), no pip (nothing changes the tree at run time)
     assert not [n for n in got if "__pycache__" in n or n.endswith(".pyc")]
     assert not [n for n in got if "/site-packages/pip/" in n or n.endswith("/bin/pip")]
