@@ -10,7 +10,7 @@ INCIDENT ?= manual-$(shell date -u +%Y%m%dT%H%M%SZ)
 PROFILE ?= quick
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-test host-deps host-deps-test kernel-headers snapshot test bench install lint clean
+.PHONY: help setup setup-test host-deps host-deps-test kernel-headers snapshot test bench install deb lint clean
 
 help:
 	@echo "make snapshot   capture this host (PROFILE=quick|standard|full, INCIDENT=ID)"
@@ -18,6 +18,7 @@ help:
 	@echo "make lint       ruff over the whole tree (make test runs it first)"
 	@echo "make bench      run the benchmarks, write bench/results.json and bench/README.md"
 	@echo "make install    install the systemd unit, config example and directories"
+	@echo "make deb        build dist/goldenhour_<version>_<arch>.deb, the package for production hosts"
 
 host-deps:
 	@scripts/setup-host.sh runtime
@@ -57,6 +58,11 @@ bench: setup-test
 
 install: setup
 	@scripts/install.sh
+
+# The Debian package for production hosts (packaging/deb/build.py): its own venv under /opt/goldenhour,
+# built in a temporary directory from Debian's python3 (needs python3-venv and PyPI), not from .venv.
+deb:
+	@$(PY_SYS) packaging/deb/build.py --out dist --lintian
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
