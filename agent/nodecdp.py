@@ -228,6 +228,28 @@ class Session:
     def __init__(self, ws: WS):
         self.ws, self.next_id = ws, 0
         self.timings: list[dict[str, Any]] = []   # (method, seconds): the event loop was busy at most this
+        self.answers: dict[int, dict[str, Any]] = {}   # answers to commands sent with ``send`` (not waited for)
+
+    def send(self, method: str, **params: Any) -> int:
+        """Send one command without waiting; its answer is kept in ``answers`` when it comes (see ``answer``)."""
+        self.next_id += 1
+        self.ws.send({"id": self.next_id, "method": method, "params": params})
+        return self.next_id
+
+    def answer(self, my: int, until: float) -> dict[str, Any] | None:
+        """The answer to command ``my`` (sent with ``send``), waiting until the monotonic time ``until``; None if
+        it has not come by then."""
+        while my not in self.answers:
+            left = until - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                m = self.ws.recv(timeout=left)
+            except TimeoutError:
+                return None
+            if isinstance(m.get("id"), int):
+                self.answers[m["id"]] = m
+        return self.answers.pop(my)
 
     def call(self, method: str, on_event: Callable[[dict[str, Any]], None] | None = None,
              timeout: float | None = None, **params: Any) -> dict[str, Any]:
@@ -245,6 +267,9 @@ class Session:
                 if "error" in m:
                     raise CDPError(f"{method}: {m['error'].get('message', m['error'])}")
                 return m.get("result", {})
+            if isinstance(m.get("id"), int):
+                self.answers[m["id"]] = m              # a command sent with ``send``
+                continue
             if on_event:
                 on_event(m)
 

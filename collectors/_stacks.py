@@ -4,7 +4,7 @@ Every parser returns threads in one shape, the one ``threads.json`` holds and th
 ``{"name", "tid", "state", "frames": [{"function", "file", "line", "native"?}], ...}`` with
 frames innermost first. Inputs: py-spy's ``--json`` list, ``eu-stack -p PID -m -s -i``,
 gdb's ``thread apply all bt``, a Go goroutine dump (``/debug/pprof/goroutine?debug=2`` or a
-SIGQUIT trace) and Delve's ``goroutines -t``.
+SIGQUIT trace) and Delve's ``goroutines -t`` (or ``-group userloc``: examples weighted by their group's total).
 """
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def parse_goroutines(text: str) -> list[dict[str, Any]]:
         if m:
             state = m.group("state")
             cur = {"name": f"goroutine {m.group('id')}", "tid": int(m.group("id")),
-                   "state": state.split(",")[0].strip(), "detail": state, "frames": []}
+                   "state": clean_state(state.split(",")[0]), "detail": state, "frames": []}
             threads.append(cur)
             pending_fn = None
             continue
@@ -168,17 +168,37 @@ def parse_goroutines(text: str) -> list[dict[str, Any]]:
 DLV_HEAD = re.compile(r"^\s*\*?\s*Goroutine (?P<id>\d+) - (?P<kind>[^:]+): (?P<loc>.*?)(?: \[(?P<state>[^\]]*)\])?\s*$")
 DLV_FRAME = re.compile(r"^\s*\d+\s+0x[0-9a-f]+ in (?P<fn>\S+)\s*$")
 DLV_AT = re.compile(r"^\s*at (?P<file>\S+):(?P<line>\d+)\s*$")
+DLV_TOTAL = re.compile(r"^\s*Total: (?P<n>\d+)\s*$")
+DLV_PROMPT = re.compile(r"^(?:\(dlv\) )+")
+# what changes from one dump to the next: Delve's wait-since counter, pprof's ", N minutes"
+VOLATILE_STATE = re.compile(r"(?:,\s*\d+\s+minutes?|\s+\d{4,})\s*$")
+
+
+def clean_state(state: str) -> str:
+    """A goroutine's wait state without its volatile tail (``chan send 2395092582988`` -> ``chan send``)."""
+    return VOLATILE_STATE.sub("", state.strip())
 
 
 def parse_dlv_goroutines(text: str) -> list[dict[str, Any]]:
-    """Delve's ``goroutines -t`` output."""
+    """Delve's ``goroutines -t`` output, or ``goroutines -group userloc -t``: up to five example goroutines per
+    group and the group's ``Total: N``; the first example then stands for the rest (``weight``)."""
     threads: list[dict[str, Any]] = []
     cur: dict[str, Any] | None = None
+    group_start = 0
     for line in text.splitlines():
+        line = DLV_PROMPT.sub("", line)
+        tm = DLV_TOTAL.match(line)
+        if tm:
+            examples = threads[group_start:]
+            if examples:
+                examples[0]["weight"] = max(1, int(tm.group("n")) - (len(examples) - 1))
+            group_start = len(threads)
+            cur = None
+            continue
         m = DLV_HEAD.match(line)
         if m:
             cur = {"name": f"goroutine {m.group('id')}", "tid": int(m.group("id")),
-                   "state": m.group("state") or "", "detail": m.group("loc"), "frames": []}
+                   "state": clean_state(m.group("state") or ""), "detail": m.group("loc"), "frames": []}
             threads.append(cur)
             continue
         if cur is None:

@@ -9,14 +9,20 @@ secrets redacted (rules in ``agent/redact.py`` and README "Thread and heap dumps
 Why: the cheapest evidence that dies with the process: which threads sat in the kernel and
 where (D state, wchan, kernel stacks), how close it was to its descriptor limit, what it was
 started with, how much memory it really used (Pss/Swap), which cgroup/container limits applied.
+Also: for each sleeping thread the system call it is in (``task/*/syscall``) and how long ago it last ran
+(its ``se.exec_start`` against the scheduler clock now: how long it has waited, an estimate), the files
+its descriptors are under (``fd.by_dir``), the file locks it holds or waits for (``/proc/locks``, with
+the file and the holder's threads), and its CPU use over the collector's run (``cpu_sample``, at least
+``cpu_sample_s``, 0.25 s).
 Produces: ``proc/*`` raw copies, ``threads.txt`` (one block per thread with its kernel stack),
 ``fds.txt``, ``cmdline.txt`` and ``environ.txt`` (redacted), and ``process.json``: pid,
 start_time, started_at, comm, exe, cmdline, runtime (+ evidence), state, ppid, uid/gid, threads
 [{tid, name, state, wchan, kernel_stack, utime, stime}], thread_states, fd {count, limit,
-hard_limit, ratio, by_type, listed, truncated}, memory (status, bytes), smaps_rollup (bytes),
+hard_limit, ratio, by_type, by_dir, listed, truncated}, memory (status, bytes), smaps_rollup (bytes),
 limits, signals (caught/ignored/blocked), io, sched, namespaces, container, cgroup {path, cgroups (per
 hierarchy), tightest (the pids, memory and CPU limits that bind it, v1 or v2)},
-tracer_pid, oom_score(_adj), errors. Facts only: what they mean (descriptors near the limit, threads in D
+tracer_pid, oom_score(_adj), locks {held, waiting [{path, holder_pid, holder}]}, cpu_sample, errors.
+Facts only: what they mean (descriptors near the limit, threads in D
 state, a stopped, zombie or traced process) is judged by the report's rules (``fd_limits``,
 ``d_state``, ``process_state``).
 Overhead: reads only; no helper process, no signal, no ptrace; ~15 ms for a small process,
@@ -26,7 +32,8 @@ after ``read_timeout_s`` (a process stuck with that lock held cannot stall the c
 Caveats: ``stack``/``environ``/other users' ``fd`` need root. Thread names are ``comm`` (15
 chars). Container paths are as the process sees them.
 Options: ``[collectors.process] max_fds`` (default 4096 listed; all are counted),
-``max_threads`` (4096 threads detailed), ``environ`` (true), ``read_timeout_s`` (2.0).
+``max_threads`` (4096 threads detailed), ``environ`` (true), ``read_timeout_s`` (2.0),
+``cpu_sample_s`` (0.25).
 """
 from __future__ import annotations
 
@@ -132,12 +139,41 @@ def _bounded(fn, timeout: float, default=None):
 
 # -- the collector ----------------------------------------------------------------
 
+def sched_exec_start_ms(text: str) -> float | None:
+    """``se.exec_start`` of a /proc/.../sched file: when the task last ran, in the scheduler's clock (ms)."""
+    m = re.search(r"^se\.exec_start\s*:\s*([\d.]+)", text, re.M)
+    return float(m.group(1)) if m else None
+
+
+def parse_syscall(text: str, names: dict[int, str]) -> dict[str, Any] | None:
+    """/proc/PID/task/TID/syscall of a blocked thread: the call it is in and its first arguments."""
+    f = text.split()
+    if not f or f[0] == "running" or not f[0].lstrip("-").isdigit() or int(f[0]) < 0:
+        return None
+    nr = int(f[0])
+    return {"nr": nr, "name": names.get(nr, f"syscall_{nr}"), "args": f[1:4]}
+
+
+def _syscall_names() -> dict[int, str]:
+    try:
+        from collectors.syscalls import syscall_table
+        return syscall_table()[0]
+    except Exception:  # noqa: BLE001 - names are a convenience: numbers stand on their own
+        return {}
+
+
+def _now_sched_ms() -> float | None:
+    """The scheduler clock now, as this (running) thread's ``se.exec_start`` says."""
+    return sched_exec_start_ms(read_text("/proc/thread-self/sched", "") or "")
+
+
 def _threads(pid: int, limit: int) -> tuple[list[dict[str, Any]], int]:
     try:
         tids = procfs.tids(pid)
     except procfs.ProcError:
         return [], 0
     out = []
+    names: dict[int, str] | None = None
     for tid in tids[:limit]:
         base = procfs.path(pid, tid=tid)
         try:
@@ -151,6 +187,16 @@ def _threads(pid: int, limit: int) -> tuple[list[dict[str, Any]], int]:
                     "utime_s": round(st.utime / HZ, 2), "stime_s": round(st.stime / HZ, 2),
                     "kernel_stack": [l.split("] ", 1)[-1].strip() for l in (stack or "").splitlines() if l.strip()]
                     if stack is not None else None})
+        if st.state in ("S", "D"):
+            # what a sleeping thread is in (its system call) and since when it has not run: how long it waits
+            if names is None:
+                names = _syscall_names()
+            call = parse_syscall(read_text(f"{base}/syscall", "") or "", names)
+            if call:
+                out[-1]["syscall"] = call
+            ran, now = sched_exec_start_ms(read_text(f"{base}/sched", "") or ""), _now_sched_ms()
+            if ran is not None and now is not None and now >= ran:
+                out[-1]["last_ran_s_ago"] = round((now - ran) / 1000, 3)
     return out, len(tids)
 
 
@@ -169,8 +215,95 @@ def _fds(pid: int, limit: int) -> dict[str, Any]:
         listed.append((n, tgt))
         k = fd_kind(tgt)
         by_type[k] = by_type.get(k, 0) + 1
+    dirs: dict[str, int] = {}
+    for _, tgt in listed:
+        if tgt.startswith("/") and not tgt.startswith(("/dev/", "/memfd:")):
+            d = os.path.dirname(tgt.removesuffix(" (deleted)")) or "/"
+            dirs[d] = dirs.get(d, 0) + 1
+    top = sorted(dirs.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
     return {"count": len(nums), "listed": len(listed), "truncated": len(nums) > limit,
-            "by_type": dict(sorted(by_type.items(), key=lambda kv: -kv[1])), "_entries": listed}
+            "by_type": dict(sorted(by_type.items(), key=lambda kv: -kv[1])),
+            "by_dir": [{"dir": d, "count": n} for d, n in top], "_entries": listed}
+
+
+LOCK_LINE = re.compile(r"^(?P<id>\d+):\s+(?P<waiter>->\s+)?(?P<type>\S+)\s+(?P<kind>\S+)\s+(?P<mode>\S+)\s+"
+                       r"(?P<pid>-?\d+)\s+(?P<maj>[0-9a-f]+):(?P<min>[0-9a-f]+):(?P<ino>\d+)\s+(?P<start>\S+)\s+"
+                       r"(?P<end>\S+)\s*$")
+
+
+def parse_locks(text: str) -> list[dict[str, Any]]:
+    """/proc/locks: one record per line; a ``waiter`` line waits for the lock with the same id."""
+    out = []
+    for line in text.splitlines():
+        m = LOCK_LINE.match(line.strip())
+        if m:
+            out.append({"id": int(m.group("id")), "waiter": bool(m.group("waiter")), "type": m.group("type"),
+                        "kind": m.group("kind"), "mode": m.group("mode"), "pid": int(m.group("pid")),
+                        "dev": f"{int(m.group('maj'), 16)}:{int(m.group('min'), 16)}", "inode": int(m.group("ino")),
+                        "range": f"{m.group('start')}-{m.group('end')}"})
+    return out
+
+
+def _holder(pid: int, limit: int = 32) -> dict[str, Any]:
+    """What the process holding a lock is doing: name, state, and its threads' wait channels and calls."""
+    info: dict[str, Any] = {"pid": pid}
+    try:
+        st = procfs.stat(pid)
+    except procfs.ProcError as exc:
+        info["error"] = str(exc)
+        return info
+    info.update(comm=st.comm, state=st.state, state_name=STATE_NAMES.get(st.state, st.state))
+    raw = read_text(f"/proc/{pid}/cmdline", "") or ""
+    info["cmdline"] = Redactor().argv([a for a in raw.split("\0") if a])[:20]
+    threads, n = _threads(pid, limit)
+    info["threads"] = [{k: th.get(k) for k in ("tid", "name", "state", "wchan", "syscall", "last_ran_s_ago")
+                        if th.get(k) is not None} for th in threads]
+    info["num_threads"] = n
+    return info
+
+
+def _locks(pid: int, entries: list[tuple[int, str]]) -> dict[str, Any] | None:
+    """The file locks the process holds or waits for (/proc/locks), with the files they are on and, for a lock
+    it waits for, the process holding it. None if it has none."""
+    recs = parse_locks(read_text("/proc/locks", "") or "")
+    mine = [r for r in recs if r["pid"] == pid]
+    if not mine:
+        return None
+    by_id: dict[int, list[dict[str, Any]]] = {}
+    for r in recs:
+        by_id.setdefault(r["id"], []).append(r)
+    paths: dict[tuple[str, int], str] = {}
+    wanted = {(r["dev"], r["inode"]) for r in mine}
+    for n, tgt in entries:
+        if not tgt.startswith("/"):
+            continue
+        try:
+            st = os.stat(f"/proc/{pid}/fd/{n}")
+        except OSError:
+            continue
+        key = (f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}", st.st_ino)
+        if key in wanted:
+            paths.setdefault(key, tgt)
+    held, waiting = [], {}
+    for r in mine:
+        group = by_id.get(r["id"], [])
+        holder = next((g for g in group if not g["waiter"]), None)
+        where = {"type": r["type"], "mode": r["mode"], "dev": r["dev"], "inode": r["inode"], "range": r["range"],
+                 "path": paths.get((r["dev"], r["inode"]))}
+        if not r["waiter"]:
+            others = [g["pid"] for g in group if g["waiter"]]
+            held.append({**where, "id": r["id"], "waiters": len(others),
+                         "waiter_pids": sorted(set(others))[:20]})
+        elif holder is not None:
+            w = waiting.setdefault(r["id"], {**where, "id": r["id"], "waiting": 0, "holder_pid": holder["pid"],
+                                             "holder_mode": holder["mode"],
+                                             "other_waiters": len([g for g in group if g["waiter"]
+                                                                   and g["pid"] != pid])})
+            w["waiting"] += 1
+    for w in waiting.values():
+        hp = w["holder_pid"]
+        w["holder"] = _holder(hp) if hp > 0 and hp != pid else {"pid": hp}
+    return {"held": held, "waiting": list(waiting.values())}
 
 
 def _cgroup_limits(pid: int) -> dict[str, Any]:
@@ -195,6 +328,7 @@ def collect(ctx) -> None:
     for name in RAW:
         ctx.copy(f"{base}/{name}", f"proc/{name}")
     st = t.identity.check()                 # TargetGone if it exited or its PID was reused
+    cpu_t0, cpu_ticks0 = time.monotonic(), st.utime + st.stime
     status_text = procfs.read_text(f"{base}/status")
     status = procfs.parse_status(status_text)
 
@@ -209,6 +343,7 @@ def collect(ctx) -> None:
 
     fds = _fds(pid, int(opts.get("max_fds", 4096)))
     entries = fds.pop("_entries", [])
+    locks = _locks(pid, entries)
     ctx.write_text("fds.txt", "".join(f"{n}\t{tgt}\n" for n, tgt in entries))
     limits = parse_limits(read_text(f"{base}/limits", "") or "")
     nofile = limits.get("Max open files", {})
@@ -296,6 +431,8 @@ def collect(ctx) -> None:
         "tracer_pid": tracer,
         "nspid": nspid, "namespaces": ns, "container": cinfo,
         "cgroup": {"path": cinfo.get("cgroup", ""), **_cgroup_limits(pid)},
+        "locks": locks,
+        "cpu_sample": _cpu_sample(t, cpu_t0, cpu_ticks0, float(opts.get("cpu_sample_s", CPU_SAMPLE_S))),
         "errors": errors,
     }
     ctx.write_json("process.json", doc)
@@ -304,6 +441,22 @@ def collect(ctx) -> None:
     if errors:
         ctx.partial("; ".join(errors))
     t.ensure_alive()
+
+
+CPU_SAMPLE_S = 0.25
+
+
+def _cpu_sample(t, t0: float, ticks0: int, least_s: float) -> dict[str, Any] | None:
+    """The process's CPU use over the collector's run (at least ``least_s``): busy now, not on average."""
+    left = least_s - (time.monotonic() - t0)
+    if left > 0:
+        time.sleep(left)
+    try:
+        st = t.identity.check()
+    except procfs.ProcError:
+        return None
+    took = time.monotonic() - t0
+    return {"interval_s": round(took, 3), "cpu_percent": round(100 * (st.utime + st.stime - ticks0) / HZ / took, 1)}
 
 
 def _int(v: str | None) -> int | None:

@@ -6,7 +6,9 @@ every reset it sent (``tcp:tcp_send_reset``, with the kernel's reason where this
 kernel records one) and every reset it received (``tcp:tcp_receive_reset``), counted
 in the kernel per flow (local and remote address and port, TCP state, reset reason)
 with the first and last time seen. When the window ends, flows are matched to the
-process owning the socket through the socket table (goldenhour's network namespace).
+process owning the socket and its network namespace: the TCP tables of every namespace a
+process lives in (``/proc/PID/net/tcp{,6}`` of one process each) and one pass over
+``/proc/*/fd``, so a client's and a server's retransmits on one link are told apart.
 Why: retransmits are packet loss or a peer that stopped answering; each adds at
 least the retransmission timeout (200 ms, doubling) to a request. Resets are refused
 connections, crashed or restarted peers, a load balancer or firewall killing idle
@@ -15,14 +17,14 @@ slow" into "this link, this service".
 Produces: ``tcpretrans.json``: ``window``/``window_s``, ``attached``, ``totals`` per
 kind, ``events``: one record per (kind, flow) with kind (retransmit, retransmit_synack,
 send_reset, receive_reset), family, saddr, sport (local), daddr, dport (remote),
-state, reason, count, first_utc/last_utc (``time`` = first), pid and comm of the
-owner when found; ``tcpretrans.txt`` (a table of the flows). ``attached.json``.
+state, reason, count, first_utc/last_utc (``time`` = first), pid, comm and netns (the
+namespace's inode) of the owner when found (``other_owners`` when two namespaces hold the
+same addresses); ``tcpretrans.txt`` (a table of the flows). ``attached.json``.
 Overhead: these tracepoints fire only on retransmits and resets (rare on a healthy
 host, thousands per second in a bad incident), each a hash-map update: negligible.
 Compiling: ~0.5 s of CPU. In the standard and full profiles.
 Caveats: counts per flow, not per packet contents. Owners are found only for sockets
-still open in goldenhour's network namespace when the window ends (containers have
-their own). Resets sent in answer to a packet for no socket have no TCP state.
+still open when the window ends. Resets sent in answer to a packet for no socket have no TCP state.
 Safety: tracepoints only; programs and maps are released at the end of the window
 and when the collector is killed.
 Options: ``[collectors.tcpretrans] top`` = flows shown in the text (default 30).
@@ -30,10 +32,12 @@ Options: ``[collectors.tcpretrans] top`` = flows shown in the text (default 30).
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
 from typing import Any
 
+from agent import procfs
 from agent.collector import Collector, Scope, Skip, read_text
 from collectors import _bpf
 
@@ -152,20 +156,64 @@ def _addr(raw: bytes, family: int) -> str:
     return "?"
 
 
-def owners() -> dict[tuple[str, int, str, int], tuple[int, str]]:
-    """(local ip, port, remote ip, port) -> (pid, comm) of TCP sockets in our network namespace."""
-    out: dict[tuple[str, int, str, int], tuple[int, str]] = {}
+def _table_addr(hexaddr: str) -> str:
+    """An address of /proc/net/tcp{,6} (32-bit little-endian words in hex), IPv4-mapped ones as IPv4."""
+    raw = bytes.fromhex(hexaddr)
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    if len(words) == 4:
+        return str(ipaddress.IPv4Address(words))
+    a = ipaddress.IPv6Address(words)
+    return str(a.ipv4_mapped or a)
+
+
+def socket_inodes() -> tuple[dict[int, tuple[int, str]], dict[int, int]]:
+    """(socket inode -> (pid, comm) of a process holding it, network namespace inode -> a pid living in it),
+    from one pass over /proc/*/fd and /proc/*/ns/net."""
+    owner: dict[int, tuple[int, str]] = {}
+    spaces: dict[int, int] = {}
+    for pid in procfs.pids():
+        try:
+            ns = os.stat(f"/proc/{pid}/ns/net").st_ino
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        spaces.setdefault(ns, pid)
+        comm = None
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                ino = int(link[8:-1])
+                if ino not in owner:
+                    comm = comm or _bpf.proc_comm(pid) or "?"
+                    owner[ino] = (pid, comm)
+    return owner, spaces
+
+
+def owners() -> dict[tuple[str, int, str, int], list[tuple[int, str, int]]]:
+    """(local ip, port, remote ip, port) -> [(pid, comm, network namespace inode)] of the TCP sockets of every
+    network namespace a process lives in (read through /proc/PID/net/tcp{,6} of one process in each)."""
+    out: dict[tuple[str, int, str, int], list[tuple[int, str, int]]] = {}
     try:
-        import psutil
-        for c in psutil.net_connections(kind="tcp"):
-            if c.pid and c.laddr and c.raddr:
-                la = ipaddress.ip_address(c.laddr.ip)
-                ra = ipaddress.ip_address(c.raddr.ip)
-                la = getattr(la, "ipv4_mapped", None) or la
-                ra = getattr(ra, "ipv4_mapped", None) or ra
-                out[(str(la), c.laddr.port, str(ra), c.raddr.port)] = (c.pid, _bpf.proc_comm(c.pid) or "?")
-    except Exception:  # noqa: BLE001 - owners are a convenience; the flows stand on their own
-        pass
+        owner, spaces = socket_inodes()
+    except OSError:
+        return out
+    for ns, rep in spaces.items():
+        for table in ("tcp", "tcp6"):
+            for line in (read_text(f"/proc/{rep}/net/{table}", "") or "").splitlines()[1:]:
+                f = line.split()
+                if len(f) < 10 or not f[9].isdigit() or int(f[9]) not in owner:
+                    continue
+                try:
+                    (la, lp), (ra, rp) = (x.split(":") for x in (f[1], f[2]))
+                    key = (_table_addr(la), int(lp, 16), _table_addr(ra), int(rp, 16))
+                except ValueError:
+                    continue
+                pid, comm = owner[int(f[9])]
+                if (pid, comm, ns) not in out.setdefault(key, []):
+                    out[key].append((pid, comm, ns))
     return out
 
 
@@ -209,9 +257,11 @@ def collect(ctx) -> None:
         rec["time"] = rec["first_utc"]
         if rec["kind"] == "send_reset" and reasons:
             rec["reason"] = reasons.get(int(k.reason), str(int(k.reason)))
-        owner = own.get((rec["saddr"], rec["sport"], rec["daddr"], rec["dport"]))
-        if owner:
-            rec["pid"], rec["comm"] = owner
+        found = own.get((rec["saddr"], rec["sport"], rec["daddr"], rec["dport"])) or []
+        if found:
+            rec["pid"], rec["comm"], rec["netns"] = found[0]
+            if len(found) > 1:       # the same addresses in two namespaces (two containers' loopback)
+                rec["other_owners"] = [{"pid": p, "comm": c, "netns": n} for p, c, n in found[1:4]]
         events.append(rec)
     events.sort(key=lambda r: (-r["count"], r["kind"], r["daddr"], r["dport"]))
     totals = dict.fromkeys(KIND_NAMES.values(), 0)

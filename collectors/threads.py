@@ -15,9 +15,13 @@ What, per runtime (``agent.targets`` detects it; ../shared/runtime-dumps.md has 
   ``Debugger.pause`` (idle event loop: recorded as idle), worker names; then
   ``inspector.close()`` always, and the ledger entry that would close it at the next start if
   goldenhour died.
-- Go: ``/debug/pprof/goroutine?debug=2`` when ``go_pprof`` names the address (fetched inside the
-  target's network namespace); else ``dlv attach`` answering ``n`` to "kill the process?"; else
-  gdb's native stacks. Never SIGQUIT (it ends a Go program).
+- Go: ``/debug/pprof/goroutine?debug=2`` (fetched inside the target's network namespace) at
+  ``go_pprof`` if set, else on the ports the process itself listens on (``go_pprof_discover``,
+  default on: ``GET /debug/pprof/`` first, at most four ports, plain HTTP, 5 s each); else
+  ``dlv attach`` with one grouped command (``goroutines -group userloc -t 30``: five examples
+  and a count per location, so thousands of identical goroutines do not lengthen the stop),
+  answering ``n`` to "kill the process?", cut at ``dlv_timeout_s`` (20); else gdb's native
+  stacks. Never SIGQUIT (it ends a Go program).
 - native (and fallbacks): ``eu-stack -p PID -m -s -i`` (1-2 ms), gdb
   ``-batch -nx -iex 'set debuginfod enabled off' -iex 'set sysroot /proc/PID/root' /proc/PID/exe
   -p PID -ex 'thread apply all bt'`` (~0.2 s, thread names, namespace-aware) for containers.
@@ -29,7 +33,7 @@ the tool's raw output (``py-spy.json``, ``node-report.json``, ``goroutines.txt``
 line, native?}], waiting_on?, holds?, os_state?}], deadlocks: [{threads, text}], pause}.
 Overhead: pauses the target (ptrace stop or safepoint): py-spy 2-10 ms, jcmd Thread.print
 6-90 ms (``-l``: +0.2 s/GiB of heap), eu-stack 1-2 ms, gdb ~0.2 s, Node report 12-31 ms
-(+ ~70 ms for the JS stack), dlv ~1 s. One pausing collector per target at a time (runner);
+(+ ~70 ms for the JS stack), dlv 1-4 s (the whole process stopped). One pausing collector per target at a time (runner);
 the pause is measured (JVM: its safepoint counters; Node: the CDP calls; ptrace tools: the
 tool's wall time, an upper bound) and recorded as ``pause`` in the manifest. Helpers run at
 normal priority while the target is paused.
@@ -42,17 +46,19 @@ technique and the figures in the manifest's notes and ``preflight.json``). eu-st
 with the host's files: a container gets gdb.
 Options: ``[collectors.threads] native`` (py-spy --native, default true), ``locals`` (py-spy
 --locals, default false: locals can hold secrets), ``jvm_locks`` (false), ``js_stack`` (true),
-``go_pprof`` ("" or "127.0.0.1:6060"), ``native_tool`` ("auto", "eu-stack" or "gdb"), and tool
-paths ``py_spy``, ``jcmd``, ``eu_stack``, ``gdb``, ``dlv``.
+``go_pprof`` ("" or "127.0.0.1:6060"), ``go_pprof_discover`` (true), ``dlv_timeout_s`` (20),
+``native_tool`` ("auto", "eu-stack" or "gdb"), and tool paths ``py_spy``, ``jcmd``, ``eu_stack``,
+``gdb``, ``dlv``.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
+import socket
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -154,11 +160,84 @@ def dump_python(ctx) -> dict[str, Any]:
         raise _gone_or(t, f"py-spy printed no JSON: {exc}") from None
     header = f"Process {t.pid}: {' '.join(t.cmdline)[:300]}\n(py-spy dump{' --native' if native else ''})\n"
     ctx.write_text("threads.txt", _stacks.render_pyspy(data, header))
-    return {"tool": "py-spy dump" + (" --native" if native else "") + (" --nonblocking" if nonblocking else ""),
-            "threads": _stacks.from_pyspy(data),
-            "pause": {"technique": "py-spy (ptrace)" if not nonblocking else "py-spy --nonblocking (no stop)",
-                      "upper_bound_s": 0.0 if nonblocking else pause,
-                      "how": "the helper's wall time: the process is stopped only while py-spy reads it"}}
+    doc = {"tool": "py-spy dump" + (" --native" if native else "") + (" --nonblocking" if nonblocking else ""),
+           "threads": _stacks.from_pyspy(data),
+           "pause": {"technique": "py-spy (ptrace)" if not nonblocking else "py-spy --nonblocking (no stop)",
+                     "upper_bound_s": 0.0 if nonblocking else pause,
+                     "how": "the helper's wall time: the process is stopped only while py-spy reads it"}}
+    loops = _asyncio_loops(data)
+    if any(lp["samples"][0]["in_callback"] for lp in loops.values()):
+        _sample_loops(ctx, argv, loops, int(ctx.options.get("asyncio_samples", ASYNCIO_SAMPLES)),
+                      float(ctx.options.get("asyncio_interval_s", ASYNCIO_INTERVAL_S)))
+    if loops:
+        doc["event_loop"] = {"kind": "asyncio", "loops": list(loops.values())}
+    return doc
+
+
+# an asyncio loop found in a Python stack: base_events.py's _run_once; inside a callback when events.py's
+# Handle._run is above it (innermost side), else waiting in the selector
+ASYNCIO_SAMPLES, ASYNCIO_INTERVAL_S = 3, 0.5
+
+
+def _loop_state(frames: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """For one py-spy thread's frames (innermost first): None if no asyncio loop runs on it, else whether it is
+    inside a callback and the callback's innermost frame outside the asyncio package."""
+    names = [(f.get("name") or "", f.get("filename") or "") for f in frames]
+    run_once = next((i for i, (n, fn) in enumerate(names) if n.endswith("_run_once")
+                     and fn.endswith("asyncio/base_events.py")), None)
+    if run_once is None:
+        return None
+    inner = names[:run_once]
+    handle = next((i for i, (n, fn) in enumerate(inner) if n.endswith("_run") and fn.endswith("asyncio/events.py")),
+                  None)
+    if handle is None:
+        return {"in_callback": False, "frame": None, "chain": []}
+    chain = [f"{n} ({fn.rsplit('/', 1)[-1]}:{frames[i].get('line')})" for i, (n, fn) in enumerate(inner[:handle])
+             if fn.endswith(".py") and "/asyncio/" not in fn]
+    return {"in_callback": True, "frame": chain[0] if chain else None, "chain": chain[:12]}
+
+
+def _asyncio_loops(data: Any) -> dict[Any, dict[str, Any]]:
+    loops: dict[Any, dict[str, Any]] = {}
+    for th in data if isinstance(data, list) else []:
+        st = _loop_state(th.get("frames") or [])
+        if st is not None:
+            tid = th.get("os_thread_id") or th.get("thread_id")
+            loops[tid] = {"tid": tid, "thread": th.get("thread_name") or str(tid),
+                          "samples": [{"t_s": 0.0, "active": bool(th.get("active")), **st}]}
+    return loops
+
+
+def _sample_loops(ctx, argv: list[str], loops: dict[Any, dict[str, Any]], n: int, interval: float) -> None:
+    """A loop caught inside a callback: a few more dumps, to see whether it is still in the same one (blocked),
+    and each loop thread's CPU meanwhile. Each dump is one py-spy read (a ptrace stop of milliseconds)."""
+    pid = ctx.target.pid
+    cpu0 = {tid: thread_cpu_s(pid, tid) for tid in loops if isinstance(tid, int)}
+    t0 = time.monotonic()
+    for i in range(n):
+        time.sleep(interval)
+        if not ctx.target.alive():
+            break
+        res = ctx.run(argv, stdout=f"py-spy-loop-{i + 1}.json", timeout_s=TOOL_TIMEOUT_S)
+        if not res.ok:
+            ctx.note(asyncio_sample_error=_tail(ctx, res.stderr) or res.error)
+            break
+        try:
+            data = json.loads((ctx.out / f"py-spy-loop-{i + 1}.json").read_text())
+        except ValueError:
+            break
+        at = round(time.monotonic() - t0, 3)
+        for th in data if isinstance(data, list) else []:
+            tid = th.get("os_thread_id") or th.get("thread_id")
+            if tid in loops:
+                st = _loop_state(th.get("frames") or []) or {"in_callback": False, "frame": None, "chain": []}
+                loops[tid]["samples"].append({"t_s": at, "active": bool(th.get("active")), **st})
+    took = time.monotonic() - t0
+    for tid, lp in loops.items():
+        c0, c1 = cpu0.get(tid), thread_cpu_s(pid, tid) if isinstance(tid, int) else None
+        if c0 is not None and c1 is not None and took > 0:
+            lp["cpu"] = round((c1 - c0) / took, 3)
+        lp["span_s"] = round(took, 3)
 
 
 # -- JVM -----------------------------------------------------------------------------
@@ -278,6 +357,7 @@ def dump_node(ctx) -> dict[str, Any]:
             except (CDPError, OSError) as exc:
                 ctx.note(workers_error=str(exc))
             workers = [e["params"]["workerInfo"] for e in events if e.get("method") == "NodeWorker.attachedToWorker"]
+            loop = _event_loop_lag(sess, t.pid, float(ctx.options.get("event_loop_wait_s", LAG_WAIT_S)))
             timings = list(sess.timings)
     except safety.UnsafeSignal as exc:
         ctx.note(inspector=ins.facts)
@@ -321,7 +401,11 @@ def dump_node(ctx) -> dict[str, Any]:
     evals = [x["s"] for x in timings if x["method"] == "Runtime.evaluate"]
     tool_name = ("Node inspector (CDP): process.report.getReport()"
                  + (", Debugger.pause" if js_frames is not None else ""))
+    if js_frames:
+        loop["main_thread_frames"] = [f"{f['function']} ({f.get('file', '').rsplit('/', 1)[-1]}:{f.get('line')})"
+                                      for f in js_frames[:8]]
     return {"tool": tool_name,
+            "event_loop": loop,
             "threads": threads,
             "pause": {"technique": "Node inspector evaluation on the main thread",
                       "upper_bound_s": round(max(evals + [paused_s]), 4),
@@ -329,6 +413,71 @@ def dump_node(ctx) -> dict[str, Any]:
                       "how": "CDP round trips: the event loop was blocked at most this long"},
             "libuv_handles": len(report.get("libuv") or []),
             "workers": workers}
+
+
+LAG_WAIT_S = 2.0
+# a 0 ms timer, scheduled now (the evaluation runs on a V8 interrupt, even inside a busy loop): how late it fires
+# is the event loop's lag; performance.eventLoopUtilization() is cumulative since the process started
+LAG_EXPR = ("new Promise(r => { const t0 = performance.now(); setTimeout(() => r(JSON.stringify("
+            "{lag_ms: performance.now() - t0, elu: performance.eventLoopUtilization()})), 0); })")
+ELU_EXPR = "JSON.stringify(performance.eventLoopUtilization())"
+
+
+def thread_cpu_s(pid: int, tid: int) -> float | None:
+    """CPU seconds (user + system) one thread has used, from /proc."""
+    try:
+        st = procfs.stat(pid, tid)
+    except procfs.ProcError:
+        return None
+    return (st.utime + st.stime) / (os.sysconf("SC_CLK_TCK") or 100)
+
+
+def _event_loop_lag(sess, pid: int, wait_s: float) -> dict[str, Any]:
+    """How late a 0 ms timer fires on the main thread, how busy the loop was, and the main thread's CPU meanwhile.
+
+    The timer is the only thing it leaves in the target: a callback that resolves a promise. If it has not fired
+    after ``wait_s`` the loop is blocked for at least that long (``timed_out``); its answer, if it ever comes, is
+    dropped with the session."""
+    from agent.nodecdp import CDPError
+    out: dict[str, Any] = {"probe": "setTimeout(0) scheduled from the inspector", "wait_s": wait_s}
+    try:
+        elu0 = json.loads(sess.evaluate(ELU_EXPR, timeout=10))
+    except (CDPError, OSError, ValueError, TypeError) as exc:
+        out["error"] = f"eventLoopUtilization: {exc}"
+        return out
+    cpu0, t0 = thread_cpu_s(pid, pid), time.monotonic()
+    my = sess.send("Runtime.evaluate", expression=LAG_EXPR, awaitPromise=True, returnByValue=True)
+    m = sess.answer(my, t0 + wait_s)
+    t1 = time.monotonic()
+    cpu1 = thread_cpu_s(pid, pid)
+    value: dict[str, Any] | None = None
+    if m is not None:
+        try:
+            value = json.loads(((m.get("result") or {}).get("result") or {}).get("value") or "null")
+        except ValueError:
+            value = None
+    if isinstance(value, dict):
+        out["lag_ms"] = round(float(value.get("lag_ms") or 0.0), 3)
+        elu1 = value.get("elu") or {}
+    else:
+        out["timed_out"] = True
+        out["lag_ms_at_least"] = round((t1 - t0) * 1000, 1)
+        try:
+            elu1 = json.loads(sess.evaluate(ELU_EXPR, timeout=5))
+        except (CDPError, OSError, ValueError, TypeError):
+            elu1 = {}
+    out["measured_s"] = round(t1 - t0, 3)
+    if cpu0 is not None and cpu1 is not None and t1 > t0:
+        out["main_thread_cpu"] = round((cpu1 - cpu0) / (t1 - t0), 3)
+    try:
+        da = float(elu1["active"]) - float(elu0["active"])
+        di = float(elu1["idle"]) - float(elu0["idle"])
+        if da + di > 0:
+            out["utilization"] = round(da / (da + di), 3)
+        out["utilization_since_start"] = round(float(elu1.get("utilization", 0.0)), 3)
+    except (KeyError, TypeError, ValueError):
+        pass
+    return out
 
 
 def _js_stack(sess, wait_s: float) -> tuple[list[dict[str, Any]], float]:
@@ -372,33 +521,126 @@ def _js_stack(sess, wait_s: float) -> tuple[list[dict[str, Any]], float]:
 
 # -- Go --------------------------------------------------------------------------------
 
+PPROF_PATH = "/debug/pprof/goroutine?debug=2"
+PPROF_TIMEOUT_S = 5.0
+MAX_PPROF_PORTS = 4
+DLV_TIMEOUT_S = 20.0
+
+
+def _ip(hexaddr: str) -> str:
+    """An address of /proc/net/tcp{,6} (little-endian 32-bit words in hex) as text."""
+    raw = bytes.fromhex(hexaddr)
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return socket.inet_ntop(socket.AF_INET if len(words) == 4 else socket.AF_INET6, words)
+
+
+def listeners(pid: int) -> list[tuple[str, int]]:
+    """The TCP ports the process itself listens on, as (address to connect to, port), lowest port first.
+
+    From ``/proc/PID/net/tcp{,6}`` (the tables of the process's own network namespace) and its
+    socket descriptors; a wildcard listener is reached on loopback."""
+    inodes = set()
+    try:
+        for fd in procfs.listdir(procfs.path(pid, "fd")):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(int(link[8:-1]))
+    except procfs.ProcError:
+        return []
+    out: list[tuple[str, int]] = []
+    for table in ("tcp", "tcp6"):
+        for line in (read_text(f"/proc/{pid}/net/{table}", "") or "").splitlines()[1:]:
+            f = line.split()
+            if len(f) < 10 or f[3] != "0A" or not f[9].isdigit() or int(f[9]) not in inodes:
+                continue
+            hexaddr, _, hexport = f[1].partition(":")
+            try:
+                addr = _ip(hexaddr)
+            except (ValueError, OSError):
+                continue
+            addr = {"0.0.0.0": "127.0.0.1", "::": "127.0.0.1"}.get(addr, addr)
+            if addr.startswith("::ffff:"):
+                addr = addr[7:]
+            out.append((addr, int(hexport, 16)))
+    return sorted(set(out), key=lambda a: (a[1], a[0]))
+
+
+def _http_get(host: str, port: int, path: str, limit: int, timeout: float) -> tuple[int, str]:
+    """One plain HTTP GET (never through a proxy from the environment): (status, body)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"User-Agent": "goldenhour", "Connection": "close"})
+        r = conn.getresponse()
+        return r.status, r.read(limit).decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
+def _pprof(ctx, addrs: list[tuple[str, int]], discovered: bool) -> dict[str, Any] | None:
+    """The goroutine dump from the first address that serves net/http/pprof."""
+    tried = []
+    for host, port in addrs:
+        try:
+            if discovered:       # the index first: cheap, and it says whether this port is pprof at all
+                status, body = _http_get(host, port, "/debug/pprof/", 65536, PPROF_TIMEOUT_S)
+                if status != 200 or "goroutine" not in body:
+                    tried.append(f"{host}:{port} (HTTP {status}, not pprof)")
+                    continue
+            t0 = time.monotonic()
+            status, text = _http_get(host, port, PPROF_PATH, ctx.limits.max_file_bytes, 15.0)
+            took = time.monotonic() - t0
+        except (OSError, http.client.HTTPException) as exc:
+            tried.append(f"{host}:{port} ({type(exc).__name__}: {exc})")
+            continue
+        threads = _stacks.parse_goroutines(text) if status == 200 else []
+        if not threads:
+            tried.append(f"{host}:{port} (HTTP {status}, no goroutines)")
+            continue
+        ctx.write_text("threads.txt", text)
+        if tried:
+            ctx.note(go_pprof_tried=tried)
+        how = "discovered among the process's listening sockets" if discovered else "go_pprof"
+        return {"tool": f"pprof goroutine?debug=2 at {host}:{port} ({how})", "threads": threads,
+                "pprof": {"address": f"{host}:{port}", "discovered": discovered},
+                "pause": {"technique": "goroutine profile (stop-the-world walk)",
+                          "upper_bound_s": round(took, 4), "how": "HTTP round trip"}}
+    if tried:
+        ctx.note(go_pprof_tried=tried)
+    return None
+
+
 def dump_go(ctx) -> dict[str, Any]:
     t = ctx.target
     addr = str(ctx.options.get("go_pprof") or "")
+    explicit: list[tuple[str, int]] = []
     if addr:
+        host, _, port = addr.rpartition(":")
+        if port.isdigit():
+            explicit = [(host.strip("[]") or "127.0.0.1", int(port))]
+        else:
+            ctx.note(go_pprof_error=f"go_pprof {addr!r} is not host:port")
+    found = listeners(t.pid) if ctx.options.get("go_pprof_discover", True) else []
+    found = [a for a in found if a not in explicit][:MAX_PPROF_PORTS]
+    if explicit or found:
         try:
-            preflight.run(ctx, "go_pprof")
+            preflight.run(ctx, "go_pprof")      # an HTTP request needs a descriptor of the target's
         except preflight.AtLimit as exc:
             preflight.skipped(ctx, "go_pprof", str(exc), "dlv (ptrace), else native stacks")
             ctx.partial(str(exc))
-            addr = ""
-    if addr:
+            explicit, found = [], []
+    if explicit or found:
         from agent.nodecdp import enter_netns
         try:
-            enter_netns(t.pid)
-            t0 = time.monotonic()
-            with urllib.request.urlopen(f"http://{addr}/debug/pprof/goroutine?debug=2", timeout=15) as r:
-                text = r.read(ctx.limits.max_file_bytes).decode("utf-8", "replace")
-            took = time.monotonic() - t0
-            ctx.write_text("threads.txt", text)
-            threads = _stacks.parse_goroutines(text)
-            if threads:
-                return {"tool": f"pprof goroutine?debug=2 at {addr}", "threads": threads,
-                        "pause": {"technique": "goroutine profile (stop-the-world walk)",
-                                  "upper_bound_s": round(took, 4), "how": "HTTP round trip"}}
-            ctx.note(go_pprof_error="no goroutines in the answer")
+            enter_netns(t.pid)          # this collector's own process: the target's loopback
         except OSError as exc:
-            ctx.note(go_pprof_error=str(exc))
+            ctx.note(go_pprof_error=f"cannot enter the process's network namespace: {exc}")
+            explicit, found = [], []
+        doc = _pprof(ctx, explicit, False) or _pprof(ctx, found, True)
+        if doc:
+            return doc
     dlv = tool(ctx, "dlv", "dlv")
     if dlv:
         why = safety.ptrace_precheck(t.pid)
@@ -406,19 +648,24 @@ def dump_go(ctx) -> dict[str, Any]:
             raise Skip(why)
         t.ensure_alive()
         safety.normal_priority()
+        # Delve stops the whole process for its session: one command, grouped by the goroutines' location in the
+        # program (five examples and a count per group), so the pause does not grow with thousands of identical
+        # goroutines; a session cut by the timeout leaves nothing stopped (the pause ledger resumes it).
         # Delve asks "Would you like to kill the process? [Y/n]" on exit: the default kills (danger 8)
         res = ctx.run([dlv, "attach", str(t.pid), "--allow-non-terminal-interactive=true"], stdout="threads.txt",
-                      stdin=b"goroutines -t 50\nexit\nn\n", timeout_s=60)
+                      stdin=b"goroutines -group userloc -t 30\nexit\nn\n",
+                      timeout_s=float(ctx.options.get("dlv_timeout_s", DLV_TIMEOUT_S)))
         if not t.alive():
             raise TargetGone(f"process {t.pid} exited during the dlv dump")
         text = (ctx.out / "threads.txt").read_text(errors="replace")
         threads = _stacks.parse_dlv_goroutines(text)
         if threads:
-            return {"tool": "dlv attach: goroutines -t", "threads": threads,
-                    "pause": {"technique": "Delve (ptrace)", "upper_bound_s": res.duration_s,
-                              "how": "the helper's wall time"}}
+            return {"tool": "dlv attach: goroutines -group userloc -t 30", "threads": threads,
+                    "total_threads": sum(int(x.get("weight", 1)) for x in threads),
+                    "pause": {"technique": "Delve (ptrace: the whole process is stopped for the session)",
+                              "upper_bound_s": res.duration_s, "how": "the helper's wall time"}}
         ctx.note(dlv_error=_tail(ctx, res.stderr) or "no goroutines parsed")
-    ctx.note(go_fallback="native stacks of the OS threads (no goroutines): set go_pprof or install delve")
+    ctx.note(go_fallback="native stacks of the OS threads (no goroutines): no pprof endpoint found and no delve")
     return dump_native(ctx, prefer="gdb")
 
 

@@ -16,6 +16,14 @@ pools, ``Object.wait``, Go's ``WaitGroup``/``Cond``). A
 *deadlock* is either reported by the runtime (``deadlocks``, e.g. the JVM's "Found
 one Java-level deadlock") or a cycle in the wait-for graph built from which thread
 holds the lock another waits on.
+
+The *first application frame* of a thread is the innermost frame of the program's own code
+(or a third-party library it ships): not native, not the runtime's standard library
+(CPython's ``lib/pythonX.Y`` outside ``site-packages``, Go packages without a domain other
+than ``main``, ``java.*``/``jdk.*``/``sun.*``, Node's ``node:internal``). Groups are headed by
+it, and a *pile-up* is many parked threads whose first application frame is the same
+(``pileups``). Wait states lose their volatile suffixes (Delve's ``chan send 2395092582988``,
+pprof's ``chan send, 5 minutes``) so one wait is one group.
 """
 from __future__ import annotations
 
@@ -36,6 +44,20 @@ LIB_WAITS = re.compile(r"^(?:java\.util\.concurrent\.(?:LinkedBlockingQueue|Arra
                        r"sync\.\(\*(?:WaitGroup|Cond)\)\.\w+|runtime\.gopark|internal/poll\.\S+)")
 DESIGN_FILES = re.compile(r"(?:^|/)(?:threading|queue|selectors|socket|socketserver|asyncio/\w+|"
                           r"concurrent/futures/\w+|multiprocessing/\w+)\.py$")
+# the runtimes' own code, never "the application"
+PY_STDLIB = re.compile(r"(?:^|/)lib(?:64)?/python\d+(?:\.\d+)?/(?!(?:site|dist)-packages/)|^<frozen |^<string>$")
+GO_ROOT = re.compile(r"/(?:go(?:-\d[\w.]*)?|golang)/src/|/usr/local/go/src/|^\$GOROOT/")
+JVM_STDLIB = re.compile(r"^(?:java|javax|jdk|sun|com\.sun|kotlin|kotlinx\.coroutines|scala)\.")
+NODE_INTERNAL = re.compile(r"^(?:node:|internal/|events\.js$|timers\.js$)")
+NATIVE_SYSTEM = re.compile(r"(?:^|/)(?:libc[.-]|libpthread|ld-linux|libstdc\+\+|libgcc_s|libm[.-]|libdl[.-]|"
+                           r"linux-vdso|\[vdso\])")
+# a wait state's volatile tail: Delve's wait-since counter, pprof's duration
+VOLATILE_STATE = re.compile(r"(?:,\s*\d+\s+minutes?|\s+\d{4,})\s*$")
+
+
+def clean_state(state: str) -> str:
+    """A wait state without what changes from one dump to the next (``chan send 2395092582988`` -> ``chan send``)."""
+    return VOLATILE_STATE.sub("", state.strip())
 
 
 @dataclass
@@ -62,6 +84,7 @@ class Thread:
     waiting_on: str | None = None        # lock id the thread waits for
     holds: list[str] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
+    weight: int = 1                      # threads this entry stands for (Delve's grouped listing: one per example)
 
     def signature(self) -> tuple:
         return tuple((f.function, f.file, f.line) for f in self.frames)
@@ -95,6 +118,7 @@ class Dump:
     threads: list[Thread]
     deadlocks: list[dict[str, Any]]
     source: str                           # file in the bundle
+    meta: dict[str, Any] = field(default_factory=dict)   # the rest of threads.json (tool, event_loop...)
 
 
 def _int(v: Any) -> int | None:
@@ -124,7 +148,7 @@ def _frame(f: Any) -> Frame | None:
 
 def _thread(t: dict[str, Any]) -> Thread:
     frames = [fr for fr in (_frame(f) for f in t.get("frames") or t.get("stack") or []) if fr is not None]
-    state = t.get("state") or t.get("status") or ""
+    state = clean_state(str(t.get("state") or t.get("status") or ""))
     active = t.get("active")
     if not state and isinstance(active, bool):
         state = "active" if active else "idle"
@@ -136,7 +160,8 @@ def _thread(t: dict[str, Any]) -> Thread:
                   tid=t.get("tid", t.get("os_thread_id", t.get("nid"))), state=str(state), frames=frames,
                   active=active if isinstance(active, bool) else None,
                   waiting_on=str(waiting) if waiting not in (None, "", []) else None,
-                  holds=[str(h) for h in holds if h not in (None, "")], raw=t)
+                  holds=[str(h) for h in holds if h not in (None, "")], raw=t,
+                  weight=max(1, _int(t.get("weight")) or 1))
 
 
 def normalise(data: Any, source: str) -> Dump | None:
@@ -161,7 +186,8 @@ def normalise(data: Any, source: str) -> Dump | None:
     ts = [_thread(t) for t in threads if isinstance(t, dict)]
     if not ts:
         return None
-    return Dump(runtime=runtime, threads=ts, deadlocks=deadlocks, source=source)
+    meta = {k: v for k, v in data.items() if k not in ("threads", "deadlocks")} if isinstance(data, dict) else {}
+    return Dump(runtime=runtime, threads=ts, deadlocks=deadlocks, source=source, meta=meta)
 
 
 @dataclass
@@ -170,7 +196,7 @@ class Group:
 
     @property
     def count(self) -> int:
-        return len(self.threads)
+        return sum(t.weight for t in self.threads)
 
     @property
     def frames(self) -> list[Frame]:
@@ -180,7 +206,74 @@ class Group:
         return Counter(t.state or "?" for t in self.threads)
 
     def blocked(self) -> int:
-        return sum(1 for t in self.threads if t.blocked_reason())
+        return sum(t.weight for t in self.threads if t.blocked_reason())
+
+
+def total(dump: Dump) -> int:
+    """How many threads (goroutines) the dump stands for."""
+    n = sum(t.weight for t in dump.threads)
+    declared = _int(dump.meta.get("total_threads"))
+    return max(n, declared or 0)
+
+
+def is_app(f: Frame, runtime: str) -> bool:
+    """Is this frame the program's own code (or a library it ships), not the runtime's?"""
+    fn, file = f.function or "", f.file or ""
+    rt = (runtime or "").lower()
+    if rt in ("go", "golang"):
+        if GO_ROOT.search(file):
+            return False
+        cut = fn.find(".", fn.rfind("/") + 1)
+        pkg = fn[:cut] if cut > 0 else fn                    # the package path: up to the first dot after the last /
+        first = pkg.split("/", 1)[0]
+        return pkg in ("main", "command-line-arguments") or "." in first
+    if f.native:
+        if rt == "native":
+            return bool(fn) and not fn.startswith("0x") and not NATIVE_SYSTEM.search(file)
+        return False
+    if rt in ("jvm", "java"):
+        return not JVM_STDLIB.match(fn)
+    if rt == "node":
+        return bool(file) and not NODE_INTERNAL.match(file)
+    if rt == "python" or file.endswith(".py") or file.startswith("<"):
+        return not PY_STDLIB.search(file)
+    return True
+
+
+def app_frames(t: Thread, runtime: str) -> list[int]:
+    """Indexes (innermost first) of the thread's application frames."""
+    return [i for i, f in enumerate(t.frames) if is_app(f, runtime)]
+
+
+def app_frame(t: Thread, runtime: str) -> Frame | None:
+    """The first (innermost) application frame."""
+    idx = app_frames(t, runtime)
+    return t.frames[idx[0]] if idx else None
+
+
+def waits_in(t: Thread, runtime: str) -> str:
+    """What the thread waits in, in a few words: Go's wait state, else the call the application made."""
+    rt = (runtime or "").lower()
+    if rt in ("go", "golang") and t.state:
+        return t.state
+    idx = app_frames(t, runtime)
+    if idx and idx[0] > 0:
+        inner = [f for f in t.frames[:idx[0]] if not f.native] or t.frames[:idx[0]]
+        call = inner[-1]                            # the library call the application made
+        where = call.file.rsplit("/", 1)[-1] if call.file else ""
+        return f"{call.function} ({where})" if where and not call.native else call.function
+    if rt in ("jvm", "java") and t.state:
+        return t.state
+    return ""
+
+
+def heading(t: Thread, runtime: str) -> str:
+    """A group's heading: its first application frame, and what it waits in."""
+    app = app_frame(t, runtime)
+    top = app or t.top_code()
+    label = top.label() if top else "(no frames)"
+    wait = waits_in(t, runtime) if app else ""
+    return f"{label} — in {wait}" if wait and wait != (app.function if app else "") else label
 
 
 def group(dump: Dump) -> list[Group]:

@@ -4,11 +4,13 @@ In the namespace, iptables drops every third segment sent to the server's port, 
 the client's kernel must retransmit; a connection to a closed port there is answered
 with a reset (sent by one side, received by the other). The traffic starts only once
 the probe has written ``attached.json``. The tracepoints are global, so the probe,
-running in goldenhour's namespace, sees the namespace's flows; the ports identify them.
+running in goldenhour's namespace, sees the namespace's flows; the ports identify them, and
+each flow is matched to its owner in the namespace it lives in.
 """
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -44,7 +46,7 @@ try:
 except ConnectionRefusedError:
     print("REFUSED", flush=True)
 print("DONE", flush=True)
-sys.stdin.read()
+time.sleep(120)        # its sockets stay open until the test ends: the probe finds their owner
 '''
 
 
@@ -73,6 +75,9 @@ def test_retransmits_and_resets_show_with_their_ports(spawn, tmp_path, lossy_net
     assert all(e["daddr"] == e["saddr"] == "127.0.0.1" and e["family"] == "ipv4" and e["state"] for e in rtx)
     client = [e for e in rtx if e["dport"] == PORT]     # the client's data segments to the server
     assert sum(e["count"] for e in client) >= 3          # every third segment of 30 was dropped
+    # the owner is found in the namespace it lives in, not goldenhour's: the process and that namespace's inode
+    ns = os.stat(f"/run/netns/{lossy_netns}").st_ino
+    assert {(e.get("pid"), e.get("netns")) for e in client} == {(traffic.popen.pid, ns)}
     assert doc["totals"]["retransmit"] >= sum(e["count"] for e in rtx)
     if "tcp:tcp_receive_reset" in res.notes["attached"]:
         assert [e for e in ours if e["kind"] == "receive_reset" and e["dport"] == CLOSED]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -305,14 +306,28 @@ def test_go_goroutines_from_pprof(run_collector, go):
     go.assert_running()
 
 
-def test_go_goroutines_from_delve_which_must_not_kill(run_collector, go):
-    """Delve's exit prompt defaults to killing the process (danger 8): answered n, the target lives."""
-    if not shutil.which("dlv"):
-        pytest.skip("no Delve (Debian: delve)")
+def test_go_pprof_is_found_among_the_process_listening_sockets(run_collector, go):
+    """No address configured: the port the process listens on that serves /debug/pprof/ is found and used."""
     r, doc = dump(run_collector, go)
     assert r.status == "ok", r.reason
-    assert doc["tool"] == "dlv attach: goroutines -t"
+    assert doc["tool"] == "pprof goroutine?debug=2 at 127.0.0.1:16060 (discovered among the process's listening " \
+                          "sockets)"
+    assert doc["pprof"] == {"address": "127.0.0.1:16060", "discovered": True}
+    assert {"main.deadlockA", "main.deadlockB", "main.waitForever"} <= functions(doc)
+    go.assert_running()
+
+
+def test_go_goroutines_from_delve_which_must_not_kill(run_collector, go):
+    """Delve's exit prompt defaults to killing the process (danger 8): answered n, the target lives. Its one command
+    groups the goroutines by location: examples of each group, weighted by the group's size."""
+    if not shutil.which("dlv"):
+        pytest.skip("no Delve (Debian: delve)")
+    r, doc = dump(run_collector, go, options={"go_pprof_discover": False})
+    assert r.status == "ok", r.reason
+    assert doc["tool"] == "dlv attach: goroutines -group userloc -t 30"
     assert {"main.deadlockA", "main.waitForever"} <= functions(doc)
+    assert doc["total_threads"] == sum(t.get("weight", 1) for t in doc["threads"]) >= len(doc["threads"])
+    assert all(re.fullmatch(r"[a-zA-Z ().]*", t["state"]) for t in doc["threads"]), "a volatile wait-since suffix"
     go.assert_running()
 
 

@@ -122,3 +122,21 @@ def target_label(b: "Bundle", pid: int, fallback: str = "") -> str:
     t = b.target_info(pid)
     comm = t.get("comm") or fallback
     return f"{comm} (pid {pid})" if comm else f"pid {pid}"
+
+
+def netns_inode(ns_id: Any) -> int | None:
+    """The inode of a namespace named ``net:[4026531993]`` (or already a number)."""
+    if isinstance(ns_id, int):
+        return ns_id
+    digits = "".join(ch for ch in str(ns_id or "") if ch.isdigit())
+    return int(digits) if digits else None
+
+
+def targets_in_netns(b: "Bundle", inode: int) -> list[dict[str, Any]]:
+    """The bundle's targets living in the network namespace ``inode``."""
+    out = []
+    for t in b.manifest.targets:
+        ns = (t.get("namespaces") or {}).get("net") or {}
+        if netns_inode(ns.get("id")) == inode:
+            out.append(t)
+    return out

@@ -4,8 +4,10 @@ Triggers: ``conntrack.json`` with ``count`` at 90 % of ``nf_conntrack_max`` or m
 (``count`` against ``max``; critical at 99 %); non-zero ``drop``, ``early_drop`` or
 ``insert_failed`` statistics (critical when they grew during the capture, warning
 when they are only cumulative since the namespace started); kernel messages
-``nf_conntrack: table full, dropping packet`` in ``dmesg.json`` (critical: the table
-was full at that time, even if it has emptied since).
+``nf_conntrack: table full, dropping packet`` and, from other network namespaces,
+``nf_conntrack: table full in netns N, dropping packet`` in ``dmesg.json`` (critical: the
+table was full at that time, even if it has emptied since), one finding per namespace,
+naming the targets that live in it.
 Evidence: the ``conntrack.json`` fields (count, max, stats totals and delta, top
 sources and states) and the dmesg records.
 """
@@ -16,10 +18,13 @@ from typing import Any, Iterator
 
 from agent.report.model import CRITICAL, WARNING, Evidence, Finding
 from agent.report.rules import Rule
-from agent.report.rules._util import cap, dmesg_evidence, dmesg_records, num, record_time
+from agent.report.rules._util import cap, dmesg_evidence, dmesg_records, join_names, num, plural, record_time, \
+    targets_in_netns
 
 FILE = "collectors/conntrack/conntrack.json"
-TABLE_FULL = re.compile(r"nf_conntrack: (?:nf_conntrack: )?table full, dropping packet")
+# the kernel's words: "nf_conntrack: nf_conntrack: table full, dropping packet" in the initial namespace, and since
+# Linux 6.x "... table full in netns 4026532174, dropping packet" in the others (tests: the real kernel's lines)
+TABLE_FULL = re.compile(r"nf_conntrack: (?:nf_conntrack: )?table full(?: in netns (?P<netns>\d+))?, dropping packet")
 NEAR, AT = 0.90, 0.99
 
 
@@ -87,12 +92,33 @@ def evaluate(b) -> Iterator[Finding]:
                 data={"totals": drops, "delta": now})
             msg_ev = []
     if msg_ev:
-        yield Finding(CRITICAL, f"Kernel reported the conntrack table full ({len(full_msgs)} messages)",
-                      "The kernel logged \"nf_conntrack: table full, dropping packet\": at those times new connections "
-                      "were dropped because the connection tracking table had no room. The table may have emptied "
-                      "since; the times in the timeline say when it happened.",
-                      rule="conntrack", host=b.host, evidence=cap(msg_ev), time=record_time(full_msgs[0]),
-                      last_time=record_time(full_msgs[-1]))
+        by_ns: dict[int | None, list[dict[str, Any]]] = {}
+        for r in full_msgs:
+            m = TABLE_FULL.search(str(r.get("message", "")))
+            by_ns.setdefault(int(m.group("netns")) if m and m.group("netns") else None, []).append(r)
+        for ns, recs in by_ns.items():
+            yield _messages(b, ns, recs)
+
+
+def _messages(b, ns: int | None, recs: list[dict[str, Any]]) -> Finding:
+    """One finding for the kernel's "table full" messages of one network namespace, naming the targets in it."""
+    owners = targets_in_netns(b, ns) if ns is not None else []
+    names = [f"{t.get('comm') or '?'} (pid {t.get('pid')})" for t in owners]
+    where = (f" in the network namespace of {join_names(names, 3)}" if names else
+             f" in network namespace {ns}" if ns is not None else "")
+    return Finding(
+        CRITICAL, f"Conntrack table full{where}: the kernel dropped new connections' packets "
+                  f"({plural(len(recs), 'message')})",
+        "The kernel logged \"nf_conntrack: table full" + (f" in netns {ns}" if ns is not None else "")
+        + ", dropping packet\": at those times packets of new connections were dropped because the connection "
+          "tracking table had no room and nothing could be evicted (every entry was an assured, established flow)"
+        + (f". {join_names(names, 3)} live{'s' if len(names) == 1 else ''} in that namespace: their new connections "
+           "failed or timed out (sendto/connect return EPERM, clients retry)" if names else "")
+        + ". The table may have emptied since; the times in the timeline say when it happened. Raise "
+          "net.netfilter.nf_conntrack_max, shorten the timeouts, or stop tracking traffic that does not need it.",
+        rule="conntrack", host=b.host, evidence=cap([dmesg_evidence(b, r) for r in recs]),
+        time=record_time(recs[0]), last_time=record_time(recs[-1]),
+        data={"netns": ns, "messages": len(recs), "pids": [t.get("pid") for t in owners]})
 
 
 RULE = Rule(name="conntrack", summary="conntrack table near or at nf_conntrack_max, and its drops",

@@ -4,7 +4,9 @@ Triggers (``collectors/syscalls/syscalls.json``, one record per process and syst
 call with count, total, max, p50 and p99 latency and a log2 histogram), leaving out
 calls that wait by design (``epoll_wait``, ``poll``, ``select``, ``futex``,
 ``nanosleep``, ``wait4``, ``accept``...):
-- critical: a call that took 1 s or more, or a p99 of 100 ms or more over 10+ calls;
+- critical: a call that took 1 s or more, or a p99 of 100 ms or more over 10+ calls, or calls
+  of 100 ms or more that together took half the probe window or more (time, not count: nine
+  serialised 0.5 s ``fdatasync()`` calls in a 5 s window are a stalled journal);
 - warning: a call of 100 ms or more, or a p99 of 20 ms or more over 10+ calls;
 - a call still in flight when the window ended (``in_flight``), blocked 1 s or more
   (critical) or 100 ms or more (warning): the stall itself, caught in the act. ``read``/``recv*``/``write``
@@ -29,6 +31,7 @@ MAYBE_PEER = frozenset("read readv recvfrom recvmsg recvmmsg recv write writev s
                        "splice connect".split())
 FILE_LOCKS = frozenset("flock fcntl".split())
 MAX_FINDINGS = 8
+CRIT_SHARE, WARN_SHARE = 0.5, 0.2      # of the probe window spent inside one (slow) call, by one process
 
 
 def us(rec: dict[str, Any], base: str) -> float | None:
@@ -50,8 +53,22 @@ def load(b) -> tuple[str, dict[str, Any] | None, list[dict[str, Any]]]:
     return rel, data if isinstance(data, dict) else None, hist.records(data, "records", "syscalls", "stats")
 
 
+def window_seconds(data: dict[str, Any] | None) -> float | None:
+    if not isinstance(data, dict):
+        return None
+    w = data.get("window")
+    return num((w or {}).get("seconds") if isinstance(w, dict) else None) or num(data.get("window_s"))
+
+
 def evaluate(b) -> Iterator[Finding]:
     rel, data, recs = load(b)
+    win = window_seconds(data)
+    window_us = win * 1e6 if win else None
+    flight_us: dict[tuple[Any, str], float] = {}     # time already spent by calls still blocked at the end
+    for r in (data or {}).get("in_flight") or []:
+        if isinstance(r, dict):
+            key = (r.get("pid"), name_of(r))
+            flight_us[key] = flight_us.get(key, 0.0) + min(us(r, "age") or 0.0, window_us or float("inf"))
     hits = []
     for r in recs:
         name = name_of(r)
@@ -64,8 +81,11 @@ def evaluate(b) -> Iterator[Finding]:
         p99 = us(r, "p99") or hist.percentile(bs, 0.99)
         if mx is None:
             continue
+        busy = (us(r, "total") or 0.0) + flight_us.get((r.get("pid"), name), 0.0)
+        share = busy / window_us if window_us else None
         sev = None
-        if mx >= 1e6 or (p99 is not None and p99 >= 1e5 and count >= 10):
+        if mx >= 1e6 or (p99 is not None and p99 >= 1e5 and count >= 10) or \
+                (share is not None and share >= CRIT_SHARE and mx >= 1e5):
             sev = CRITICAL
         elif mx >= 1e5 or (p99 is not None and p99 >= 2e4 and count >= 10):
             sev = WARNING
@@ -73,8 +93,8 @@ def evaluate(b) -> Iterator[Finding]:
             continue
         if name in MAYBE_PEER:
             sev = WARNING
-        hits.append((sev, mx, r, name, count, p50, p99))
-    hits.sort(key=lambda h: (h[0] != CRITICAL, -h[1]))
+        hits.append((sev, mx, r, name, count, p50, p99, share))
+    hits.sort(key=lambda h: (h[0] != CRITICAL, -(h[7] or 0), -h[1]))
     stuck: dict[tuple[Any, str], list[dict[str, Any]]] = {}
     for r in (data or {}).get("in_flight") or []:
         if not isinstance(r, dict) or name_of(r) in WAITS:
@@ -88,7 +108,7 @@ def evaluate(b) -> Iterator[Finding]:
                          excerpt=f"still in the call at the end of the window: {human_us(us(r, 'age'))} so far, "
                                  f"since {r.get('since_utc')}") for r in stuck.get((pid, name), [])[:3]]
 
-    for sev, mx, r, name, count, p50, p99 in hits[:MAX_FINDINGS]:
+    for sev, mx, r, name, count, p50, p99, share in hits[:MAX_FINDINGS]:
         comm, pid = r.get("comm") or "?", r.get("pid")
         peer = (" On a socket or pipe this call may simply be waiting for the other side; on a file or disk it "
                 "is the storage." if name in MAYBE_PEER else
@@ -99,10 +119,20 @@ def evaluate(b) -> Iterator[Finding]:
             peer += (f" {len(still)} call(s) were still blocked when the window ended, for up to "
                      f"{human_us(max(us(x, 'age') or 0 for x in still))} so far.")
             stuck[(pid, name)] = still
+        spent = ""
+        if share is not None and share >= WARN_SHARE:
+            spent = (f" Together they took {share:.0%} of the {win:.1f} s window"
+                     + (" (several threads at once)" if share > 1 else "")
+                     + (": whatever waits on them (a request, a commit, a lock holder) waited that long."
+                        if share >= CRIT_SHARE else "."))
+        title = (f"{name}() in {comm} (pid {pid}): {min(share, 9.99):.0%} of the probe window inside it, "
+                 f"{human_us(p50)} per call, up to {human_us(mx)}" if share is not None and share >= CRIT_SHARE
+                 else f"{name}() in {comm} (pid {pid}) took up to {human_us(mx)} (p50 {human_us(p50)}, "
+                      f"p99 {human_us(p99)})")
         yield Finding(
-            sev, f"{name}() in {comm} (pid {pid}) took up to {human_us(mx)} (p50 {human_us(p50)}, p99 {human_us(p99)})",
+            sev, title,
             f"During the probe window {comm} made {count} {name}() calls; the typical one took {human_us(p50)} "
-            f"and the slowest {human_us(mx)}. A system call that goes from microseconds to "
+            f"and the slowest {human_us(mx)}.{spent} A system call that goes from microseconds to "
             f"{'seconds' if mx >= 1e6 else 'tens or hundreds of milliseconds'} stalls the thread that made it "
             "(a request, a lock holder): storage latency, a full disk queue, memory reclaim, a lock in the kernel, "
             f"or a slow remote filesystem.{peer}",
@@ -111,7 +141,7 @@ def evaluate(b) -> Iterator[Finding]:
                                excerpt=f"count {count}, total {human_us(us(r, 'total'))}, p50 {human_us(p50)}, "
                                        f"p99 {human_us(p99)}, max {human_us(mx)}")] + stuck_evidence(pid, name),
             data={"pid": pid, "comm": comm, "syscall": name, "count": count, "max_us": mx, "p50_us": p50,
-                  "p99_us": p99, "in_flight": len(still)})
+                  "p99_us": p99, "in_flight": len(still), "window_share": share})
         stuck.pop((pid, name), None)
     for (pid, name), rs in sorted(stuck.items(), key=lambda kv: -max(us(r, "age") or 0 for r in kv[1]))[:MAX_FINDINGS]:
         age = max(us(r, "age") or 0 for r in rs)
@@ -140,5 +170,6 @@ def evaluate(b) -> Iterator[Finding]:
 
 RULE = Rule(name="syscall_latency", summary="system calls with outlier latency (eBPF probe window)",
             evaluate=evaluate, reads=("syscalls",),
-            severity="critical (≥ 1 s, or p99 ≥ 100 ms); warning (≥ 100 ms and 100× its median, or p99 ≥ 20 ms)",
+            severity="critical (≥ 1 s, p99 ≥ 100 ms, or slow calls filling half the window); warning (≥ 100 ms, "
+                     "or p99 ≥ 20 ms)",
             order=50)

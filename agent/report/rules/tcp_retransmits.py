@@ -2,7 +2,8 @@
 
 Triggers: retransmissions seen by the eBPF ``tcpretrans`` probe
 (``collectors/tcpretrans/*.json``): 10 or more in the window is a warning, 100 or
-more (or 5 per second) critical, grouped by remote address and port; 10 or more resets
+more (or 5 per second) critical, per owning process and network namespace (the
+collector matches each flow to its socket's owner), naming the peers; 10 or more resets
 sent or received in the window (warning: refused connections, crashed peers, idle
 connections killed by a middlebox), with the kernel's reasons; and
 connections that were retransmitting when the socket table was read
@@ -33,30 +34,57 @@ def _peer(e: dict[str, Any]) -> str:
         f"[{addr}]:{port}" if port is not None else str(addr))
 
 
-def _burst(b, rel: str, events: list[dict[str, Any]], window: float | None) -> Finding | None:
+def _owner(e: dict[str, Any]) -> tuple[Any, str, Any] | None:
+    pid = e.get("pid")
+    return (pid, str(e.get("comm") or "?"), e.get("netns")) if pid is not None else None
+
+
+def _bursts(b, rel: str, events: list[dict[str, Any]], window: float | None) -> list[Finding]:
+    """One finding per process whose sockets retransmitted 10+ times (the owner and its network namespace say
+    whose traffic it is: a client's and a server's losses on one link are two findings); flows without a known
+    owner, or spread too thin, in one finding for the host."""
+    by: dict[tuple[Any, str, Any] | None, list[dict[str, Any]]] = {}
+    for e in events:
+        by.setdefault(_owner(e), []).append(e)
+    out, rest = [], []
+    for owner, evs in sorted(by.items(), key=lambda kv: -sum(int(num(e.get("count")) or 1) for e in kv[1])):
+        n = sum(int(num(e.get("count")) or 1) for e in evs)
+        if owner is None or n < WARN_N:
+            rest += evs
+            continue
+        out.append(_burst(b, rel, evs, window, owner))
+    if rest and sum(int(num(e.get("count")) or 1) for e in rest) >= WARN_N:
+        out.append(_burst(b, rel, rest, window, None))
+    return out
+
+
+def _burst(b, rel: str, events: list[dict[str, Any]], window: float | None,
+           owner: tuple[Any, str, Any] | None) -> Finding:
     counts: Counter[str] = Counter()
     for e in events:
         counts[_peer(e)] += int(num(e.get("count")) or 1)
     n = sum(counts.values())
-    if n < WARN_N:
-        return None
     rate = n / window if window else None
     sev = CRITICAL if n >= CRIT_N or (rate is not None and rate >= CRIT_RATE) else WARNING
     top = counts.most_common(5)
     times = sorted(t for t in (parse_iso(e.get("time") or e.get("first_utc")) for e in events) if t)
     comms = Counter(str(e.get("comm")) for e in events if e.get("comm"))
+    pid, comm, ns = owner if owner else (None, "", None)
+    by = f" by {comm} (pid {pid}" + (f", network namespace {ns}" if ns else "") + ")" if owner else ""
     return Finding(
-        sev, f"TCP retransmit burst: {n} retransmissions" + (f" in {window:.0f} s" if window else "")
+        sev, f"TCP retransmit burst: {n} retransmissions{by}" + (f" in {window:.0f} s" if window else "")
              + f", most to {top[0][0]}",
         f"The kernel retransmitted {plural(n, 'TCP segment')}"
+        + (f" of {comm}'s connections" if owner else "")
         + (f" ({rate:.1f}/s)" if rate is not None else "") + " during the probe window: segments or their "
         "acknowledgements were lost, or the peer stopped answering. Each retransmission adds at least the "
         "retransmission timeout (200 ms, doubling) to a request. Peers: "
         + ", ".join(f"{p} ×{c}" for p, c in top) + "."
-        + (f" Processes: {join_names(f'{c} ×{k}' for c, k in comms.most_common(4))}." if comms else ""),
+        + (f" Processes: {join_names(f'{c} ×{k}' for c, k in comms.most_common(4))}." if comms and not owner else ""),
         rule="tcp_retransmits", host=b.host, time=times[0] if times else None,
         evidence=[Evidence(b.host, rel, record=f"peer {p}", excerpt=f"{c} retransmissions") for p, c in top],
-        data={"count": n, "peers": dict(top), "window_s": window})
+        data={"count": n, "peers": dict(top), "window_s": window,
+              **({"pid": pid, "comm": comm, "netns": ns} if owner else {})})
 
 
 def _resets(b, rel: str, events: list[dict[str, Any]], window: float | None) -> Finding | None:
@@ -93,9 +121,7 @@ def evaluate(b) -> Iterator[Finding]:
             else None
         retrans = [e for e in events if str(e.get("kind") or "retransmit").startswith("retransmit")]
         resets = [e for e in events if str(e.get("kind") or "").endswith("_reset")]
-        f = _burst(b, rel, retrans, window)
-        if f:
-            yield f
+        yield from _bursts(b, rel, retrans, window)
         f = _resets(b, rel, resets, window)
         if f:
             yield f
