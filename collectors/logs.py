@@ -25,8 +25,13 @@ that descriptor: if it is rotated (renamed) meanwhile we keep reading the file w
 is truncated under us (copytruncate) the read restarts at the new size
 (``shrank_during_read``). A missing or unreadable path is recorded with its error, never
 fatal; it marks the result partial only when it was asked for explicitly (``--log``).
+Targets' logs: the files each target holds open for writing whose names look like logs
+(``*.log``, ``*.out``, ``*.err``, under a ``log``/``logs`` folder) are tailed too (``requested``
+"target", ``target_pid``; through ``/proc/PID/root`` for a process in another mount namespace),
+so a capture with ``--pid`` has the service's own log without naming it.
 Options: ``[collectors.logs] max_files`` (default 50: a glob keeps its most recently
-modified files), ``max_decompressed_bytes`` (default 4 GiB per compressed sibling).
+modified files), ``max_decompressed_bytes`` (default 4 GiB per compressed sibling),
+``target_logs`` (true), ``max_target_logs`` (8 per target).
 """
 from __future__ import annotations
 
@@ -423,6 +428,56 @@ def journal_files() -> list[str]:
     return out
 
 
+MAX_TARGET_LOGS = 8
+LOG_NAME = re.compile(r"(?:\.log(?:\.\d+)?|\.out|\.err|/log/[^/]+|/logs/[^/]+)$")
+
+
+def target_logs(targets: list[dict[str, Any]], limit: int) -> list[tuple[int, str, str]]:
+    """The log files each target writes: regular files it holds open for writing, named like logs (``*.log``,
+    ``*.out``, ``*.err``, under a ``log``/``logs`` folder). As (pid, the path to read, the path as the process
+    sees it): a process in another mount namespace is read through ``/proc/PID/root``."""
+    out: list[tuple[int, str, str]] = []
+    for t in targets:
+        pid = t.get("pid")
+        if not isinstance(pid, int):
+            continue
+        other_mnt = ((t.get("namespaces") or {}).get("mnt") or {}).get("shared_with_agent") is False
+        found = 0
+        try:
+            fds = sorted(os.listdir(f"/proc/{pid}/fd"), key=lambda x: int(x) if x.isdigit() else 0)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                flags = 0
+                with open(f"/proc/{pid}/fdinfo/{fd}") as fh:
+                    for line in fh:
+                        if line.startswith("flags:"):
+                            flags = int(line.split()[1], 8)
+            except (OSError, ValueError):
+                continue
+            if not link.startswith("/") or link.startswith(("/dev/", "/proc/")) or link.endswith(" (deleted)"):
+                continue
+            if flags & os.O_ACCMODE == os.O_RDONLY or not LOG_NAME.search(link):
+                continue
+            read = f"/proc/{pid}/root{link}" if other_mnt else link
+            if not stat.S_ISREG(_mode(read)):
+                continue
+            out.append((pid, read, link))
+            found += 1
+            if found >= limit:
+                break
+    return out
+
+
+def _mode(path: str) -> int:
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return 0
+
+
 def collect(ctx) -> None:
     n = int(ctx.capture.get("log_lines") or 10000)
     paths = list(ctx.capture.get("log_paths") or [])
@@ -453,6 +508,17 @@ def collect(ctx) -> None:
         if dropped:
             entries.append({"path": pattern, "requested": requested, "glob": True, "errors": [],
                             "not_tailed": dropped[:200], "not_tailed_count": len(dropped)})
+    if ctx.options.get("target_logs", True):
+        for pid, path, seen_as in target_logs(ctx.capture.get("targets") or [],
+                                              int(ctx.options.get("max_target_logs", MAX_TARGET_LOGS))):
+            if path in seen or seen_as in seen:
+                continue
+            seen.add(path)
+            e = tail_one(ctx, path, n, "target", used)
+            e["target_pid"] = pid
+            if seen_as != path:
+                e["path"], e["read_via"] = seen_as, path
+            entries.append(e)
     journal: dict[str, Any] = {"requested": bool(ctx.capture.get("journal", True))}
     if not journal["requested"]:
         journal["reason"] = "logs.journal is off"
@@ -476,5 +542,6 @@ def collect(ctx) -> None:
 
 
 COLLECTOR = Collector(
-    name="logs", summary="last N lines of configured logs (+ newest rotated sibling) and the journal",
+    name="logs", summary="last N lines of configured logs and of the logs the targets write (+ newest rotated "
+                         "sibling), and the journal",
     scope=Scope.HOST, collect=collect, timeout_s=30, volatility=60)

@@ -26,7 +26,8 @@ Facts only: what they mean (descriptors near the limit, threads in D
 state, a stopped, zombie or traced process) is judged by the report's rules (``fd_limits``,
 ``d_state``, ``process_state``).
 Overhead: reads only; no helper process, no signal, no ptrace; ~15 ms for a small process,
-~0.2 s for a JVM with hundreds of threads. ``smaps_rollup``, ``maps``, ``cmdline`` and
+~0.2 s for a JVM with hundreds of threads, and at least ``cpu_sample_s`` (0.25 s) of wall time
+for the CPU sample. ``smaps_rollup``, ``maps``, ``cmdline`` and
 ``environ`` take the target's memory-map lock: read once each, in a watchdog thread abandoned
 after ``read_timeout_s`` (a process stuck with that lock held cannot stall the collector).
 Caveats: ``stack``/``environ``/other users' ``fd`` need root. Thread names are ``comm`` (15
@@ -475,6 +476,7 @@ def _boot_time() -> float | None:
 
 COLLECTOR = Collector(
     name="process",
-    summary="per target: /proc state, threads with kernel stacks and wait channels, descriptors vs "
-            "RLIMIT_NOFILE, memory, limits, namespaces/container, command line and environment (redacted).",
+    summary="per target: /proc state, threads with kernel stacks, wait channels and system calls, descriptors "
+            "vs RLIMIT_NOFILE (and where they point), file locks and their holders, CPU now, memory, limits, "
+            "namespaces/container, command line and environment (redacted).",
     scope=Scope.PROCESS, collect=collect, timeout_s=15, volatility=15)

@@ -2,7 +2,9 @@
 
 Where it sits: after the store (and retrieval). ``goldenhour report`` loads bundles
 (``loader``: archives streamed once, or extracted folders), runs every rule in
-``rules/`` on each (``rules.evaluate``), merges every host's kernel messages, log
+``rules/`` on each (``rules.evaluate``, ranked target first by ``focus``: findings about
+the captured processes and the incident's services, then the host's, then "also on this
+host"; ``focus.strip`` gives each target's row at the top), merges every host's kernel messages, log
 lines and capture events into one UTC timeline (``timeline``), and renders one
 self-contained HTML file (``html``: inline CSS and hand-built SVG, no script, no
 network), Markdown (``markdown``, whose timeline pastes into the postmortem
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from agent import __version__
-from agent.report import loader, rules, timeline
+from agent.report import focus, loader, rules, timeline
 from agent.manifest import Integrity
 from agent.report.loader import Bundle
 from agent.report.model import SEVERITIES, Event, Finding, iso
@@ -30,6 +32,7 @@ class Report:
     events: list[Event]
     window_s: float
     generated: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    _targets: list[focus.TargetRow] | None = field(default=None, repr=False)
 
     @property
     def incidents(self) -> list[str]:
@@ -44,6 +47,23 @@ class Report:
         titles = sorted({b.manifest.incident.title for b in self.bundles} - {""})
         inc = ", ".join(self.incidents) or "unknown incident"
         return f"Incident {inc}" + (f": {titles[0]}" if titles else "")
+
+    @property
+    def targets(self) -> list[focus.TargetRow]:
+        """Each captured target with its facts and its worst finding: the strip at the top of the report."""
+        if self._targets is None:
+            self._targets = focus.strip(self.bundles, self.findings)
+        return self._targets
+
+    @property
+    def main_findings(self) -> list[Finding]:
+        """The findings about the targets and the host now, ranked (``focus.rank``)."""
+        return [f for f in self.findings if f.scope != focus.ELSEWHERE]
+
+    @property
+    def also_findings(self) -> list[Finding]:
+        """"Also on this host": older than the incident, or about processes and cgroups the capture was not for."""
+        return [f for f in self.findings if f.scope == focus.ELSEWHERE]
 
     def counts(self) -> dict[str, int]:
         return {s: sum(1 for f in self.findings if f.severity == s) for s in SEVERITIES}
@@ -63,6 +83,7 @@ class Report:
                          "trigger": b.manifest.trigger.to_json() if b.manifest.trigger else None,
                          "collectors": b.manifest.summary.collectors if b.manifest.summary else None,
                          "integrity": _integrity(b.integrity), "problems": b.problems} for b in self.bundles],
+            "targets": [t.to_json() for t in self.targets],
             "findings": [f.to_json() for f in self.findings],
             "timeline": [e.to_json() for e in self.events],
         }

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from agent import __version__
 from agent.report import hist, svg
 from agent.report.model import CRITICAL, INFO, WARNING, Event, Finding, iso
-from agent.report.rules._util import human_us
-from agent.report.threads import Dump, group, load_dumps
+from agent.report.rules._util import human_bytes, human_us
+from agent.report.threads import Dump, group, heading, load_dumps, total
 from agent.report.timeline import markdown_table
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -64,7 +64,10 @@ pre{background:var(--soft);padding:8px 10px;border-radius:4px;overflow-x:auto;wh
 word-break:break-word;margin:4px 0}
 table{border-collapse:collapse;width:100%;font-size:14px}
 caption{text-align:left;color:var(--muted);font-size:13px;padding:4px 0}
-table.glance{margin-bottom:18px}table.glance a{color:var(--fg);text-decoration:none}
+table.glance{margin-bottom:18px}table.targets{margin:8px 0 6px}table.targets td{font-size:14px}
+details.also{margin-top:24px;border-top:2px solid var(--line);padding-top:8px}
+details.also>summary{font-size:17px}
+table.glance a{color:var(--fg);text-decoration:none}
 table.glance a:hover{text-decoration:underline}
 th,td{border-bottom:1px solid var(--line);padding:5px 8px;text-align:left;vertical-align:top}
 th{background:var(--soft);font-weight:600}
@@ -117,10 +120,13 @@ def render_html(r: "Report") -> str:
                  + ('<span class="chip ok">evidence verified</span>' if r.integrity_ok
                     else '<span class="chip critical">evidence does NOT match its hashes</span>')
                  + '</div></div></header>')
-    parts.append('<nav class="toc" aria-label="sections"><ul><li><a href="#findings">Findings</a></li>'
+    parts.append('<nav class="toc" aria-label="sections"><ul>'
+                 + ('<li><a href="#targets">Targets</a></li>' if r.targets else "")
+                 + '<li><a href="#findings">Findings</a></li>'
                  '<li><a href="#timeline">Timeline</a></li><li><a href="#plots">Plots</a></li>'
                  '<li><a href="#threads">Thread dumps</a></li><li><a href="#evidence">Evidence</a></li></ul></nav>')
     parts.append("<main>")
+    parts.append(_targets(r))
     parts.append(_findings(r.findings))
     parts.append(_timeline(r))
     parts.append(_plots(r))
@@ -142,55 +148,107 @@ def _span(r: "Report") -> str:
         f" to {e(starts[-1].replace('T', ' ')[:19])}" if starts[-1][:19] != starts[0][:19] else "") + " UTC"
 
 
+def _targets(r: "Report") -> str:
+    """The strip at the top: each target, its facts and its worst finding."""
+    rows = r.targets
+    if not rows:
+        return ""
+    out = ['<section id="targets" aria-labelledby="h-targets"><h2 id="h-targets">Targets</h2>'
+           '<table class="targets"><caption>What this capture was for: each target process, as captured, and the '
+           'worst finding about it</caption><thead><tr><th scope="col">process</th><th scope="col">host</th>'
+           '<th scope="col">runtime</th><th scope="col">state</th><th scope="col">threads</th>'
+           '<th scope="col">fds / limit</th><th scope="col">CPU</th><th scope="col">RSS</th>'
+           '<th scope="col">worst finding</th></tr></thead><tbody>']
+    for t in rows:
+        fds = ("?" if t.fds is None else f"{t.fds}") + (f" / {t.fd_limit}" if t.fd_limit else "")
+        full = t.fds is not None and t.fd_limit and t.fds >= 0.8 * t.fd_limit
+        w = t.worst
+        worst = (f'<span class="sev {e(w.severity)}">{e(w.severity)}</span> '
+                 f'<a href="#finding-{t.anchor}">{e(w.title)}</a>') if w else '<span class="ok">no finding</span>'
+        out.append(f'<tr class="{e(w.severity) if w else ""}"><td><b>{e(t.name)}</b> (pid {t.pid})'
+                   f'<br><span class="meta">{e(t.reason)}</span></td><td>{e(t.host)}</td><td>{e(t.runtime)}</td>'
+                   f'<td>{e(t.state)}</td><td>{"" if t.threads is None else t.threads}</td>'
+                   f'<td class="{"bad" if full else ""}">{e(fds)}</td>'
+                   f'<td>{"" if t.cpu_percent is None else f"{t.cpu_percent:.0f} %"}</td>'
+                   f'<td>{"" if t.rss_bytes is None else e(human_bytes(t.rss_bytes))}</td><td>{worst}</td></tr>')
+    out.append("</tbody></table></section>")
+    return "".join(out)
+
+
+def _glance(indexed: list[tuple[int, Finding]], caption: str) -> str:
+    out = [f'<table class="glance"><caption>{e(caption)}</caption><thead><tr>'
+           '<th scope="col">severity</th><th scope="col">finding</th><th scope="col">process</th>'
+           '<th scope="col">hosts</th><th scope="col">when (UTC)</th></tr></thead><tbody>']
+    rows: dict[tuple[str, str], list[tuple[int, Finding]]] = {}
+    old: dict[str, list[tuple[int, Finding]]] = {}
+    for i, f in indexed:
+        if f.data.get("before_window"):
+            old.setdefault(f.rule, []).append((i, f))
+        else:
+            rows.setdefault((f.severity, f.title), []).append((i, f))
+    for rule, fs in old.items():       # context from before the window: a few rows, or one for many
+        if len(fs) <= 3:
+            for i, f in fs:
+                rows.setdefault((f.severity, f.title), []).append((i, f))
+        else:
+            first = min(fs, key=lambda x: x[0])
+            rows[(first[1].severity, f"{len(fs)} earlier findings of rule {rule}, from before the window")] = \
+                sorted(fs, key=lambda x: x[1].time or datetime.min.replace(tzinfo=timezone.utc))
+    for (sev, title), fs in sorted(rows.items(), key=lambda kv: min(i for i, _ in kv[1])):
+        i, f = fs[0]
+        hosts = ", ".join(sorted({x.host for _, x in fs}))
+        named = list(dict.fromkeys(x.process for _, x in fs if x.process))
+        procs = (", ".join(named) if len(named) <= 3 else f"{len(named)} processes") if named else "host"
+        out.append(f'<tr class="{e(sev)}"><td><span class="sev {e(sev)}">{e(sev)}</span></td>'
+                   f'<td><a href="#finding-{i}">{e(title)}</a></td><td>{e(procs)}</td><td>{e(hosts)}</td>'
+                   f'<td class="t">{e(_time(f.time))}</td></tr>')
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
 def _findings(findings: list[Finding]) -> str:
     out = ['<section id="findings" aria-labelledby="h-findings"><h2 id="h-findings">Findings</h2>']
     if not findings:
         out.append('<p class="empty">No findings: the evidence shows none of the conditions the rules look for '
                    '(see "Evidence" for what was captured).</p>')
-    if findings:
-        out.append('<table class="glance"><caption>At a glance: every finding, most severe first (the same finding on '
-                   'several hosts is one row)</caption><thead><tr>'
-                   '<th scope="col">severity</th><th scope="col">finding</th><th scope="col">hosts</th>'
-                   '<th scope="col">when (UTC)</th></tr></thead><tbody>')
-        rows: dict[tuple[str, str], list[tuple[int, Finding]]] = {}
-        old: dict[str, list[tuple[int, Finding]]] = {}
-        for i, f in enumerate(findings, 1):
-            if f.data.get("before_window"):
-                old.setdefault(f.rule, []).append((i, f))
-            else:
-                rows.setdefault((f.severity, f.title), []).append((i, f))
-        for rule, fs in old.items():       # context from before the window: a few rows, or one for many
-            if len(fs) <= 3:
-                for i, f in fs:
-                    rows.setdefault((f.severity, f.title), []).append((i, f))
-            else:
-                first = min(fs, key=lambda x: x[0])
-                rows[(first[1].severity, f"{len(fs)} earlier findings of rule {rule}, from before the window")] = \
-                    sorted(fs, key=lambda x: x[1].time or datetime.min.replace(tzinfo=timezone.utc))
-        order = {CRITICAL: 0, WARNING: 1, INFO: 2}
-        for (sev, title), fs in sorted(rows.items(), key=lambda kv: (order[kv[0][0]], min(i for i, _ in kv[1]))):
-            i, f = fs[0]
-            hosts = ", ".join(sorted({x.host for _, x in fs}))
-            out.append(f'<tr class="{e(sev)}"><td><span class="sev {e(sev)}">{e(sev)}</span></td>'
-                       f'<td><a href="#finding-{i}">{e(title)}</a></td><td>{e(hosts)}</td>'
-                       f'<td class="t">{e(_time(f.time))}</td></tr>')
-        out.append("</tbody></table>")
-    for i, f in enumerate(findings, 1):
-        when = f' · <time datetime="{e(iso(f.time))}">{e(_time(f.time))} UTC</time>' if f.time else ""
-        out.append(f'<article class="finding {e(f.severity)}" id="finding-{i}" data-rule="{e(f.rule)}">'
-                   f'<div class="head"><span class="badge {e(f.severity)}">{e(f.severity)}</span>'
-                   f'<h3>{e(f.title)}</h3></div>'
-                   f'<div class="meta">{e(f.host)}{when} · rule <code>{e(f.rule)}</code></div>'
-                   f'<p>{e(f.explanation)}</p>')
-        if f.evidence:
-            out.append(f'<details{" open" if f.severity == CRITICAL and i <= 3 else ""}><summary>Evidence '
-                       f'({len(f.evidence)})</summary><ul class="evidence">')
-            for ev in f.evidence:
-                out.append(f'<li><code>{e(ev.host)}:{e(ev.where())}</code>'
-                           + (f'<pre>{e(ev.excerpt)}</pre>' if ev.excerpt else "") + "</li>")
-            out.append("</ul></details>")
-        out.append("</article>")
+    indexed = list(enumerate(findings, 1))
+    main = [(i, f) for i, f in indexed if f.scope != "elsewhere"]
+    also = [(i, f) for i, f in indexed if f.scope == "elsewhere"]
+    if main:
+        out.append(_glance(main, "At a glance: findings about the targets first, then the host's, most severe "
+                                 "first (the same finding on several hosts is one row)"))
+    elif findings:
+        out.append('<p class="empty">Nothing about the targets or the host now: only what is "also on this host" '
+                   'below.</p>')
+    for i, f in main:
+        out.append(_article(i, f))
+    if also:
+        out.append(f'<details class="also" id="also"><summary>Also on this host: {len(also)} finding'
+                   f'{"s" if len(also) != 1 else ""} older than the incident or about processes and cgroups this '
+                   f'capture was not for</summary>' + _glance(also, "Context, not the targets' problem")
+                   + "".join(_article(i, f) for i, f in also) + "</details>")
     out.append("</section>")
+    return "".join(out)
+
+
+def _article(i: int, f: Finding) -> str:
+    out = []
+    when = f' · <time datetime="{e(iso(f.time))}">{e(_time(f.time))} UTC</time>' if f.time else ""
+    proc = f' · <b>{e(f.process)}</b>' if f.process else ""
+    out.append(f'<article class="finding {e(f.severity)}" id="finding-{i}" data-rule="{e(f.rule)}" '
+               f'data-scope="{e(f.scope)}">'
+               f'<div class="head"><span class="badge {e(f.severity)}">{e(f.severity)}</span>'
+               f'<h3>{e(f.title)}</h3></div>'
+               f'<div class="meta">{e(f.host)}{proc}{when} · rule <code>{e(f.rule)}</code></div>'
+               f'<p>{e(f.explanation)}</p>')
+    if f.evidence:
+        out.append(f'<details{" open" if f.severity == CRITICAL and i <= 3 else ""}><summary>Evidence '
+                   f'({len(f.evidence)})</summary><ul class="evidence">')
+        for ev in f.evidence:
+            out.append(f'<li><code>{e(ev.host)}:{e(ev.where())}</code>'
+                       + (f'<pre>{e(ev.excerpt)}</pre>' if ev.excerpt else "") + "</li>")
+        out.append("</ul></details>")
+    out.append("</article>")
     return "".join(out)
 
 
@@ -242,7 +300,8 @@ def _timeline(r: "Report") -> str:
         where = f"{ev.file}:{ev.line}" if ev.line else ev.file
         out.append(f'<tr class="{e(ev.severity or "")}"><td class="t">{e(_time(ev.time))}'
                    f'{"*" if ev.assumed_utc else ""}</td><td>{e(ev.host)}</td><td>{e(ev.source)}</td>'
-                   f'<td>{sev}{e(ev.event)}{f" <b>(×{ev.count})</b>" if ev.count > 1 else ""}</td>'
+                   f'<td>{sev}{e(ev.event)}{f" <b>(×{ev.count})</b>" if ev.count > 1 else ""}'
+                   f'{f" <span class=meta>(+{ev.folded} lines)</span>" if ev.folded else ""}</td>'
                    f'<td><code>{e(where)}</code></td></tr>')
     out.append("</tbody></table>")
     if any(ev.assumed_utc for ev in evs):
@@ -365,11 +424,21 @@ def _threads(r: "Report") -> str:
 def _dump(b: "Bundle", pid: int, dump: Dump) -> str:
     t = b.target_info(pid)
     comm = t.get("comm") or "?"
+    from agent.report.rules.pileups import parked, pileups, severity
     groups = group(dump)
-    blocked = sum(1 for th in dump.threads if th.blocked_reason())
+    rt = dump.runtime or t.get("runtime") or "native"
+    blocked = sum(th.weight for th in dump.threads if th.blocked_reason())
+    n_parked = sum(th.weight for th in dump.threads if parked(th, rt))
+    noun = "goroutines" if rt == "go" else "threads"
     out = [f'<h3 id="threads-{e(b.host)}-{pid}">{e(comm)} (pid {pid}) on {e(b.host)}</h3>'
-           f'<p class="meta">{e(dump.runtime or t.get("runtime") or "?")} · {len(dump.threads)} threads in '
-           f'{len(groups)} distinct stacks · {blocked} blocked on locks · <code>{e(dump.source)}</code></p>']
+           f'<p class="meta">{e(rt)} · {total(dump)} {noun} in {len(groups)} distinct stacks · {n_parked} parked · '
+           f'{blocked} blocked on locks · <code>{e(dump.source)}</code></p>']
+    for p in pileups(dump)[:3]:
+        sev = severity(p)
+        if sev:
+            out.append(f'<p><span class="sev {e(sev)}">pile-up</span> {p["count"]} of {p["total"]} {noun} parked at '
+                       f'<code>{e(p["frame"].label())}</code>' + (f' in <code>{e(p["wait"])}</code>' if p["wait"]
+                                                                  else "") + "</p>")
     for d in dump.deadlocks:
         from agent.report.threads import deadlock_names
         names = deadlock_names(d)
@@ -379,7 +448,7 @@ def _dump(b: "Bundle", pid: int, dump: Dump) -> str:
                    + (f"<pre>{e(text)}</pre>" if text else "") + "</div>")
     for i, g in enumerate(groups[:60]):
         states = ", ".join(f"{n} {s}" for s, n in g.states().most_common())
-        top = g.threads[0].top_code()
+        head = heading(g.threads[0], rt)
         is_blocked = g.blocked() > 0
         names = [th.name for th in g.threads]
         shown = ", ".join(names[:40]) + (f" and {len(names) - 40} more" if len(names) > 40 else "")
@@ -387,7 +456,7 @@ def _dump(b: "Bundle", pid: int, dump: Dump) -> str:
         out.append(f'<details class="group{" blocked" if is_blocked else ""}"{" open" if i < 3 else ""}>'
                    f'<summary>{g.count} thread{"s" if g.count != 1 else ""} · {e(states)}'
                    + (' · <span class="sev warning">blocked on a lock</span>' if is_blocked else "")
-                   + f' — {e(top.label() if top else "(no frames)")}</summary>'
+                   + f' — {e(head)}</summary>'
                    f'<p class="names">{e(shown)}</p>'
                    + (f'<ol class="stack">{frames}</ol>' if frames else '<p class="empty">no frames</p>')
                    + "</details>")

@@ -54,6 +54,8 @@ class Finding:
     time: datetime | None = None    # when it happened (first), if the evidence says
     last_time: datetime | None = None   # when it last happened, for findings grouping repeats
     data: dict[str, Any] = field(default_factory=dict)   # machine-readable facts (counts, pids...)
+    scope: str = ""                 # target / host / elsewhere ("also on this host"): agent.report.focus
+    process: str = ""               # the process it is about, "comm (pid N)", "" for host-wide ones
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
@@ -69,6 +71,7 @@ class Finding:
                 "rule": self.rule, "host": self.host,
                 "time": iso(self.time) if self.time else None,
                 "last_time": iso(self.last_time) if self.last_time else None,
+                "scope": self.scope or None, "process": self.process or None,
                 "evidence": [e.to_json() for e in self.evidence], "data": self.data}
 
 
@@ -86,6 +89,7 @@ class Event:
     count: int = 1                   # identical messages folded into one row
     assumed_utc: bool = False        # the log line had no zone; read as UTC
     ident: str = ""                  # identity across captures of one host (a kernel record's seq)
+    folded: int = 0                  # kernel lines folded into this row (a backtrace, an OOM report's statistics)
 
     def sort_key(self) -> tuple:
         # at the same instant the trigger comes before the capture it caused
@@ -100,6 +104,8 @@ class Event:
             d["line"] = self.line
         if self.assumed_utc:
             d["assumed_utc"] = True
+        if self.folded:
+            d["folded"] = self.folded
         return d
 
 

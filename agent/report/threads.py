@@ -203,7 +203,10 @@ class Group:
         return self.threads[0].frames
 
     def states(self) -> Counter[str]:
-        return Counter(t.state or "?" for t in self.threads)
+        c: Counter[str] = Counter()
+        for t in self.threads:
+            c[t.state or "?"] += t.weight
+        return c
 
     def blocked(self) -> int:
         return sum(t.weight for t in self.threads if t.blocked_reason())

@@ -4,7 +4,9 @@ Sources, per bundle (host):
 - the incident trigger (``manifest.trigger.at``) and the capture itself (start,
   end, collectors that failed or timed out);
 - kernel messages from ``dmesg.json`` at level warning or worse, and every record a
-  finding rests on (whenever it was);
+  finding rests on (whenever it was); the lines the kernel prints after a headline (a
+  backtrace, registers, an OOM report's memory statistics and task table) fold into the
+  headline's row;
 - log lines from the captured tails and the journal whose timestamp falls in the
   window and that say something notable (error, fail, timeout, killed, refused...).
   Timestamps are parsed from ISO 8601 / RFC 3339 (``2026-11-23T10:15:00.123Z``,
@@ -206,14 +208,37 @@ def capture_events(b: Bundle) -> list[Event]:
     return out
 
 
+# the lines the kernel prints after a headline (an OOM report, a warning, a hung task, an Oops): a backtrace,
+# registers, memory statistics, the task table. They are folded into the headline's row.
+FRAGMENT = re.compile(r"^(?:\s|\? |Call Trace:|<(?:/?TASK|/?IRQ|/?NMI)>|RIP:|RSP:|R[A-Z0-9]{2}: |[FGCE]S: |CR[0-4]: |"
+                      r"DR[0-7]: |Code: |Hardware name:|Modules linked in:|CPU: \d+ (?:UID|PID)|Workqueue: |"
+                      r"Mem-Info:|Node \d+ |DMA(?:32)?[: ]|Normal[: ]|Movable[: ]|HighMem[: ]|lowmem_reserve|"
+                      r"active_anon:|Free swap|Total swap|\d+ (?:pages|total pagecache)|memory: usage|"
+                      r"memory\+swap: usage|kmem: usage|swap: usage|Memory cgroup stats for|Tasks state|"
+                      r"\[\s*pid\s*\]|\[\s*\d+\]\s+\d|oom-kill:|[a-z_]+ \d+$|---\[ end trace|Showing busy)")
+FOLD_WITHIN_US = 2_000_000
+
+
 def kernel_events(b: Bundle, win: _Window, flagged: dict[tuple[str, Any], str]) -> list[Event]:
+    """Kernel records worth a row; the backtrace and statistics lines that follow a headline within 2 s are
+    folded into its row (``folded``) unless a finding rests on them."""
     from agent.report.rules._util import DMESG_TXT, dmesg_records
     out = []
+    head: Event | None = None
+    head_usec: float | None = None
     for r in dmesg_records(b):
+        msg = str(r.get("message", ""))
+        usec = r.get("usec") if isinstance(r.get("usec"), (int, float)) else None
+        sev = flagged.get((b.host, r.get("seq")))
+        if sev is None and FRAGMENT.match(msg) and head_usec is not None and usec is not None \
+                and 0 <= usec - head_usec <= FOLD_WITHIN_US:
+            if head is not None:
+                head.folded += 1
+            continue
+        head, head_usec = None, usec
         t = parse_iso(r.get("time"))
         if t is None:
             continue
-        sev = flagged.get((b.host, r.get("seq")))
         if sev is None:
             if not win.inside(t):
                 continue
@@ -221,9 +246,10 @@ def kernel_events(b: Bundle, win: _Window, flagged: dict[tuple[str, Any], str]) 
             if sev is None:
                 continue
         txt = b.has(DMESG_TXT)
-        out.append(Event(t, b.host, "dmesg", str(r.get("message", "")).split("\n")[0], sev,
-                         file=DMESG_TXT if txt else "collectors/dmesg/dmesg.json", line=r.get("_line") if txt else None,
-                         ident=f"{b.manifest.host.boot_id}/{r.get('seq')}"))
+        head = Event(t, b.host, "dmesg", msg.split("\n")[0], sev,
+                     file=DMESG_TXT if txt else "collectors/dmesg/dmesg.json", line=r.get("_line") if txt else None,
+                     ident=f"{b.manifest.host.boot_id}/{r.get('seq')}", folded=msg.count("\n"))
+        out.append(head)
     return out
 
 
@@ -376,7 +402,7 @@ HEADER = "| Time | Host | Source | Event |\n|------|------|--------|-------|\n"
 def markdown_rows(events: Iterable[Event]) -> str:
     rows = []
     for e in events:
-        what = e.event + (f" (×{e.count})" if e.count > 1 else "")
+        what = e.event + (f" (×{e.count})" if e.count > 1 else "") + (f" (+{e.folded} lines)" if e.folded else "")
         rows.append(f"| {e.time.astimezone(timezone.utc).strftime('%Y-%m-%d %H:%M:%S')} | {_cell(e.host, 64)} | "
                     f"{_cell(e.source, 40)} | {_cell(what)} |\n")
     return "".join(rows)

@@ -54,10 +54,14 @@ def test_findings_are_shown_with_their_evidence(page, incident):
     assert any(t.startswith(f"Accept queue full on tcp 127.0.0.1:{incident.listen_port} ") for t in titles)
     if not incident.conntrack_skip:
         assert any(t.startswith("Conntrack table full") for t in titles)
-    # critical findings come first and show their evidence open
-    sev = page.evaluate("[...document.querySelectorAll('article.finding')].map(a => a.className)")
-    ranks = [0 if "critical" in c else 1 if "warning" in c else 2 for c in sev]
-    assert ranks == sorted(ranks)
+    # critical findings come first and show their evidence open; what is "also on this host" (older than the
+    # incident, or about other processes' cgroups) comes after, folded
+    arts = page.evaluate("[...document.querySelectorAll('article.finding')].map(a => [a.className, a.dataset.scope, "
+                         "!!a.closest('details.also')])")
+    main = [0 if "critical" in c else 1 if "warning" in c else 2 for c, scope, _ in arts if scope != "elsewhere"]
+    assert main == sorted(main)
+    scopes = [scope == "elsewhere" for _, scope, _ in arts]
+    assert scopes == sorted(scopes) and all(folded == (scope == "elsewhere") for _, scope, folded in arts)
     first_open = page.evaluate("document.querySelector('article.finding.critical details').open")
     assert first_open is True
     ev = page.evaluate("document.querySelector('article.finding.critical details').innerText")

@@ -170,7 +170,9 @@ def test_missing_collectors_are_findings(incident, report):
     """web-2 ran two collectors only: nothing is claimed about the rest, and failures would be named."""
     web2 = next(b for b in report["bundles"] if b["host"] == "web-2")
     assert set(web2["collectors"]) == {"dmesg", "host"}
-    assert not [f for f in report["findings"] if f["host"] == "web-2" and f["rule"] in ("listen_queue", "conntrack")]
+    # (the kernel's own "table full" messages are host-wide: any capture of dmesg may name them)
+    assert not [f for f in report["findings"] if f["host"] == "web-2" and f["rule"] in ("listen_queue", "conntrack")
+                and any(e["file"].startswith(("collectors/conntrack/", "collectors/sockets/")) for e in f["evidence"])]
 
 
 def test_two_captures_of_one_host_do_not_double_the_timeline(incident, tmp_path):

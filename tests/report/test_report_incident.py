@@ -82,6 +82,7 @@ def test_segfault_is_named_with_its_pid(incident, report):
 def test_full_conntrack_table_and_its_drops(incident, report):
     if incident.conntrack_skip:
         pytest.skip(incident.conntrack_skip)
+    _needs(report, "conntrack")
     f = _find(report, "conntrack", r"Conntrack table full: \d+ of \d+ entries \(\d+%\) in network namespace")
     assert f["severity"] == "critical" and f["data"]["fill_ratio"] >= 0.99
     assert f["evidence"][0]["file"] == "collectors/conntrack/conntrack.json"
@@ -184,7 +185,9 @@ def test_slow_lock_syscall_is_an_outlier_with_its_histogram(incident, report, tm
     if "syscalls" not in incident.collectors:
         pytest.skip("no syscalls collector")
     _needs(report, "syscalls")
-    f = _find(report, "syscall_latency", rf"^flock\(\) in python\S* \(pid {incident.lock_pid}\) took up to ")
+    # one waits, the others hold: judged by the time spent inside flock() when that fills the window
+    f = _find(report, "syscall_latency", rf"^flock\(\) in python\S* \(pid {incident.lock_pid}\)"
+                                         r"(?: took up to |: .* of the \d+ s probe window inside it)")
     assert f["severity"] in ("warning", "critical") and 200_000 <= f["data"]["max_us"] < 1_000_000
     assert "file lock" in f["explanation"]
     assert f["evidence"][0]["file"] == "collectors/syscalls/syscalls.json"

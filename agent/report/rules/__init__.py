@@ -99,7 +99,8 @@ def evaluate(bundles: list["Bundle"], window_s: float | None = None) -> list[Fin
     """Run every rule on every bundle; a rule that raises becomes a finding with its error.
 
     With ``window_s``, findings dated earlier than that before the incident's trigger
-    (old kernel messages still in the ring buffer) are made one level less severe.
+    (old kernel messages still in the ring buffer) are made one level less severe. The result
+    is ranked target first (``agent.report.focus``): each finding gets its scope and process.
     """
     rules, broken = discover()
     out: list[Finding] = []
@@ -130,5 +131,5 @@ def evaluate(bundles: list["Bundle"], window_s: float | None = None) -> list[Fin
         if key not in seen:
             seen.add(key)
             unique.append(f)
-    unique.sort(key=lambda f: f.sort_key())
-    return unique
+    from agent.report import focus       # target first: see agent/report/focus.py
+    return focus.rank(unique, bundles)

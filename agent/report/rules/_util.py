@@ -1,6 +1,7 @@
 """Helpers shared by the rules (not a rule: the name starts with "_")."""
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -126,10 +127,10 @@ def target_label(b: "Bundle", pid: int, fallback: str = "") -> str:
 
 def netns_inode(ns_id: Any) -> int | None:
     """The inode of a namespace named ``net:[4026531993]`` (or already a number)."""
-    if isinstance(ns_id, int):
+    if isinstance(ns_id, int) and not isinstance(ns_id, bool):
         return ns_id
-    digits = "".join(ch for ch in str(ns_id or "") if ch.isdigit())
-    return int(digits) if digits else None
+    m = re.fullmatch(r"(?:net:\[)?(\d+)\]?", str(ns_id or "").strip())
+    return int(m.group(1)) if m else None
 
 
 def targets_in_netns(b: "Bundle", inode: int) -> list[dict[str, Any]]:

@@ -80,7 +80,8 @@ def evaluate(b) -> Iterator[Finding]:
         + (f" Kernel functions they wait in: {where}." if where else "")
         + (" Only kernel threads: likely ordinary writeback." if sev == INFO else ""),
         rule="d_state", host=b.host, evidence=cap(ev),
-        data={"count": total, "wchan": dict(wchans)})
+        data={"count": total, "wchan": dict(wchans),
+              "pids": [p.get("pid") for p in user] + [pid for _, pid, _ in thread_hits]})
 
 
 RULE = Rule(name="d_state", summary="processes and threads in uninterruptible sleep (D state)", evaluate=evaluate,

@@ -66,7 +66,8 @@ def evaluate(b) -> Iterator[Finding]:
                 continue
             holder = w.get("holder") or {"pid": w.get("holder_pid")}
             hp = holder.get("pid")
-            hname = f"{holder.get('comm')} (pid {hp})" if holder.get("comm") else f"pid {hp}"
+            hname = (f"{holder.get('comm')} (pid {hp})" if holder.get("comm") else
+                     f"{who} itself (another thread's descriptor)" if hp == pid else f"pid {hp}")
             n = max(int(num(w.get("waiting")) or 1), len(lockers))
             waited = max([num(t.get("last_ran_s_ago")) or 0.0 for t in lockers] +
                          [(num(r.get("age_us")) or 0.0) / 1e6 for r in flights] + [0.0])

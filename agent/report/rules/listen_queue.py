@@ -57,7 +57,9 @@ def evaluate(b) -> Iterator[Finding]:
                 evidence=[Evidence(b.host, FILE, record=f"listener {lis.get('local')}",
                                    excerpt=f"accept_queue {lis.get('accept_queue')}, backlog {lis.get('backlog')}, "
                                            f"full {lis.get('full')}, owners {who}")],
-                data={"local": lis.get("local"), "accept_queue": q, "backlog": bl})
+                data={"local": lis.get("local"), "accept_queue": q, "backlog": bl,
+                      "pids": [o.get("pid") for o in lis.get("owners") or [] if isinstance(o, dict)],
+                      **({"netns": s.get("netns")} if s.get("netns") else {})})
         kc = s.get("key_counters") or {}
         over = {k: int(num(kc.get(k)) or 0) for k in ("ListenOverflows", "ListenDrops") if num(kc.get(k))}
         if over:

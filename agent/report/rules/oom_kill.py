@@ -75,6 +75,14 @@ def _kills(b) -> list[dict[str, Any]]:
     return kills
 
 
+def _memcg(k: dict[str, Any]) -> str:
+    """The memory cgroup whose limit a kill enforced ("" for the host's memory running out)."""
+    c = k.get("constraint") or {}
+    if k["memcg"] or c.get("constraint") == "CONSTRAINT_MEMCG":
+        return c.get("oom_memcg") or c.get("task_memcg") or "?"
+    return ""
+
+
 def _ebpf_kills(b) -> list[dict[str, Any]]:
     out = []
     for rel in b.files("collectors/oomkill/*.json"):
@@ -120,7 +128,11 @@ def evaluate(b) -> Iterator[Finding]:
             ev.extend(dmesg_evidence(b, r) for r in recs)
         yield Finding(CRITICAL, title, expl, rule="oom_kill", host=b.host, evidence=cap(ev, 8),
                       time=record_time(first["record"]), last_time=record_time(ks[-1]["record"]),
-                      data={"comm": comm, "pids": [k["pid"] for k in ks], "rss_bytes": max(rss)})
+                      data={"comm": comm, "pids": [k["pid"] for k in ks], "rss_bytes": max(rss),
+                            "memcg": sorted({m for k in ks for m in [_memcg(k)] if m}),
+                            "global": any(not _memcg(k) for k in ks),
+                            "task_memcg": sorted({(k.get("constraint") or {}).get("task_memcg") or "" for k in ks}
+                                                 - {""})})
 
     seen_pids = {k["pid"] for k in kills}
     extra = [e for e in _ebpf_kills(b) if num(e.get("pid")) is None or int(num(e.get("pid")) or 0) not in seen_pids]

@@ -125,10 +125,13 @@ def evaluate(b) -> Iterator[Finding]:
                      + (" (several threads at once)" if share > 1 else "")
                      + (": whatever waits on them (a request, a commit, a lock holder) waited that long."
                         if share >= CRIT_SHARE else "."))
-        title = (f"{name}() in {comm} (pid {pid}): {min(share, 9.99):.0%} of the probe window inside it, "
-                 f"{human_us(p50)} per call, up to {human_us(mx)}" if share is not None and share >= CRIT_SHARE
-                 else f"{name}() in {comm} (pid {pid}) took up to {human_us(mx)} (p50 {human_us(p50)}, "
-                      f"p99 {human_us(p99)})")
+        if share is not None and share >= CRIT_SHARE:
+            inside = f"{share:.0%}" if share <= 1 else f"{share * win:.1f} s (several threads at once)"
+            title = (f"{name}() in {comm} (pid {pid}): {inside} of the {win:.0f} s probe window inside it "
+                     f"(p50 {human_us(p50)}, max {human_us(mx)})")
+        else:
+            title = (f"{name}() in {comm} (pid {pid}) took up to {human_us(mx)} (p50 {human_us(p50)}, "
+                     f"p99 {human_us(p99)})")
         yield Finding(
             sev, title,
             f"During the probe window {comm} made {count} {name}() calls; the typical one took {human_us(p50)} "
