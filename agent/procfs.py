@@ -286,3 +286,48 @@ def thread_states(pid: int) -> dict[int, str]:
         except ProcError:
             continue       # that thread exited meanwhile
     return out
+
+
+# -- what a sleeping thread waits in ------------------------------------------------------------
+
+def sched_exec_start_ms(text: str) -> float | None:
+    """``se.exec_start`` of a ``sched`` file: when the task last ran, in the scheduler's clock (ms)."""
+    for line in text.splitlines():
+        if line.startswith("se.exec_start"):
+            try:
+                return float(line.split(":", 1)[1])
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
+def parse_syscall(text: str) -> tuple[int, list[str]] | None:
+    """``/proc/PID/task/TID/syscall`` of a blocked thread: (the call's number, its first three arguments);
+    None when it runs (``running``) or is not in a system call (``-1``)."""
+    f = text.split()
+    if not f or not f[0].lstrip("-").isdigit() or int(f[0]) < 0:
+        return None
+    return int(f[0]), f[1:4]
+
+
+def thread_wait(pid: int, tid: int) -> dict[str, object]:
+    """For a sleeping thread: the system call it is in (``nr``, ``args``) and how long ago it last ran
+    (``last_ran_s_ago``: its ``se.exec_start`` against this thread's, which runs now; an estimate in the
+    scheduler's clock). Empty where the kernel does not say; never raises.
+
+    Read it before anything ptrace-stops the process: a ptrace stop wakes the thread and restarts its call."""
+    out: dict[str, object] = {}
+    try:
+        call = parse_syscall(read_text(path(pid, "syscall", tid)))
+    except ProcError:
+        call = None
+    if call:
+        out["nr"], out["args"] = call
+    try:
+        ran = sched_exec_start_ms(read_text(path(pid, "sched", tid)))
+        now = sched_exec_start_ms(read_text("/proc/thread-self/sched"))
+    except ProcError:
+        ran = now = None
+    if ran is not None and now is not None and now >= ran:
+        out["last_ran_s_ago"] = round((now - ran) / 1000, 3)
+    return out

@@ -140,21 +140,6 @@ def _bounded(fn, timeout: float, default=None):
 
 # -- the collector ----------------------------------------------------------------
 
-def sched_exec_start_ms(text: str) -> float | None:
-    """``se.exec_start`` of a /proc/.../sched file: when the task last ran, in the scheduler's clock (ms)."""
-    m = re.search(r"^se\.exec_start\s*:\s*([\d.]+)", text, re.M)
-    return float(m.group(1)) if m else None
-
-
-def parse_syscall(text: str, names: dict[int, str]) -> dict[str, Any] | None:
-    """/proc/PID/task/TID/syscall of a blocked thread: the call it is in and its first arguments."""
-    f = text.split()
-    if not f or f[0] == "running" or not f[0].lstrip("-").isdigit() or int(f[0]) < 0:
-        return None
-    nr = int(f[0])
-    return {"nr": nr, "name": names.get(nr, f"syscall_{nr}"), "args": f[1:4]}
-
-
 def _syscall_names() -> dict[int, str]:
     try:
         from collectors.syscalls import syscall_table
@@ -163,9 +148,19 @@ def _syscall_names() -> dict[int, str]:
         return {}
 
 
-def _now_sched_ms() -> float | None:
-    """The scheduler clock now, as this (running) thread's ``se.exec_start`` says."""
-    return sched_exec_start_ms(read_text("/proc/thread-self/sched", "") or "")
+def thread_waits(pid: int, tids: list[int], names: dict[int, str] | None = None) -> dict[int, dict[str, Any]]:
+    """For the sleeping threads among ``tids``: the system call each is in and how long ago it last ran."""
+    names = _syscall_names() if names is None else names
+    out: dict[int, dict[str, Any]] = {}
+    for tid in tids:
+        w = procfs.thread_wait(pid, tid)
+        if "nr" in w:
+            w["syscall"] = {"nr": w["nr"], "name": names.get(int(w["nr"]), f"syscall_{w['nr']}"),
+                            "args": w.pop("args", [])}
+            del w["nr"]
+        if w:
+            out[tid] = w
+    return out
 
 
 def _threads(pid: int, limit: int) -> tuple[list[dict[str, Any]], int]:
@@ -192,12 +187,7 @@ def _threads(pid: int, limit: int) -> tuple[list[dict[str, Any]], int]:
             # what a sleeping thread is in (its system call) and since when it has not run: how long it waits
             if names is None:
                 names = _syscall_names()
-            call = parse_syscall(read_text(f"{base}/syscall", "") or "", names)
-            if call:
-                out[-1]["syscall"] = call
-            ran, now = sched_exec_start_ms(read_text(f"{base}/sched", "") or ""), _now_sched_ms()
-            if ran is not None and now is not None and now >= ran:
-                out[-1]["last_ran_s_ago"] = round((now - ran) / 1000, 3)
+            out[-1].update(thread_waits(pid, [tid], names).get(tid, {}))
     return out, len(tids)
 
 

@@ -30,7 +30,9 @@ restart destroys first.
 Produces: ``threads.txt`` (human-readable dump: the tool's own text, or py-spy/Node rendered),
 the tool's raw output (``py-spy.json``, ``node-report.json``, ``goroutines.txt``...) and
 ``threads.json``: {runtime, tool, pid, threads: [{name, tid, state, frames: [{function, file,
-line, native?}], waiting_on?, holds?, os_state?}], deadlocks: [{threads, text}], pause}.
+line, native?}], waiting_on?, holds?, os_state?, weight?}], deadlocks: [{threads, text}],
+event_loop?, waits_before_dump (each sleeping thread's system call and time since it last ran,
+read before the dump's ptrace stop resets both), pause}.
 Overhead: pauses the target (ptrace stop or safepoint): py-spy 2-10 ms, jcmd Thread.print
 6-90 ms (``-l``: +0.2 s/GiB of heap), eu-stack 1-2 ms, gdb ~0.2 s, Node report 12-31 ms
 (+ ~70 ms for the JS stack), dlv 1-4 s (the whole process stopped). One pausing collector per target at a time (runner);
@@ -735,12 +737,30 @@ def gdb_argv(gdb: str, pid: int, commands: list[str], symbols: bool = True) -> l
 DUMPERS = {"python": dump_python, "jvm": dump_jvm, "node": dump_node, "go": dump_go, "native": dump_native}
 
 
+def waits_before(pid: int) -> dict[str, dict[str, Any]]:
+    """What each sleeping thread waits in and for how long, read before the dump: a ptrace stop (py-spy, gdb,
+    Delve) wakes every thread and restarts its system call, which resets both."""
+    from collectors.process import thread_waits
+    try:
+        states = procfs.thread_states(pid)
+    except procfs.ProcError:
+        return {}
+    sleeping = [tid for tid, st in states.items() if st in ("S", "D")][:MAX_WAITS]
+    return {str(tid): w for tid, w in thread_waits(pid, sleeping).items()}
+
+
+MAX_WAITS = 4096
+
+
 def collect(ctx) -> None:
     t = ctx.target
     t.ensure_alive()
     runtime = t.runtime if t.runtime in DUMPERS else "native"
+    before = waits_before(t.pid)
     doc = DUMPERS[runtime](ctx)
     doc = {"runtime": runtime, "pid": t.pid, "start_time": t.start_time, "comm": t.comm, **doc}
+    if before:
+        doc["waits_before_dump"] = before
     doc.setdefault("deadlocks", [])
     if runtime in ("python", "jvm", "native", "go") and doc["tool"].split()[0] in ("py-spy", "jcmd", "eu-stack", "gdb"):
         _os_states(doc, t.pid)

@@ -9,7 +9,9 @@ threads' system calls and last-run times):
   warning. The finding names the file, the holder (pid, command, what its threads are
   doing: the holder's own system calls and wait channels) and the other waiters;
 - a target holds a lock other processes wait for — warning.
-Evidence: ``process.json`` ``locks`` and the waiting threads; ``syscalls.json`` ``in_flight``.
+Evidence: ``process.json`` ``locks`` and the waiting threads (with ``threads.json``'s
+``waits_before_dump``: a dump's ptrace stop restarts the calls it interrupts, so what the
+threads waited in before it counts); ``syscalls.json`` ``in_flight``.
 """
 from __future__ import annotations
 
@@ -42,6 +44,12 @@ def _doing(holder: dict[str, Any]) -> str:
     return "; ".join(parts) + (f"; and {more} more threads" if more > 0 else "")
 
 
+def _before_dump(b, pid: int) -> dict[str, dict[str, Any]]:
+    data = b.json(f"collectors/threads/{pid}/threads.json")
+    w = data.get("waits_before_dump") if isinstance(data, dict) else None
+    return w if isinstance(w, dict) else {}
+
+
 def _in_flight(b, pid: int) -> list[dict[str, Any]]:
     data = b.json(SYSCALLS)
     if not isinstance(data, dict):
@@ -59,6 +67,12 @@ def evaluate(b) -> Iterator[Finding]:
         pid = int(rel.split("/")[2])
         who = target_label(b, pid, str(p.get("comm") or ""))
         threads = [t for t in p.get("threads") or [] if isinstance(t, dict)]
+        before = _before_dump(b, pid)
+        for t in threads:                   # the dump's ptrace stop restarts the calls: what was seen before it
+            w = before.get(str(t.get("tid")))
+            if w and (w.get("syscall") or {}).get("name") in LOCK_CALLS:
+                t.update(syscall=w["syscall"], last_ran_s_ago=max(num(t.get("last_ran_s_ago")) or 0.0,
+                                                                  num(w.get("last_ran_s_ago")) or 0.0))
         lockers = [t for t in threads if (t.get("syscall") or {}).get("name") in LOCK_CALLS]
         flights = _in_flight(b, pid)
         for w in locks.get("waiting") or []:

@@ -121,12 +121,13 @@ def evaluate(b) -> Iterator[Finding]:
             stuck[(pid, name)] = still
         spent = ""
         if share is not None and share >= WARN_SHARE:
-            spent = (f" Together they took {share:.0%} of the {win:.1f} s window"
-                     + (" (several threads at once)" if share > 1 else "")
+            spent = (f" Together they took {min(share, 1.0) if share <= 1.1 else share:.0%} of the {win:.1f} s window"
+                     + (" (several threads at once)" if share > 1.1 else "")
                      + (": whatever waits on them (a request, a commit, a lock holder) waited that long."
                         if share >= CRIT_SHARE else "."))
         if share is not None and share >= CRIT_SHARE:
-            inside = f"{share:.0%}" if share <= 1 else f"{share * win:.1f} s (several threads at once)"
+            # a call still blocked at the end counts from its start: one thread can slightly exceed the window
+            inside = f"{min(share, 1.0):.0%}" if share <= 1.1 else f"{share * win:.1f} s (several threads at once)"
             title = (f"{name}() in {comm} (pid {pid}): {inside} of the {win:.0f} s probe window inside it "
                      f"(p50 {human_us(p50)}, max {human_us(mx)})")
         else:

@@ -44,7 +44,7 @@ def main() -> None:
             break
         time.sleep(0.05)
     print(f"READY {me}", flush=True)
-    sys.stdin.read()
+    threading.Event().wait()                    # until the test ends it
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ no CPU and holds no lock, and serves nothing. Prints ``READY <pid>`` once every 
 """
 import os
 import queue
-import sys
 import threading
 import time
 
@@ -63,7 +62,7 @@ def main() -> None:
         waiting.acquire()
     time.sleep(0.2)
     print(f"READY {os.getpid()}", flush=True)
-    sys.stdin.read()                    # until the test closes stdin
+    threading.Event().wait()            # until the test ends it
 
 
 if __name__ == "__main__":
