@@ -5,8 +5,9 @@ A capture names its targets (``--pid``, ``--process``, ``--unit``, the configure
 (``incident.services``). Every finding gets a *scope*:
 
 - ``target``: it concerns a target or one of the incident's services: its PID (``data.pid``,
-  ``data.pids``), a network namespace a target lives in (``data.netns``), the target's memory
-  cgroup (an OOM kill under its limit), or a service's name in the cgroup or the finding;
+  ``data.pids``), evidence from the target's own folder (``collectors/<name>/<pid>/``), a
+  network namespace a target lives in (``data.netns``), the target's cgroup (``data.memcg``,
+  ``data.cgroup``: an OOM kill under its limit), or a service's name in the cgroup or the finding;
 - ``elsewhere`` ("also on this host"): it concerns other processes or cgroups while the capture
   named its targets explicitly, or it is older than the incident (before its start, or more
   than ``OLD_S`` before the trigger) and concerns no target: context, not the cause;
@@ -130,16 +131,34 @@ def _service_hit(services: list[str], text: str) -> bool:
     return False
 
 
+PER_TARGET = re.compile(r"^collectors/[\w.-]+/(\d+)/")      # a per-target collector's folder
+
+
+def _cgroup_paths(f: Finding) -> list[str]:
+    out: list[str] = []
+    for k in ("memcg", "task_memcg", "cgroup", "cgroups", "cgroup_path"):
+        v = f.data.get(k)
+        for x in v if isinstance(v, list) else [v]:
+            if isinstance(x, str) and x.startswith("/"):
+                out.append(x)
+            elif isinstance(x, dict) and isinstance(x.get("path"), str):
+                out.append(x["path"])
+    return out
+
+
 def scope_of(f: Finding, fo: Focus) -> tuple[str, list[int]]:
     """(scope, the target PIDs it concerns)."""
     pids = _pids(f)
     hits = [p for p in pids if p in fo.pids]
+    for ev in f.evidence:                         # evidence from a target's own folder is about that target
+        m = PER_TARGET.match(ev.file)
+        if m and int(m.group(1)) in fo.pids:
+            hits.append(int(m.group(1)))
     ns = f.data.get("netns")
     ino = netns_inode(ns) if ns not in (None, "") else None
     if ino is not None and ino in fo.netns:
         hits += fo.netns[ino]
-    memcgs = [m for m in (f.data.get("memcg") or []) if isinstance(m, str)] + \
-             [m for m in (f.data.get("task_memcg") or []) if isinstance(m, str)]
+    memcgs = _cgroup_paths(f)
     for pid, paths in fo.cgroups.items():
         if any(_related(m, p) for m in memcgs for p in paths):
             hits.append(pid)
@@ -148,7 +167,7 @@ def scope_of(f: Finding, fo: Focus) -> tuple[str, list[int]]:
         return TARGET, hits
     if fo.services and _service_hit(fo.services, " ".join([f.title, " ".join(memcgs)])):
         return TARGET, []
-    specific = bool(pids) or bool(f.data.get("memcg")) or ino is not None
+    specific = bool(pids) or bool(memcgs) or ino is not None
     if fo.explicit and specific and not f.data.get("global"):
         return ELSEWHERE, []
     when = f.last_time or f.time

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tarfile
@@ -190,3 +191,39 @@ def test_a_target_that_exited_or_whose_pid_was_reused_is_target_exited(run_colle
     r = run_collector("process", target=me)
     assert r.status == "target_exited"
     assert not (r.out / "process.json").exists()
+
+
+def test_file_locks_the_calls_threads_wait_in_and_where_descriptors_point(run_collector, tmp_path):
+    """Threads queued in flock() on a file another process (flock(1)) holds: /proc/locks names the holder and the
+    file; each waiting thread's system call and how long it has not run are recorded; descriptors by directory."""
+    from pathlib import Path
+
+    from tests.helpers.proc import Proc
+    lock = tmp_path / "orders.lock"
+    lock.touch()
+    holder = subprocess.Popen(["flock", str(lock), "sleep", "1234"], start_new_session=True)
+    t = None
+    try:
+        deadline = time.monotonic() + 30
+        while str(holder.pid) not in Path("/proc/locks").read_text():
+            assert time.monotonic() < deadline, "flock(1) did not take the lock"
+            time.sleep(0.05)
+        t = Proc([sys.executable, Path(__file__).resolve().parents[1] / "report" / "targets" / "flock_waiters.py",
+                  str(lock), "3"])
+        time.sleep(0.5)
+        r = run_collector("process", target=dt.agent_target(t.pid))
+        assert r.status == "ok", r.reason
+        p = json.loads((r.out / "process.json").read_text())
+        (w,) = p["locks"]["waiting"]
+        assert w["path"] == str(lock) and w["type"] == "FLOCK" and w["waiting"] == 3
+        assert w["holder_pid"] == holder.pid and w["holder"]["comm"] == "flock"
+        assert any((th.get("syscall") or {}).get("name") == "wait4" for th in w["holder"]["threads"])
+        waiting = [th for th in p["threads"] if (th.get("syscall") or {}).get("name") == "flock"]
+        assert len(waiting) == 3 and all(th["last_ran_s_ago"] >= 0.3 for th in waiting)
+        assert {"dir": str(tmp_path), "count": 3} in p["fd"]["by_dir"]
+        assert p["cpu_sample"]["interval_s"] >= 0.25 and p["cpu_sample"]["cpu_percent"] < 50
+    finally:
+        if t is not None:
+            t.stop()
+        os.killpg(holder.pid, signal.SIGKILL)          # flock(1) and the sleep it runs
+        holder.wait(timeout=10)

@@ -206,6 +206,10 @@ def test_node_report_js_stack_of_a_stuck_loop_workers_and_the_inspector_closed(r
     main = next(t for t in doc["threads"] if t["name"] == "main")
     assert main["state"] == "running" and main["frames"][0]["function"] == "spinForever"
     assert main["frames"][0]["file"].endswith("gh_target.js")
+    # the loop is stuck: a 0 ms timer scheduled through the inspector never fired while we waited
+    loop = doc["event_loop"]
+    assert loop["timed_out"] is True and loop["lag_ms_at_least"] >= 1000 and "lag_ms" not in loop
+    assert loop["main_thread_frames"][0].startswith("spinForever (gh_target.js:")
     assert any("gh-worker" in n for n in names(doc))
     report = json.loads((r.out / "node-report.json").read_text())
     assert report["environmentVariables"]["GH_SECRET_TOKEN"] == MASK
@@ -239,6 +243,7 @@ def test_node_in_another_network_namespace(run_collector, tmp_path):
         assert r.notes["inspector"]["netns_entered"] is True and r.notes["inspector"]["inspector_closed"] is True
         assert r.notes["inspector"]["socket_in_target_netns"] is True     # the kernel's word (SIOCGSKNS)
         assert doc["threads"][0]["name"] == "main"
+        assert doc["event_loop"]["lag_ms"] < 1000 and not doc["event_loop"].get("timed_out")   # an idle loop
         assert subprocess.run(["nsenter", "-t", str(t.pid), "-n", sys.executable, "-c",
                                "import socket,sys; s=socket.socket(); s.settimeout(1); "
                                "sys.exit(s.connect_ex(('127.0.0.1', 9229)) == 0)"]).returncode == 0
