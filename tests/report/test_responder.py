@@ -2,7 +2,8 @@
 the failing service, and the report's first finding names the fault and that service.
 
 Shapes (one real target each, in ``tests/report/targets/``):
-- a Python service whose database connection pool is exhausted (request threads parked in getconn);
+- a Python service whose database connection pool is exhausted (request threads parked in getconn), and a JVM
+  one (parked in getConnection -> ArrayBlockingQueue.take);
 - a Node.js service whose event loop a synchronous handler blocks (and an asyncio one, the same in Python);
 - a Go service leaking goroutines parked in ``chan send`` (about 4,000), with a pprof port the collector finds
   by itself, and without one (Delve's grouped listing);
@@ -41,7 +42,7 @@ from tests.report.conftest import conntrack_fillable, run_gh
 
 TARGETS = Path(__file__).resolve().parent / "targets"
 BUILD = Path(__file__).resolve().parents[1] / "targets" / "build"
-PROBE_S = "3"
+PROBE_S = "2"
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +138,23 @@ def test_python_pool_exhaustion_is_a_pileup_at_getconn(gh, procs, noise):
     assert not [e for e in dmesg if re.match(r"\s*(?:</?TASK>|RSP: |RIP: |Call Trace:|Tasks state)", e["event"])]
     if noise is not None:
         assert [e for e in dmesg if "invoked oom-killer" in e["event"] and e.get("folded", 0) >= 20]
+
+
+def test_jvm_pool_exhaustion_is_a_pileup_at_getconnection(gh, procs, noise):
+    if not (shutil.which("java") and shutil.which("javac") and shutil.which("jcmd")):
+        pytest.skip("no JDK (java, javac, jcmd)")
+    out = BUILD / "java-report"
+    src = TARGETS / "PoolApp.java"
+    if not (out / "PoolApp.class").exists() or (out / "PoolApp.class").stat().st_mtime < src.stat().st_mtime:
+        out.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["javac", "-d", str(out), str(src)], check=True)
+    t = Proc(["java", "-Xmx64m", "-cp", str(out), "PoolApp"])
+    procs.append(t)
+    pid = int(t.ready.split()[1])
+    gh.snapshot(pid)
+    rep = gh.report()
+    f = first_is(rep, "pileups", pid, "PoolApp$Pool.getConnection", "ArrayBlockingQueue.take", noise=noise)
+    assert f["data"]["count"] == 12
 
 
 # -- Node.js and asyncio: a blocked event loop ---------------------------------------------------------------------

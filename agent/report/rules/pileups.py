@@ -6,7 +6,8 @@ a native thread sleeping) grouped by their *first application frame* (the innerm
 of the program's own code, not the runtime's library) and what they wait in there. Only
 threads parked deep in the program count: the group's stacks hold two application frames
 or more (a worker loop idling for work has one, its own loop), and sleeps are left out.
-- critical: 5 or more threads and at least half the process's threads, or 1,000 or more
+- critical: 5 or more threads and at least half the threads running the program's own code (a
+  JVM's GC and compiler threads, the Go runtime's goroutines do not count), or 1,000 or more
   (an exhausted connection pool, a queue or channel nobody drains, a lock held too long);
 - warning: 5 or more and a quarter of the threads, or 100 or more; groups waiting for the
   network (Go ``IO wait``/``select``, socket reads) are at most warnings: idle keep-alive
@@ -98,16 +99,19 @@ def pileups(dump: Dump) -> list[dict]:
         groups.setdefault((app.function, app.file, app.line, wait), []).append(t)
     out = []
     n_all = total(dump)
+    # the share is of the threads that run the program's code: a JVM's GC, compiler and reference threads, a Go
+    # runtime's background goroutines, are not the application's
+    n_app = sum(t.weight for t in dump.threads if app_frames(t, rt)) or n_all
     for (_fn, _file, _line, wait), ts in groups.items():
         count = sum(t.weight for t in ts)
-        out.append({"threads": ts, "count": count, "total": n_all, "wait": wait, "frame": app_frame(ts[0], rt),
-                    "kind": kind(ts[0], rt, wait)})
+        out.append({"threads": ts, "count": count, "total": n_all, "app_total": n_app, "wait": wait,
+                    "frame": app_frame(ts[0], rt), "kind": kind(ts[0], rt, wait)})
     out.sort(key=lambda g: -g["count"])
     return out
 
 
 def severity(g: dict) -> str | None:
-    count, n, k = g["count"], g["total"] or 1, g["kind"]
+    count, n, k = g["count"], g.get("app_total") or g["total"] or 1, g["kind"]
     if k == "sleep" or count < MIN_COUNT:
         return None
     share = count / n
@@ -137,16 +141,18 @@ def evaluate(b) -> Iterator[Finding]:
             in_wait = f" in {wait}" if wait else ""
             yield Finding(
                 sev, f"Pile-up in {who}: {count} of {plural(n, noun, nouns)} parked at {frame.label()}{in_wait}",
-                f"{count} {nouns} ({count / max(n, 1):.0%} of the process) are parked with the same first "
+                f"{count} {nouns} (of the {g['app_total']} running the program's own code; {n} in all) are "
+                f"parked with the same first "
                 f"application frame, {frame.label()}, waiting{in_wait}. {_why(wait, g['kind'], noun)} "
-                f"Whatever reaches {frame.function} now waits too, while the process looks idle (no CPU, "
-                "no lock held). Their shared stack, innermost first: " + _stack(first.frames) + ".",
+                f"Whatever reaches {frame.function} now waits too, while the process looks idle (it uses no "
+                "CPU). Their shared stack, innermost first: " + _stack(first.frames) + ".",
                 rule="pileups", host=b.host,
                 evidence=[Evidence(b.host, dump.source, record=f"{nouns} " + ", ".join(
                     str(t.tid if t.tid is not None else t.name) for t in g["threads"][:12])
                     + (" …" if len(g["threads"]) > 12 else ""),
                     excerpt=f"{first.state or '?'}: {_stack(first.frames, 12)}")],
-                data={"pid": pid, "count": count, "total": n, "frame": frame.label(), "wait": wait,
+                data={"pid": pid, "count": count, "total": n, "app_total": g["app_total"], "frame": frame.label(),
+                      "wait": wait,
                       "kind": g["kind"], "runtime": rt})
 
 
