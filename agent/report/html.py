@@ -3,10 +3,13 @@
 A Content-Security-Policy (``default-src 'none'``) makes the browser refuse any
 fetch, so the file opens the same from disk, a mail attachment or an air-gapped
 laptop. Expandable parts (evidence, thread groups, the Markdown timeline) are
-``<details>`` elements, which need no JavaScript. Sections: the findings (most
-severe first), the timeline (plot and table), plots per host (pressure, sockets
-per process, syscall latency per process, run-queue latency), the thread dumps
-grouped by identical stack, and the bundles with their integrity and collectors.
+``<details>`` elements, which need no JavaScript. Sections: the targets (one row per
+captured process: its facts and worst finding), the findings (about the targets first,
+then the host's, most severe first, each with the process it is about; "also on this
+host" folded at the end), the timeline (plot and table), plots per host (pressure,
+sockets per process, syscall latency per process, run-queue latency), the thread dumps
+grouped by identical stack and headed by their first application frame, and the
+bundles with their integrity and collectors.
 """
 from __future__ import annotations
 
