@@ -107,7 +107,11 @@ def run(quick: bool = False) -> dict:
         plan.append((lambda: dt.go_target(work, "-pprof", "127.0.0.1:16061"), "Go 1.19, 4 MiB retained, pprof",
                      [("threads: Go pprof goroutine?debug=2", "threads", {"go_pprof": "127.0.0.1:16061"}, reps, 50,
                        "stop-the-world goroutine walk"),
-                      ("threads: Go dlv attach (answers n)", "threads", {}, heavy, 2000, "ptrace + Delve start")]))
+                      ("threads: Go dlv attach (answers n)", "threads", {"go_pprof_discover": False}, heavy, 2000,
+                       "ptrace + Delve start; one grouped command")]))
+        plan.append((lambda: dt.go_target(work, "-park", "4000"), "Go 1.19, 4 MiB retained, 4,000 leaked goroutines",
+                     [("threads: Go dlv attach, 4,000 goroutines (grouped listing)", "threads", {}, heavy, 2000,
+                       "the whole process is stopped for Delve's session: goroutines -group userloc -t 30")]))
     try:
         for make, desc, rows in plan:
             target = make()

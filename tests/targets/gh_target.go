@@ -1,6 +1,6 @@
 // goldenhour dump target (Go). Goroutines in known states (a mutex deadlock, a
 // channel wait, a CPU worker), a retained heap of -heap-mb MiB, an optional pprof
-// endpoint (-pprof 127.0.0.1:6060), and a ticker goroutine that appends
+// endpoint (-pprof 127.0.0.1:6060), -park N goroutines leaked in a channel send, and a ticker goroutine that appends
 // CLOCK_MONOTONIC ns to -ticker FILE about every millisecond.
 // (Adapted from ../shared/runtime-targets/gh_target.go: READY once the deadlock has formed.)
 package main
@@ -77,7 +77,12 @@ func main() {
 	ticker := flag.String("ticker", "", "append CLOCK_MONOTONIC ns here every ms")
 	heapMb := flag.Int("heap-mb", 64, "retained heap in MiB")
 	pprof := flag.String("pprof", "", "serve net/http/pprof on this address")
+	park := flag.Int("park", 0, "goroutines parked in a channel send nobody receives (a leak)")
 	flag.Parse()
+	leak := make(chan int)
+	for i := 0; i < *park; i++ {
+		go func(n int) { leak <- n }(i)
+	}
 	var head *node
 	for i := 0; i < *heapMb*1024; i++ {
 		p := make([]byte, 1000)
