@@ -261,7 +261,12 @@ class TargetRow:
 
 
 def strip(bundles: Iterable["Bundle"], findings: list[Finding]) -> list[TargetRow]:
-    """One row per target of every bundle, with its facts and its worst finding (the first about it)."""
+    """One row per target, with its facts and its worst finding (the first about it), the worst first.
+
+    Targets the capture picked by itself (the busiest processes, when none was named) are shown only when
+    no target was named in any bundle, or when a finding is about them: they are a guess, not the question."""
+    bundles = list(bundles)
+    named = any(focus_of(b).explicit for b in bundles)
     rows = []
     for b in bundles:
         for t in b.manifest.targets:
@@ -284,7 +289,10 @@ def strip(bundles: Iterable["Bundle"], findings: list[Finding]) -> list[TargetRo
                 if f.host == b.host and pid in (f.data.get("targets") or []):
                     row.worst, row.anchor = f, i
                     break
+            if named and row.reason.startswith("top") and row.worst is None:
+                continue
             rows.append(row)
+    rows.sort(key=lambda r: (RANK[r.worst.severity] if r.worst else len(RANK), r.anchor or 0))
     return rows
 
 

@@ -68,6 +68,7 @@ word-break:break-word;margin:4px 0}
 table{border-collapse:collapse;width:100%;font-size:14px}
 caption{text-align:left;color:var(--muted);font-size:13px;padding:4px 0}
 table.glance{margin-bottom:18px}table.targets{margin:8px 0 6px}table.targets td{font-size:14px}
+table.targets td:not(:last-child){white-space:nowrap}
 details.also{margin-top:24px;border-top:2px solid var(--line);padding-top:8px}
 details.also>summary{font-size:17px}
 table.glance a{color:var(--fg);text-decoration:none}
