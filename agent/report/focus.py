@@ -193,11 +193,14 @@ def _label(b: "Bundle | None", f: Finding, pids: list[int]) -> str:
 
 
 def _cause_rank(rule: str) -> int:
+    """Causes first, in CAUSES' order; a rule not named here (a newer one: limits, history...) right after the
+    ones that name a blocked thread's culprit and before pile-ups, which are as often the consequence of a limit
+    or a slow backend as a cause; symptoms last."""
     if rule in CAUSES:
-        return CAUSES.index(rule)
+        return 10 * CAUSES.index(rule)
     if rule in SYMPTOMS:
-        return 100 + SYMPTOMS.index(rule)
-    return 50
+        return 1000 + SYMPTOMS.index(rule)
+    return 10 * CAUSES.index("pileups") - 5
 
 
 def tier(f: Finding) -> int:
