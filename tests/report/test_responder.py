@@ -225,6 +225,9 @@ def test_go_goroutine_leak_via_delve_grouped(gh, procs, noise):
     f = first_is(rep, "pileups", pid, "4000 of", "main.(*Broker).Publish", "chan send", noise=noise)
     doc = _threads_doc(snap, pid)
     assert doc["tool"] == "dlv attach: goroutines -group userloc -t 30"
+    raw = _bundle_member(snap, f"collectors/threads/{pid}/threads.txt").decode()
+    assert re.search(r"\[chan send \d{6,}\]", raw), "Delve printed no wait-since time (no GC ran?)"
+    assert {t["state"] for t in doc["threads"] if "Publish" in t["name"]} == {"chan send"}
     assert len(doc["threads"]) < 50 and f["data"]["total"] >= 4000    # examples, weighted by their group's size
 
 
@@ -341,13 +344,17 @@ def _wait_for(cond, what: str, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def _threads_doc(snap: dict, pid: int) -> dict:
+def _bundle_member(snap: dict, rel: str) -> bytes:
     import tarfile
 
     import zstandard
     with open(snap["bundle"], "rb") as fh:
         with tarfile.open(fileobj=zstandard.ZstdDecompressor().stream_reader(fh), mode="r|") as tar:
             for m in tar:
-                if m.name.endswith(f"/collectors/threads/{pid}/threads.json"):
-                    return json.loads(tar.extractfile(m).read())
-    raise AssertionError("no threads.json")
+                if m.name.endswith("/" + rel):
+                    return tar.extractfile(m).read()
+    raise AssertionError(f"no {rel} in the bundle")
+
+
+def _threads_doc(snap: dict, pid: int) -> dict:
+    return json.loads(_bundle_member(snap, f"collectors/threads/{pid}/threads.json"))
