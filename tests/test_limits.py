@@ -284,7 +284,7 @@ def test_go_pprof_is_not_asked_at_the_descriptor_limit(run_collector, tmp_path):
         assert s["technique"] == "go_pprof" and "RLIMIT_NOFILE (soft)" in s["reason"]
         doc = json.loads((r.out / "threads.json").read_text())
         if shutil.which("dlv"):
-            assert doc["tool"] == "dlv attach: goroutines -t"
+            assert doc["tool"] == "dlv attach: goroutines -group userloc -t 30"     # Delve's bounded, grouped listing
             assert any("main.deadlockA" in f["function"] for t in doc["threads"] for f in t["frames"])
         go.assert_running()
     finally:
