@@ -38,6 +38,7 @@ Options: ``[collectors.process] max_fds`` (default 4096 listed; all are counted)
 """
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import queue
@@ -140,6 +141,7 @@ def _bounded(fn, timeout: float, default=None):
 
 # -- the collector ----------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1)
 def _syscall_names() -> dict[int, str]:
     try:
         from collectors.syscalls import syscall_table
