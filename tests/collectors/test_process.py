@@ -205,7 +205,10 @@ def test_file_locks_the_calls_threads_wait_in_and_where_descriptors_point(run_co
     t = None
     try:
         deadline = time.monotonic() + 30
-        while str(holder.pid) not in Path("/proc/locks").read_text():
+        def holding() -> bool:                         # the lock taken, and flock(1) waiting for its sleep (wait4)
+            with open(f"/proc/{holder.pid}/syscall") as fh:
+                return str(holder.pid) in Path("/proc/locks").read_text() and fh.read().split()[0] == "61"
+        while not holding():
             assert time.monotonic() < deadline, "flock(1) did not take the lock"
             time.sleep(0.05)
         t = Proc([sys.executable, Path(__file__).resolve().parents[1] / "report" / "targets" / "flock_waiters.py",
