@@ -33,22 +33,34 @@ def _members(bundle: Path) -> dict[str, bytes]:
         return {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar if m.isfile()}
 
 
-def _pids_running(needle: str) -> list[int]:
+def _marker() -> dict[str, str]:
+    """A variable unique to one test's goldenhour run: its collectors' helpers inherit it, so a test
+    finds its own helpers and never another run's (tests of parallel runs share this machine)."""
+    return {"GOLDENHOUR_TEST_RUN": os.urandom(8).hex()}
+
+
+def _our_helpers(argv: str, marker: dict[str, str]) -> list[int]:
+    """PIDs of live (not zombie) processes running ``argv`` (the program by its base name) whose
+    environment holds ``marker``."""
+    want = "".join(f"{k}={v}" for k, v in marker.items()).encode()
     found = []
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
-                cmd = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
+                cmd = Path(f"/proc/{name}/cmdline").read_bytes().decode(errors="replace").split("\0")
+                env = Path(f"/proc/{name}/environ").read_bytes().split(b"\0")
+                state = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
                 continue
-            if needle in cmd:
+            if [os.path.basename(cmd[0]), *cmd[1:-1]] == argv.split() and want in env and state != "Z":
                 found.append(int(name))
     return found
 
 
 def test_hanging_collector_is_killed_at_its_timeout_while_others_finish(gh):
+    marker = _marker()
     cp = _snapshot(gh, "--incident", "INC-hang", "--collector", "slow", "--collector", "boom",
-                   "--collector", "bulk")
+                   "--collector", "bulk", env=marker)
     out, bundle = _bundle(cp)
     assert out["collectors"] == {"boom": "failed", "bulk": "ok", "slow": "timeout"}
     man = json.loads(Path(out["manifest"]).read_text())
@@ -62,9 +74,8 @@ def test_hanging_collector_is_killed_at_its_timeout_while_others_finish(gh):
     members = _members(bundle)
     assert b"Traceback" in members["collectors/boom/collector.log"]
     assert members["collectors/slow/before-hang.txt"] == b"written before hanging\n"
-    # the helper `sleep 600` is gone: only our own processes were killed
-    assert not [p for p in _pids_running("sleep 600") if Path(f"/proc/{p}").exists()
-                and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1][:3]]
+    # the helper `sleep 600` of this run is gone (another test's, running in parallel, may not be)
+    assert not _our_helpers("sleep 600", marker)
     assert gh("verify", out["bundle"]).returncode == 0
 
 
@@ -222,7 +233,8 @@ def test_a_capture_killed_midway_is_salvaged_by_the_next_run(gh, store, tmp_path
     import time
     cfg = tmp_path / "slow.toml"
     cfg.write_text(f'[store]\npath = "{store}"\n[collectors.slow]\ntimeout_s = 120\n')
-    env = dict(os.environ, GOLDENHOUR_CONFIG=str(cfg), GOLDENHOUR_EXTRA_COLLECTORS=TEST_COLLECTORS)
+    marker = _marker()
+    env = dict(os.environ, GOLDENHOUR_CONFIG=str(cfg), GOLDENHOUR_EXTRA_COLLECTORS=TEST_COLLECTORS, **marker)
     proc = subprocess.Popen([sys.executable, "-m", "agent", "snapshot", "--json", "--incident", "INC-killed",
                              "--collector", "slow", "--collector", "bulk"], cwd=Path(__file__).parent.parent,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -233,14 +245,16 @@ def test_a_capture_killed_midway_is_salvaged_by_the_next_run(gh, store, tmp_path
     while time.monotonic() < deadline and not reached():
         time.sleep(0.05)
     assert list((store / ".staging").glob("*/collectors/slow/sleep.out")), "capture never reached the hang"
-    helpers = _pids_running("sleep 600")
+    while time.monotonic() < deadline and not _our_helpers("sleep 600", marker):
+        time.sleep(0.05)
+    assert _our_helpers("sleep 600", marker), "the slow collector's helper of this run was not found"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     proc.stdout.close(), proc.stderr.close()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and [p for p in helpers if Path(f"/proc/{p}").exists()]:
+    while time.monotonic() < deadline and _our_helpers("sleep 600", marker):
         time.sleep(0.05)
-    assert not [p for p in helpers if Path(f"/proc/{p}").exists()], "helpers outlived goldenhour"
+    assert not _our_helpers("sleep 600", marker), "helpers outlived goldenhour"
     assert not list((store / "incidents").glob("INC-killed/*.tar.zst"))
     # the next run (any incident) publishes the interrupted capture first
     cp = gh("snapshot", "--json", "--incident", "INC-next", "--collector", "bulk",
