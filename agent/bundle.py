@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import tarfile
 import time
 from dataclasses import dataclass, field
@@ -448,3 +449,49 @@ def manifest_sidecar(bundle: Path) -> Path:
         if name.endswith(ext):
             name = name[: -len(ext)]
     return bundle.with_name(name + ".manifest.json")
+
+
+# -- extracted bundle folders -------------------------------------------------
+
+def is_bundle_folder(root: Path) -> bool:
+    """A folder that is one extracted bundle: it holds manifest.json or SHA256SUMS at its top."""
+    return (root / MANIFEST).is_file() or (root / SUMS).is_file()
+
+
+def scan_folder(root: Path) -> Seen:
+    """Read an extracted bundle folder once, as ``scan`` reads an archive: each file's SHA-256,
+    SHA256SUMS and manifest.json kept. A link, device or fifo is a problem and is never
+    followed or read; a file that cannot be read is named with why."""
+    seen = Seen()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames) + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            p = Path(dirpath) / name
+            rel = p.relative_to(root).as_posix()
+            try:
+                st = p.lstat()
+                if not stat.S_ISREG(st.st_mode):
+                    kind = "symbolic link" if stat.S_ISLNK(st.st_mode) else "non-file"
+                    seen.problems.append(Problem(rel, f"{kind} in the bundle folder (not read)", MEMBER))
+                    continue
+                with open(p, "rb", opener=_nofollow) as fh:
+                    digest, kept = _hash_only(rel, st.st_size, fh)
+            except OSError as exc:
+                seen.problems.append(Problem(rel, f"unreadable ({exc.strerror or exc})", UNREADABLE))
+                continue
+            seen.hashes[rel] = digest
+            if rel == SUMS:
+                seen.sums = kept
+            elif rel == MANIFEST:
+                seen.manifest = kept
+    return seen
+
+
+def _nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK)
+
+
+def verify_folder(root: Path) -> Integrity:
+    """``goldenhour verify`` of an extracted bundle folder: every file against SHA256SUMS and manifest.json
+    (there is no archive, so no archive hash to compare)."""
+    return check(str(root), scan_folder(root))

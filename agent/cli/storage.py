@@ -126,7 +126,13 @@ def upload(app: App, bundles: tuple[str, ...], pending: bool, url: str | None, s
 
 # -- bundles list ---------------------------------------------------------------------
 
-@click.group(context_settings=CONTEXT)
+@click.group(context_settings=CONTEXT, epilog="""\b
+Examples:
+  goldenhour bundles list                                  every bundle, local and (with upload.url) in S3
+  goldenhour bundles list --incident INC-123               one incident's bundles, all hosts
+  goldenhour bundles list --incident INC-123 --host web-3 --json | jq -r '.[].path'
+\b
+See `goldenhour bundles list --help` for the columns and exit codes.""")
 def bundles() -> None:
     """Find bundles: in the local store and in S3 (from manifest sidecars, no download)."""
 

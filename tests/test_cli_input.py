@@ -1,0 +1,138 @@
+"""Bad and unusual input to the real CLI: one line and the documented exit code, never a traceback.
+
+Every case runs ``python -m agent`` for real on a real bundle (one quick capture per module)
+or on files that are not bundles; with ``--json`` stdout stays valid JSON (or empty on an
+error, with the one line on stderr).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(cfg: Path, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    e = {**os.environ, "GOLDENHOUR_CONFIG": str(cfg), **(env or {})}
+    e.pop("GOLDENHOUR_STORE", None)
+    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=timeout, env=e)
+
+
+def _one_line_error(cp: subprocess.CompletedProcess, code: int) -> str:
+    assert cp.returncode == code, (cp.returncode, cp.stdout, cp.stderr)
+    assert "Traceback" not in cp.stderr + cp.stdout
+    lines = cp.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("goldenhour: error: "), cp.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """One real bundle in a store, its config, and the bundle extracted into a folder."""
+    d = tmp_path_factory.mktemp("cli-input")
+    store = d / "store"
+    cfg = d / "config.toml"
+    cfg.write_text(f'[store]\npath = "{store}"\n')
+    cp = _run(cfg, "snapshot", "--json", "--incident", "INC-input", "--profile", "quick", "--collector", "host")
+    assert cp.returncode == 0, cp.stderr
+    bundle = Path(json.loads(cp.stdout)["bundle"])
+    extracted = d / "extracted"
+    extracted.mkdir()
+    subprocess.run(["tar", "-C", str(extracted), "-xf", str(bundle)], check=True, timeout=60)   # as README says
+    folder = extracted / bundle.name.split(".tar.")[0]
+    assert (folder / "manifest.json").is_file()
+    return {"dir": d, "cfg": cfg, "store": store, "bundle": bundle, "folder": folder}
+
+
+# -- verify ---------------------------------------------------------------------------------
+
+def test_verify_of_a_file_that_is_no_bundle_is_a_named_mismatch_with_and_without_json(made):
+    cp = _run(made["cfg"], "verify", "/etc/passwd")
+    assert cp.returncode == 1 and "Traceback" not in cp.stderr
+    assert cp.stdout.startswith("MISMATCH  /etc/passwd") and "not a goldenhour bundle" in cp.stdout
+    cp = _run(made["cfg"], "verify", "--json", "/etc/passwd")
+    assert cp.returncode == 1 and "Traceback" not in cp.stderr
+    out = json.loads(cp.stdout)
+    assert out["ok"] is False and any("not a goldenhour bundle" in p for p in out["problems"])
+    cp = _run(made["cfg"], "verify", "--json", "/dev/null", "/etc")
+    assert cp.returncode == 1 and "Traceback" not in cp.stderr
+    assert [r["ok"] for r in json.loads(cp.stdout)] == [False, False]
+
+
+def test_verify_checks_an_extracted_bundle_folder_against_its_manifest_and_sums(made, tmp_path):
+    folder = made["folder"]
+    cp = _run(made["cfg"], "verify", str(folder))
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert cp.stdout.startswith(f"OK        {folder} (")
+    out = json.loads(_run(made["cfg"], "verify", "--json", str(folder)).stdout)
+    assert out["ok"] is True and out["files_checked"] >= 3
+    # a copy with one file changed, one removed and one added: each named
+    import shutil
+    bad = tmp_path / folder.name
+    shutil.copytree(folder, bad)
+    (bad / "collectors" / "host" / "host.json").write_text("{}")
+    (bad / "goldenhour.log").unlink()
+    (bad / "extra.txt").write_text("not captured\n")
+    cp = _run(made["cfg"], "verify", "--json", str(bad))
+    assert cp.returncode == 1 and "Traceback" not in cp.stderr
+    problems = "\n".join(json.loads(cp.stdout)["problems"])
+    assert "collectors/host/host.json: sha256" in problems and "differs from SHA256SUMS" in problems
+    assert "goldenhour.log: listed in SHA256SUMS but missing from the bundle" in problems
+    assert "extra.txt: in the bundle but not listed in SHA256SUMS" in problems
+    # a link inside is named and never followed
+    (bad / "passwd").symlink_to("/etc/passwd")
+    cp = _run(made["cfg"], "verify", str(bad))
+    assert cp.returncode == 1 and "passwd: symbolic link in the bundle folder (not read)" in cp.stdout
+
+
+def test_verify_of_a_folder_of_bundles_checks_each(made):
+    inc = made["store"] / "incidents" / "INC-input"
+    cp = _run(made["cfg"], "verify", "--json", str(inc), str(made["folder"].parent))
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    rows = json.loads(cp.stdout)
+    assert [r["bundle"] for r in rows] == [str(made["bundle"]), str(made["folder"])]
+
+
+def test_verify_and_show_take_store_for_bundle_names(made, tmp_path):
+    other = tmp_path / "other.toml"
+    other.write_text(f'[store]\npath = "{tmp_path / "empty"}"\n')
+    name = made["bundle"].name.split(".tar.")[0]
+    _one_line_error(_run(other, "verify", name), 4)
+    _one_line_error(_run(other, "show", name), 4)
+    assert _run(other, "verify", "--store", str(made["store"]), name).returncode == 0
+    cp = _run(other, "show", "--json", "--store", str(made["store"]), name)
+    assert cp.returncode == 0 and json.loads(cp.stdout)["incident"]["id"] == "INC-input"
+
+
+# -- show -----------------------------------------------------------------------------------
+
+def test_show_of_no_bundle_exits_2_like_report_with_one_line(made, tmp_path):
+    empty = tmp_path / "empty-folder"
+    empty.mkdir()
+    for what in ("/etc/passwd", str(empty)):
+        for js in ((), ("--json",)):
+            cp = _run(made["cfg"], "show", *js, what)
+            line = _one_line_error(cp, 2)
+            assert "not a goldenhour bundle" in line and cp.stdout == ""
+        rep = _run(made["cfg"], "report", what, "--out", str(tmp_path / "r.html"))
+        _one_line_error(rep, 2)
+
+
+def test_show_reads_an_extracted_bundle_folder(made):
+    cp = _run(made["cfg"], "show", str(made["folder"]))
+    assert cp.returncode == 0, cp.stderr
+    assert "incident   INC-input" in cp.stdout and "(extracted folder)" in cp.stdout
+    cp = _run(made["cfg"], "show", "--json", str(made["folder"]))
+    assert json.loads(cp.stdout)["bundle"] == made["folder"].name
+
+
+def test_show_and_bundles_help_teach_with_examples(made):
+    for cmd in (["show"], ["bundles"], ["bundles", "list"], ["verify"]):
+        cp = _run(made["cfg"], *cmd, "--help")
+        assert cp.returncode == 0 and "Examples:" in cp.stdout, cmd
