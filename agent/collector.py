@@ -19,12 +19,14 @@ import shutil
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from agent import procfs
+# Option is part of this interface; it is defined where options are read without importing a collector.
+from agent.options import Option as Option
 # TargetGone is part of this interface; it is defined with the /proc reader, whose ProcessGone is one.
 from agent.procfs import TargetGone as TargetGone
 
@@ -137,6 +139,9 @@ class Collector:
     side_effects: tuple[str, ...] = ()
     volatility: int = 50              # lower = more volatile = started earlier (RFC 3227 order)
     check: Callable[[], str | None] | None = None    # extra availability check: None or a reason
+    # [collectors.<name>] keys beside enabled/timeout_s: name -> Option(default, type, doc); a literal
+    # (agent/options.py reads it from the source, so loading a config never imports a collector)
+    options: dict[str, Option] = field(default_factory=dict, hash=False, compare=False)
 
     def unavailable(self) -> str | None:
         """Why this collector cannot run on this host, or None."""

@@ -7,7 +7,8 @@ test checks that). An unknown key is an error, so a typo never silently does
 nothing. Flags given on the command line override the file.
 
 Per-collector keys live under ``[collectors.<name>]``: ``enabled``, ``timeout_s``
-for every collector, plus the options a collector documents in its docstring.
+for every collector, plus the options the collector declares (``COLLECTOR.options``,
+read from its source by ``agent.options`` so that loading a config imports no collector).
 """
 from __future__ import annotations
 
@@ -161,13 +162,7 @@ class Config:
             if not isinstance(body, dict):
                 raise ConfigError(f"top-level key {section!r}{where} must be a [section]")
             if section == "collectors":
-                for name, opts in body.items():
-                    if not isinstance(opts, dict):
-                        raise ConfigError(f"[collectors.{name}]{where} must be a table")
-                    for k, v in opts.items():
-                        if k in COLLECTOR_KEYS:
-                            _check_type(f"collectors.{name}.{k}", v, COLLECTOR_KEYS[k].type, where)
-                    self.collectors[name] = dict(opts)
+                self._merge_collectors(body, where)
                 continue
             if section == "webhooks":
                 for tracker, opts in body.items():
@@ -195,6 +190,35 @@ class Config:
             raise ConfigError(f"daemon.pre_restart must be incident, always or never{where}")
         self._check_upload(where)
 
+    def _merge_collectors(self, body: dict[str, Any], where: str) -> None:
+        """``[collectors.<name>]``: enabled, timeout_s, and the options the collector declares
+        (agent/options.py, read from its source); an unknown collector or key is an error."""
+        from agent.options import OptionsError, declared
+        try:
+            known = declared()
+        except OptionsError as exc:
+            raise ConfigError(str(exc)) from None
+        for name, opts in body.items():
+            if not isinstance(opts, dict):
+                raise ConfigError(f"[collectors.{name}]{where} must be a table")
+            if name not in known:
+                raise ConfigError(f"unknown collector [collectors.{name}]{where}{_near(name, known)}; "
+                                  f"known: {', '.join(sorted(known))}")
+            options = known[name]
+            for k, v in opts.items():
+                key = f"collectors.{name}.{k}"
+                if k in COLLECTOR_KEYS:
+                    _check_type(key, v, COLLECTOR_KEYS[k].type, where)
+                elif k in options:
+                    why = options[k].check(v)
+                    if why:
+                        raise ConfigError(f"config key {key}{where} {why}")
+                else:
+                    takes = [*COLLECTOR_KEYS, *options]
+                    raise ConfigError(f"unknown config key {key}{where}{_near(k, takes)}; "
+                                      f"[collectors.{name}] takes {', '.join(takes)}")
+            self.collectors[name] = dict(opts)
+
     def _check_upload(self, where: str) -> None:
         v = self.values
         if v["upload.url"] and (not v["upload.url"].startswith("s3://") or len(v["upload.url"]) <= 5):
@@ -210,6 +234,12 @@ class Config:
                               f"(S3's smallest part){where}")
         if not 1 <= v["upload.concurrency"] <= 64:
             raise ConfigError(f"upload.concurrency must be between 1 and 64{where}")
+
+
+def _near(word: str, choices: Any) -> str:
+    import difflib
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _check_type(key: str, value: Any, typ: type | tuple[type, ...], where: str) -> None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from agent.collector import Collector, Scope, Skip, read_text
+from agent.collector import Collector, Option, Scope, Skip, read_text
 from collectors import _bpf
 
 TRACEPOINTS = ("block:block_rq_issue", "block:block_rq_complete")
@@ -240,7 +240,11 @@ def render(doc: dict[str, Any], top: int = 20) -> str:
     return "\n".join(out) + "\n"
 
 
+OPTIONS = {
+    "top": Option(20, int, "Issuers (processes) listed in the text."),
+}
+
 COLLECTOR = Collector(
     name="biolatency", summary="eBPF: block I/O latency per disk and operation, issuers, requests outstanding",
     scope=Scope.HOST, collect=collect, requires=_bpf.requirements(*TRACEPOINTS),
-    profiles=frozenset({"full"}), timeout_s=60, volatility=4, check=_bpf.check)
+    profiles=frozenset({"full"}), timeout_s=60, volatility=4, check=_bpf.check, options=OPTIONS)

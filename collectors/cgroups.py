@@ -38,7 +38,7 @@ from typing import Any
 
 from agent import cgroups as cg
 from agent import procfs
-from agent.collector import Collector, Scope
+from agent.collector import Collector, Option, Scope
 
 # Hierarchies worth reading (v1 trees holding only devices/freezer/net_cls say nothing of limits).
 USEFUL_V1 = frozenset({"cpu", "cpuacct", "memory", "pids", "blkio", "cpuset"})
@@ -166,8 +166,14 @@ def collect(ctx) -> None:
         ctx.partial(f"no cgroup found for unit(s) {', '.join(missing)} (no process left, or not a systemd host)")
 
 
+OPTIONS = {
+    "interval_s": Option(None, float, "Window between the two readings (unset: 1 s, 0.5 s in the quick profile)."),
+    "raw": Option(True, bool, "Also copy the cgroup files read."),
+    "unit_search_depth": Option(4, int, "How deep under the cgroup root a unit's cgroup is looked for."),
+}
+
 COLLECTOR = Collector(
     name="cgroups",
     summary="the targets' and units' cgroups on their path to the root (v1 and v2): CPU quota and throttling, "
             "memory limits and events, pids, I/O, pressure, read twice for rates",
-    scope=Scope.HOST, collect=collect, timeout_s=15, volatility=30)
+    scope=Scope.HOST, collect=collect, timeout_s=15, volatility=30, options=OPTIONS)

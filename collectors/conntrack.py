@@ -48,7 +48,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
-from agent.collector import Collector, Scope, Skip, read_text, which
+from agent.collector import Collector, Option, Scope, Skip, read_text, which
 from collectors import _netns
 
 SYSCTL_DIR = "sys/net/netfilter"
@@ -421,10 +421,18 @@ def collect(ctx) -> None:
         ctx.partial(f"{table.unparsed} conntrack line(s) not understood (examples in conntrack.json)")
 
 
+OPTIONS = {
+    "method": Option("auto", str, "How the table is read: auto (/proc/net/nf_conntrack, else the conntrack CLI), "
+                     "proc or cli.", choices=("auto", "proc", "cli")),
+    "netns": Option("", str, "A network namespace file (/run/netns/NAME, /proc/PID/ns/net) whose table is read "
+                    "instead of goldenhour's own (snapshot --netns sets it for one capture)."),
+    "top": Option(20, int, "Entries per top list (talkers, destinations)."),
+}
+
 COLLECTOR = Collector(
     name="conntrack",
     summary="conntrack table, count vs nf_conntrack_max, drop/early_drop/insert_failed stats, per-state counts, "
             "top talkers",
     scope=Scope.HOST, collect=collect, timeout_s=30, volatility=25, check=availability,
     side_effects=("conntrack -L (method \"cli\", or no /proc/net/nf_conntrack) may make the kernel load "
-                  "nf_conntrack_netlink",))
+                  "nf_conntrack_netlink",), options=OPTIONS)

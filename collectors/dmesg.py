@@ -41,7 +41,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from agent.collector import Collector, Skip, Scope, which
+from agent.collector import Collector, Option, Scope, Skip, which
 
 LEVELS = ("emerg", "alert", "crit", "err", "warn", "notice", "info", "debug")
 FACILITIES = ("kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
@@ -254,8 +254,14 @@ def collect(ctx) -> None:
     ctx.note(method=method, records=len(records), gaps=len(gaps))
 
 
+OPTIONS = {
+    "kmsg_path": Option("/dev/kmsg", str, "The kernel log device read."),
+    "max_records": Option(1_000_000, int, "Most records read (a kernel logging faster than we read cannot keep "
+                          "us forever)."),
+}
+
 COLLECTOR = Collector(
     name="dmesg", summary="kernel ring buffer from /dev/kmsg (never cleared), with UTC times and fields",
     scope=Scope.HOST, collect=collect, timeout_s=10, volatility=10,
     check=lambda: None if os.access("/dev/kmsg", os.R_OK) or which("dmesg")
-    else "neither /dev/kmsg readable nor dmesg installed")
+    else "neither /dev/kmsg readable nor dmesg installed", options=OPTIONS)

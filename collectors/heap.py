@@ -52,7 +52,7 @@ import time
 from typing import Any
 
 from agent import preflight, procfs, safety
-from agent.collector import Collector, Scope, Skip, TargetGone, read_text
+from agent.collector import Collector, Option, Scope, Skip, TargetGone, read_text
 from collectors.threads import _gone_or, _tail, gdb_argv, jcmd, node_preflight, tool
 
 GCORE_PESSIMISTIC_BPS = 0.3e9       # measured 0.2-2 GB/s; plan for the slow end
@@ -335,9 +335,21 @@ def collect(ctx) -> None:
         raise TargetGone(f"process {t.pid} exited during the dump")
 
 
+OPTIONS = {
+    "method": Option("auto", str, "auto (the runtime's own dump: JVM jcmd, Node heap snapshot; else a core image) "
+                     "or gcore (always a core image).", choices=("auto", "gcore")),
+    "jvm_dump_dir": Option("", str, "Where a JVM writes its HPROF, as the JVM sees it, tried first (then /var/tmp, "
+                           "/tmp, its working directory: the first on a real disk with room)."),
+    "allow_tmpfs": Option(False, bool, "Let a dump be written to tmpfs/ramfs (memory a container's limit pays for)."),
+    "max_dump_bytes": Option(8 * 2**30, int, "A target whose predicted dump is larger is skipped, with the reason."),
+    "max_pause_s": Option(60, float, "gcore: a target whose predicted pause (at 0.3 GB/s) is longer is skipped."),
+    "jcmd": Option(None, str, "Path of jcmd (unset: found on PATH; empty: never used)."),
+    "gdb": Option(None, str, "Path of gdb for gcore (unset: found on PATH; empty: never used)."),
+}
+
 COLLECTOR = Collector(
     name="heap",
     summary="per target: heap dump (JVM jcmd GC.heap_dump, Node heap snapshot) or core image (gcore), "
             "size checked against the store's reserve first.",
     scope=Scope.PROCESS, collect=collect, profiles=frozenset({"full"}), timeout_s=300, pauses_target=True,
-    volatility=70)
+    volatility=70, options=OPTIONS)

@@ -45,7 +45,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from agent import cgroups, procfs
-from agent.collector import Collector, Scope, read_text
+from agent.collector import Collector, Option, Scope, read_text
 
 # Filesystems with no disk space to run out of (tmpfs, overlay, network filesystems are kept).
 PSEUDO_FS = frozenset({
@@ -645,6 +645,14 @@ def collect(ctx) -> None:
              cpu_window_s=round(elapsed, 3) if window > 0 else None)
 
 
+OPTIONS = {
+    "top": Option(50, int, "Processes per top list (CPU, RSS, D state)."),
+    "cpu_sample_s": Option(0.25, float, "Window over which CPU use now is measured (0: no window, by_cpu_now "
+                           "empty)."),
+    "read_timeout_s": Option(1.0, float, "Longest wait for one /proc or /sys read (a hung NFS mount cannot hang "
+                             "the collector)."),
+}
+
 COLLECTOR = Collector(
     name="host", summary="kernel, OS, load, memory, PSI, CPU, disks, fds, top and D-state processes, cgroups, sysctls",
-    scope=Scope.HOST, collect=collect, timeout_s=15, volatility=40)
+    scope=Scope.HOST, collect=collect, timeout_s=15, volatility=40, options=OPTIONS)

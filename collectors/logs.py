@@ -50,7 +50,7 @@ from collections import deque
 from datetime import datetime, timezone
 from typing import IO, Any, Callable
 
-from agent.collector import Collector, Scope, which
+from agent.collector import Collector, Option, Scope, which
 
 BLOCK = 64 * 1024
 MAX_BLOCK = 8 * 2**20
@@ -541,7 +541,14 @@ def collect(ctx) -> None:
              journal=journal.get("file") is not None)
 
 
+OPTIONS = {
+    "max_files": Option(50, int, "Files one glob may bring in (its most recently modified ones)."),
+    "max_decompressed_bytes": Option(4 * 2**30, int, "Most bytes decompressed from one compressed rotated sibling."),
+    "target_logs": Option(True, bool, "Also tail the log files the targets have open (found from their descriptors)."),
+    "max_target_logs": Option(8, int, "Most log files tailed per target with target_logs."),
+}
+
 COLLECTOR = Collector(
     name="logs", summary="last N lines of configured logs and of the logs the targets write (+ newest rotated "
                          "sibling), and the journal",
-    scope=Scope.HOST, collect=collect, timeout_s=30, volatility=60)
+    scope=Scope.HOST, collect=collect, timeout_s=30, volatility=60, options=OPTIONS)

@@ -49,7 +49,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from agent import cgroups, procfs, safety
-from agent.collector import Collector, Scope, read_text
+from agent.collector import Collector, Option, Scope, read_text
 from agent.redact import RULES, Redactor
 from agent.targets import container_info, namespaces, runtime_evidence
 
@@ -466,9 +466,17 @@ def _boot_time() -> float | None:
     return None
 
 
+OPTIONS = {
+    "max_fds": Option(4096, int, "Descriptors listed per target (all are counted)."),
+    "max_threads": Option(4096, int, "Threads detailed per target (kernel stack, wait channel)."),
+    "environ": Option(True, bool, "Capture the target's environment (redacted)."),
+    "read_timeout_s": Option(2.0, float, "Longest wait for one /proc read of the target."),
+    "cpu_sample_s": Option(0.25, float, "Window over which the target's CPU use now is measured."),
+}
+
 COLLECTOR = Collector(
     name="process",
     summary="per target: /proc state, threads with kernel stacks, wait channels and system calls, descriptors "
             "vs RLIMIT_NOFILE (and where they point), file locks and their holders, CPU now, memory, limits, "
             "namespaces/container, command line and environment (redacted).",
-    scope=Scope.PROCESS, collect=collect, timeout_s=15, volatility=15)
+    scope=Scope.PROCESS, collect=collect, timeout_s=15, volatility=15, options=OPTIONS)

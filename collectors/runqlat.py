@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.collector import Collector, Scope
+from agent.collector import Collector, Option, Scope
 from collectors import _bpf
 
 TRACEPOINTS = ("sched:sched_wakeup", "sched:sched_wakeup_new", "sched:sched_switch")
@@ -191,7 +191,13 @@ def render(doc: dict[str, Any], top: int = 20) -> str:
     return "\n".join(out) + "\n"
 
 
+OPTIONS = {
+    "filter": Option("auto", str, "Which processes per_pid lists: auto (the targets when given, else host-wide), "
+                     "targets or host.", choices=("auto", "targets", "host")),
+    "top": Option(20, int, "Processes listed in the text."),
+}
+
 COLLECTOR = Collector(
     name="runqlat", summary="eBPF: run-queue latency (time runnable threads waited for a CPU), per process",
     scope=Scope.HOST, collect=collect, requires=_bpf.requirements(TRACEPOINTS[0], TRACEPOINTS[2]),
-    profiles=frozenset({"full"}), timeout_s=60, volatility=2, check=_bpf.check)
+    profiles=frozenset({"full"}), timeout_s=60, volatility=2, check=_bpf.check, options=OPTIONS)

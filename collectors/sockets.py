@@ -45,7 +45,7 @@ import struct
 from collections import Counter
 from typing import Any, Iterable, Iterator
 
-from agent.collector import Collector, Scope, which
+from agent.collector import Collector, Option, Scope, which
 from collectors import _netns
 
 SS_RUNS = (("tcp", ("ss", "-H", "-tanpmieO"), "ss-tcp.txt"),
@@ -539,7 +539,14 @@ def collect(ctx) -> None:
         ctx.partial(f"{unparsed.count} ss line(s) not understood (examples in sockets.json unparsed_examples)")
 
 
+OPTIONS = {
+    "method": Option("auto", str, "How sockets are read: auto (ss, else /proc), ss or proc.",
+                     choices=("auto", "ss", "proc")),
+    "netns": Option("", str, "A network namespace file (/run/netns/NAME, /proc/PID/ns/net) read instead of "
+                    "goldenhour's own (snapshot --netns sets it for one capture)."),
+}
+
 COLLECTOR = Collector(
     name="sockets",
     summary="every TCP/UDP/Unix socket with owner, state, queues, TCP internals; listen backlogs; TCP/UDP counters",
-    scope=Scope.HOST, collect=collect, timeout_s=30, volatility=20)
+    scope=Scope.HOST, collect=collect, timeout_s=30, volatility=20, options=OPTIONS)

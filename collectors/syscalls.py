@@ -61,7 +61,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.collector import Collector, Scope, read_text
+from agent.collector import Collector, Option, Scope, read_text
 from collectors import _bpf
 
 TRACEPOINTS = ("raw_syscalls:sys_enter", "raw_syscalls:sys_exit")
@@ -356,7 +356,13 @@ def render(doc: dict[str, Any], top: int = 25) -> str:
     return "\n".join(out) + "\n"
 
 
+OPTIONS = {
+    "filter": Option("auto", str, "Which processes are probed: auto (the targets when given, else host-wide), "
+                     "targets (also the automatic top processes) or host.", choices=("auto", "targets", "host")),
+    "top": Option(25, int, "Entries shown in syscalls.txt."),
+}
+
 COLLECTOR = Collector(
     name="syscalls", summary="eBPF: latency of every system call per process and syscall (probe window)",
     scope=Scope.HOST, collect=collect, requires=_bpf.requirements(*TRACEPOINTS),
-    profiles=frozenset({"standard", "full"}), timeout_s=60, volatility=1, check=_bpf.check)
+    profiles=frozenset({"standard", "full"}), timeout_s=60, volatility=1, check=_bpf.check, options=OPTIONS)

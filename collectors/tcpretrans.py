@@ -38,7 +38,7 @@ import socket
 from typing import Any
 
 from agent import procfs
-from agent.collector import Collector, Scope, Skip, read_text
+from agent.collector import Collector, Option, Scope, Skip, read_text
 from collectors import _bpf
 
 KINDS = {"tcp:tcp_retransmit_skb": (1, "retransmit", "gh_tcp_rtx"),
@@ -292,7 +292,11 @@ def render(doc: dict[str, Any], top: int = 30) -> str:
     return "\n".join(out) + "\n"
 
 
+OPTIONS = {
+    "top": Option(30, int, "Flows shown in the text."),
+}
+
 COLLECTOR = Collector(
     name="tcpretrans", summary="eBPF: TCP retransmits and resets per flow (addresses, ports, state, owner)",
     scope=Scope.HOST, collect=collect, requires=_bpf.requirements(REQUIRED),
-    profiles=frozenset({"standard", "full"}), timeout_s=60, volatility=3, check=_bpf.check)
+    profiles=frozenset({"standard", "full"}), timeout_s=60, volatility=3, check=_bpf.check, options=OPTIONS)

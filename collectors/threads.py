@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import preflight, procfs, safety
-from agent.collector import Collector, Scope, Skip, TargetGone, read_text, which
+from agent.collector import Collector, Option, Scope, Skip, TargetGone, read_text, which
 from agent.redact import RULES, Redactor
 from collectors import _jvm, _stacks
 
@@ -772,9 +772,34 @@ def collect(ctx) -> None:
         raise TargetGone(f"process {t.pid} exited during the dump")
 
 
+OPTIONS = {
+    "native": Option(True, bool, "py-spy --native: native frames too (off in containers and with nonblocking)."),
+    "locals": Option(False, bool, "py-spy --locals: local variables too (they can hold secrets)."),
+    "nonblocking": Option(False, bool, "py-spy --nonblocking: never stop the target (a stack may be torn)."),
+    "jvm_locks": Option(False, bool, "jcmd Thread.print -l: also the ownable synchronizers each thread holds."),
+    "js_stack": Option(True, bool, "Node: also the main thread's JavaScript stack (pauses it briefly)."),
+    "js_stack_wait_s": Option(1.0, float, "Node: how long to wait for the main thread to pause for js_stack."),
+    "event_loop_wait_s": Option(2.0, float, "Node: how long to wait for a 0 ms timer that measures the event "
+                                "loop's lag."),
+    "asyncio_samples": Option(3, int, "Python: samples of an asyncio loop found inside one callback (how long "
+                              "it stays blocked)."),
+    "asyncio_interval_s": Option(0.5, float, "Python: time between those samples."),
+    "go_pprof": Option("", str, "Go: the target's net/http/pprof address (e.g. \"127.0.0.1:6060\") to read its "
+                       "goroutines from (tried first); else one found among its listening sockets, else Delve."),
+    "go_pprof_discover": Option(True, bool, "Go: look for a pprof endpoint among the target's listening sockets."),
+    "dlv_timeout_s": Option(20.0, float, "Go: time budget of Delve's grouped goroutine listing."),
+    "native_tool": Option("auto", str, "Native stacks with auto (eu-stack, gdb in containers), eu-stack or gdb.",
+                          choices=("auto", "eu-stack", "gdb")),
+    "py_spy": Option(None, str, "Path of py-spy (unset: the venv's, else PATH; empty: never used)."),
+    "jcmd": Option(None, str, "Path of jcmd (unset: found on PATH; empty: never used)."),
+    "eu_stack": Option(None, str, "Path of eu-stack (unset: found on PATH; empty: never used)."),
+    "gdb": Option(None, str, "Path of gdb (unset: found on PATH; empty: never used)."),
+    "dlv": Option(None, str, "Path of dlv, Delve (unset: found on PATH; empty: never used)."),
+}
+
 COLLECTOR = Collector(
     name="threads",
     summary="per target: user-space thread dump with the runtime's own tool (py-spy, jcmd Thread.print, Node "
             "inspector report, Go pprof/dlv, eu-stack/gdb), parsed to threads.json with deadlocks.",
     scope=Scope.PROCESS, collect=collect, profiles=frozenset({"standard", "full"}), timeout_s=60,
-    pauses_target=True, volatility=20)
+    pauses_target=True, volatility=20, options=OPTIONS)

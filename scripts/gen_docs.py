@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent import config, registry
+from agent import config, options, registry
 
 
 def _fmt(v) -> str:
@@ -48,6 +48,9 @@ def config_table() -> str:
         rows.append(f"| `{k}` | {_fmt(default)} | {key.doc} |")
     for k, key in config.COLLECTOR_KEYS.items():
         rows.append(f"| `collectors.<name>.{k}` | {_fmt(key.default)} | {key.doc} |")
+    for name, opts in sorted(options.declared().items()):
+        for k, opt in opts.items():
+            rows.append(f"| `collectors.{name}.{k}` | {_fmt(opt.default)} | {opt.doc} |")
     for k, key in config.WEBHOOK_KEYS.items():
         rows.append(f"| `webhooks.<tracker>.{k}` | {_fmt(key.default)} | {key.doc} |")
     return "\n".join(rows)

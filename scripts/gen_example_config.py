@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent import config
+from agent import config, options
 
 OUT = ROOT / "config" / "goldenhour.example.toml"
 
@@ -78,13 +78,21 @@ def render() -> str:
                 out.append("# (default: /var/lib/goldenhour as root, else ~/.local/share/goldenhour)")
             out.append(f"#{name} = {toml_value(default)}")
         out.append("")
-    out.append("# Per collector: [collectors.<name>] with these keys plus the options each collector")
-    out.append("# documents (`goldenhour collectors`, README \"Collectors\"). Example:")
-    out.append("#[collectors.logs]")
+    out.append("# Per collector: [collectors.<name>] with enabled and timeout_s, plus the options the collector")
+    out.append("# declares (below; an unknown collector or key is an error too).")
     for name, key in config.COLLECTOR_KEYS.items():
         out.extend(comment(key.doc))
         out.append(f"#{name} = {'true' if name == 'enabled' else '30'}")
     out.append("")
+    for cname, opts in sorted(options.declared().items()):
+        if not opts:
+            continue
+        out.append(f"#[collectors.{cname}]")
+        for name, opt in opts.items():
+            out.extend(comment(opt.doc))
+            value = toml_value(opt.default) if opt.default is not None else f'"/path/to/{name.replace("_", "-")}"'
+            out.append(f"#{name} = {value}")
+        out.append("")
     out.append("# Webhook receivers, one section per tracker (README \"The daemon and webhooks\").")
     for tracker in config.TRACKERS:
         out.append(f"#[webhooks.{tracker}]")

@@ -1,7 +1,7 @@
 """A collector that writes ``options["mb"]`` MiB of incompressible data (tests of caps and full disks)."""
 import os
 
-from agent.collector import Collector, Scope
+from agent.collector import Collector, Option, Scope
 
 
 def collect(ctx):
@@ -11,5 +11,9 @@ def collect(ctx):
             fh.write(os.urandom(1 << 20))
 
 
+OPTIONS = {
+    "mb": Option(8, int, "MiB of random data written."),
+}
+
 COLLECTOR = Collector(name="bulk", summary="test-only: writes random data", scope=Scope.HOST,
-                      collect=collect, timeout_s=30, volatility=97)
+                      collect=collect, timeout_s=30, volatility=97, options=OPTIONS)
