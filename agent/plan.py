@@ -16,7 +16,7 @@ from typing import Iterable
 
 from agent.collector import SKIPPED, Collector, Scope
 from agent.config import Config
-from agent.errors import UsageError
+from agent.errors import NotFoundError
 from agent.runner import Item, ItemResult
 from agent.targets import Target
 
@@ -32,7 +32,7 @@ class Plan:
 def check_names(names: Iterable[str], known: dict[str, Collector], flag: str) -> None:
     bad = [n for n in names if n not in known]
     if bad:
-        raise UsageError(f"unknown collector {', '.join(bad)} for {flag}; known: {', '.join(known)}")
+        raise NotFoundError(f"unknown collector {', '.join(bad)} for {flag}; known: {', '.join(known)}")
 
 
 def select(registry: dict[str, Collector], cfg: Config, profile: str, only: Iterable[str] = (),

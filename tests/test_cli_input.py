@@ -136,3 +136,24 @@ def test_show_and_bundles_help_teach_with_examples(made):
     for cmd in (["show"], ["bundles"], ["bundles", "list"], ["verify"]):
         cp = _run(made["cfg"], *cmd, "--help")
         assert cp.returncode == 0 and "Examples:" in cp.stdout, cmd
+
+
+# -- not found: 4, as documented ----------------------------------------------------------------
+
+def test_bundles_list_of_an_incident_with_no_bundle_exits_4_like_report_and_fetch(made, tmp_path):
+    for js in ((), ("--json",)):
+        cp = _run(made["cfg"], "bundles", "list", "--incident", "NOPE", *js)
+        line = _one_line_error(cp, 4)
+        assert "no bundles of incident NOPE in " in line
+        assert cp.stdout == ("[]\n" if js else "")
+        cp = _run(made["cfg"], "bundles", "list", "--incident", "INC-input", "--host", "nosuch-host", *js)
+        _one_line_error(cp, 4)
+    _one_line_error(_run(made["cfg"], "report", "--incident", "NOPE"), 4)
+    cp = _run(made["cfg"], "bundles", "list", "--incident", "INC-input", "--json")
+    assert cp.returncode == 0 and len(json.loads(cp.stdout)) == 1
+    empty = tmp_path / "empty.toml"
+    empty.write_text(f'[store]\npath = "{tmp_path / "nothing"}"\n')
+    cp = _run(empty, "bundles", "list")
+    assert cp.returncode == 0 and cp.stdout == "no bundles\n"          # an empty store is no error
+    cp = _run(empty, "bundles", "list", "--json")
+    assert cp.returncode == 0 and json.loads(cp.stdout) == []

@@ -151,9 +151,12 @@ def test_path_like_incident_ids_are_refused_before_anything_is_written(gh, store
     assert not any(store.rglob("*")), list(store.rglob("*"))
 
 
-def test_unknown_collector_is_a_usage_error(gh):
-    cp = gh("snapshot", "--incident", "INC-x", "--collector", "nosuch")
-    assert cp.returncode == 2 and "unknown collector nosuch" in cp.stderr
+def test_unknown_collector_exits_4_not_found_as_documented(gh, store):
+    for flag in ("--collector", "--skip"):
+        cp = gh("snapshot", "--incident", "INC-x", flag, "nosuch")
+        assert cp.returncode == 4 and "unknown collector nosuch" in cp.stderr
+        assert len(cp.stderr.strip().splitlines()) == 1 and "Traceback" not in cp.stderr
+    assert not list(store.glob("incidents/*/*"))
 
 
 def test_unwritable_store_exits_3_with_one_line(gh):

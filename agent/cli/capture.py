@@ -107,6 +107,11 @@ def snapshot(app: App, incident: str, profile: str | None, store: str | None, lo
             "unit": units[0] if units else "", "by": _who()}, as_json)
         return
     app.store_override(store)
+    if only or skip:                        # exit 4 before anything is said or written
+        from agent import registry
+        from agent.plan import check_names
+        check_names(only, registry.collectors(), "--collector")
+        check_names(skip, registry.collectors(), "--skip")
     if incident is not None:
         try:
             inc = Incident(id=incident, title=title)

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from agent.cli.app import App, emit_json, human_size
-from agent.errors import EXIT_CAPTURE, EXIT_USAGE, GoldenhourError, UsageError
+from agent.errors import EXIT_CAPTURE, EXIT_NOT_FOUND, EXIT_USAGE, GoldenhourError, UsageError
 
 
 def maybe_upload(app: App, res: Any, do_upload: bool | None, url: str | None, as_json: bool) -> dict | None:
@@ -85,7 +85,7 @@ def snapshot_via_daemon(app: App, body: dict[str, Any], as_json: bool) -> None:
                        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
         return
     msg = out.get("error") or out.get("reason") or f"HTTP {status}"
-    code = EXIT_USAGE if status == 400 else EXIT_CAPTURE
+    code = {400: EXIT_USAGE, 404: EXIT_NOT_FOUND}.get(status, EXIT_CAPTURE)
     if not as_json:
         click.echo(f"goldenhour: error: the daemon did not capture: {msg}", err=True)
     sys.exit(code)

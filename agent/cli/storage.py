@@ -12,7 +12,7 @@ from typing import Any, TextIO
 import click
 
 from agent.cli.app import CONTEXT, App, emit_json, human_size, pass_app, resolve_bundle
-from agent.errors import EXIT_PENDING, GoldenhourError, UsageError
+from agent.errors import EXIT_PENDING, GoldenhourError, NotFoundError, UsageError
 
 
 class Bar:
@@ -144,7 +144,8 @@ Examples:
 
 SOURCE is local, s3 or local+s3; STATE is uploaded or pending (local, no receipt yet).
 With upload.url configured S3 is listed too; if S3 cannot be listed, the local rows are
-still printed and the exit code says why (10-13).""")
+still printed and the exit code says why (10-13). Exit 4 when --incident/--host match no
+bundle (as report and fetch; with --json, [] is printed); 0 for an empty store.""")
 @click.option("--incident", "-i", metavar="ID", help="Only this incident.")
 @click.option("--host", metavar="HOST", help="Only this host.")
 @click.option("--url", metavar="s3://BUCKET/PREFIX", help="List there instead of upload.url.")
@@ -182,12 +183,17 @@ def bundles_list(app: App, incident: str | None, host: str | None, url: str | No
             t = (r.get("time") or "?")[:19].replace("T", " ")
             click.echo(f"{r['source']:<9} {t:<20} {r['host']:<16} {human_size(r.get('size') or 0):>10}  "
                        f"{r['state']:<8}  {cols or '?':<26} {r.get('url') or r.get('path')}")
-    else:
-        click.echo("no bundles" + (f" for incident {incident}" if incident else "")
-                   + (f" from host {host}" if host else ""))
     if errors:
         click.echo(f"goldenhour: error: {errors[0]} (only the local store was listed)", err=True)
         sys.exit(code)
+    if not rows:
+        what = "no bundles" + (f" of incident {incident}" if incident else "") + (f" from host {host}" if host else "")
+        if not (incident or host):
+            if not as_json:
+                click.echo(what)
+            return                              # an empty store is not an error; a filter matching nothing is
+        where = f"{app.cfg.store_path}" + (f" nor in {app.cfg['upload.url']}" if app.cfg["upload.url"] else "")
+        raise NotFoundError(f"{what} in {where}")
 
 
 # -- fetch ------------------------------------------------------------------------------
