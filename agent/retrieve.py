@@ -89,7 +89,7 @@ def list_local(cfg: Config, incident: str | None = None, host: str | None = None
             except (OSError, ValueError):
                 pass
         row.update(source="local", path=str(b), url=url, size=b.stat().st_size, sha256=bundle_mod.read_sidecar(b),
-                   state="uploaded" if receipt.exists() else "pending")
+                   state=Store.upload_state(b, cfg["upload.url"]))
         rows.append(row)
     return rows
 

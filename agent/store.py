@@ -6,15 +6,21 @@ pending ones; ``bundles list`` and ``report`` read them. Layout::
     <store>/incidents/<incident>/<bundle>.tar.zst        the bundle
     <store>/incidents/<incident>/<bundle>.tar.zst.sha256 its SHA-256 (sha256sum -c format)
     <store>/incidents/<incident>/<bundle>.manifest.json  its manifest, readable without unpacking
-    <store>/incidents/<incident>/<bundle>.upload.json    upload receipt; absent = pending
+    <store>/incidents/<incident>/<bundle>.upload.json    upload receipt; absent = pending (or local-only)
+    <store>/incidents/<incident>/<bundle>.pending.json   failed upload attempts, and the URL asked for
     <store>/.staging/<bundle>/                           a capture in progress
     <store>/state/pauses/                                the pause ledger (agent/pauses.py)
     <store>/state/                                       daemon state (dedupe, open incidents)
 
-A bundle without an upload receipt is *pending*: nothing pending is ever removed.
+A bundle without an upload receipt is *pending* when it has somewhere to go (upload.url, or
+the URL given to ``snapshot --upload`` remembered in its pending record): nothing pending is
+ever removed. On a local-only host (no upload.url) it is *local*: not counted as pending,
+kept until ``goldenhour prune --yes`` removes it.
 """
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import time
 from pathlib import Path
@@ -22,6 +28,8 @@ from pathlib import Path
 from agent.bundle import EXTENSIONS, manifest_sidecar
 from agent.errors import GoldenhourError
 from agent.incident import check_id
+
+UPLOADED, PENDING, LOCAL = "uploaded", "pending", "local"     # a local bundle's upload state
 
 
 class Store:
@@ -80,23 +88,78 @@ class Store:
         return manifest_sidecar(bundle).with_name(
             manifest_sidecar(bundle).name.replace(".manifest.json", ".upload.json"))
 
-    def pending(self) -> list[Path]:
-        """Bundles with no upload receipt, oldest first."""
-        return [b for b in self.bundles() if not self.receipt(b).exists()]
+    @staticmethod
+    def pending_record(bundle: Path) -> Path:
+        """``<bundle>.pending.json``: the failed upload attempts (agent/upload.py) and the URL asked for."""
+        r = Store.receipt(bundle)
+        return r.with_name(r.name.replace(".upload.json", ".pending.json"))
+
+    @staticmethod
+    def remembered_url(bundle: Path) -> str:
+        """The upload URL given on the command line for this bundle (``snapshot --upload s3://...``) whose
+        upload failed, kept in its pending record so a retry goes there; "" when none."""
+        try:
+            url = json.loads(Store.pending_record(bundle).read_text()).get("url")
+        except (OSError, ValueError, AttributeError):
+            return ""
+        return url if isinstance(url, str) else ""
+
+    @staticmethod
+    def upload_state(bundle: Path, upload_url: str) -> str:
+        """``uploaded`` (its receipt exists), ``pending`` (no receipt and somewhere to go: ``upload_url``,
+        the configured upload.url, or a remembered URL) or ``local`` (local-only: nowhere to upload)."""
+        if Store.receipt(bundle).exists():
+            return UPLOADED
+        return PENDING if upload_url or Store.remembered_url(bundle) else LOCAL
+
+    def pending(self, upload_url: str) -> list[Path]:
+        """Bundles waiting for upload, oldest first (``upload_state`` is pending): with no upload.url
+        (``upload_url`` ""), only those with a remembered URL. Local-only bundles are not pending."""
+        return [b for b in self.bundles() if self.upload_state(b, upload_url) == PENDING]
+
+    def prunable(self, older_than_s: float, upload_url: str, *, local: bool = True,
+                 incident: str | None = None) -> list[tuple[Path, str]]:
+        """(bundle, state) of the bundles ``prune`` may remove, oldest first: uploaded ones whose bundle and
+        receipt are older than ``older_than_s``, and (with ``local``) local-only ones that old. A pending
+        bundle is never among them."""
+        cutoff = time.time() - older_than_s
+        out = []
+        for b in self.bundles(incident):
+            try:
+                st = self.upload_state(b, upload_url)
+                old = b.stat().st_mtime < cutoff and (st != UPLOADED or self.receipt(b).stat().st_mtime < cutoff)
+            except FileNotFoundError:
+                continue                    # removed meanwhile
+            if old and (st == UPLOADED or (local and st == LOCAL)):
+                out.append((b, st))
+        return out
+
+    @staticmethod
+    def remove(bundle: Path) -> bool:
+        """Remove a bundle and every file beside it (.sha256, manifest, receipt, pending record); False, and
+        nothing removed, when another goldenhour process holds its upload lock."""
+        try:
+            fd = os.open(bundle, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            for p in (bundle.with_name(bundle.name + ".sha256"), manifest_sidecar(bundle), Store.receipt(bundle),
+                      Store.pending_record(bundle), bundle):
+                p.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+        return True
 
     def prune(self, keep_days: int) -> list[Path]:
-        """Remove *uploaded* bundles older than ``keep_days`` (0 = never). Pending ones always stay."""
+        """Remove *uploaded* bundles older than ``keep_days`` (0 = never), as every capture does. Pending
+        and local-only bundles stay: the only copy is removed only by ``goldenhour prune --yes``."""
         if keep_days <= 0:
             return []
-        cutoff = time.time() - keep_days * 86400
-        removed = []
-        for b in self.bundles():
-            receipt = self.receipt(b)
-            if receipt.exists() and b.stat().st_mtime < cutoff and receipt.stat().st_mtime < cutoff:
-                for p in (b, b.with_name(b.name + ".sha256"), manifest_sidecar(b), receipt):
-                    p.unlink(missing_ok=True)
-                removed.append(b)
-        return removed
+        return [b for b, _ in self.prunable(keep_days * 86400, "", local=False) if self.remove(b)]
 
     def find(self, name_or_path: str) -> Path | None:
         """A bundle by path, file name or bundle name (without extension)."""

@@ -15,8 +15,10 @@ Key layout (PREFIX may be empty)::
 The spool. A bundle is *pending* until ``<bundle>.upload.json`` (the receipt) exists;
 a failed attempt leaves ``<bundle>.pending.json`` with ``attempts``, ``last_error``,
 ``exit_code`` and ``next_try`` (epoch seconds; the delay doubles from
-``upload.retry_initial_s`` up to ``upload.retry_max_s``). Nothing pending is ever
-removed (``Store.prune`` only removes bundles that have a receipt).
+``upload.retry_initial_s`` up to ``upload.retry_max_s``), and ``url`` when the URL was
+given on the command line (``snapshot --upload s3://...``): retries go there. Nothing
+pending is ever removed (``Store.prune`` only removes bundles that have a receipt). With
+no upload.url and no remembered URL a bundle is local-only, not pending (agent/store.py).
 
 Idempotence. The key is fixed by the bundle's name. Before sending, the key is
 HEADed: an object there with our SHA-256 metadata, our size and a matching S3
@@ -53,7 +55,8 @@ Public API:
         bundle, oldest first: {"bundle": path, "status": "uploaded", **receipt} or
         {"bundle", "status": "pending", "error", "exit_code", "attempts", "next_try"} or
         {"bundle", "status": "waiting", "next_try", "attempts", "last_error"} (backoff not over) or
-        {"bundle", "status": "busy", "error"} (another goldenhour process is uploading it).
+        {"bundle", "status": "busy", "error"} (another goldenhour process is uploading it);
+        each also with "upload_url", where it went (or was to go).
     storage_error(exc, what) -> StorageError
 """
 from __future__ import annotations
@@ -333,8 +336,7 @@ def _put_args(cfg: Config, digest: bytes) -> dict[str, Any]:
 # -- the upload -----------------------------------------------------------------
 
 def _pending_file(bundle: Path) -> Path:
-    r = Store.receipt(bundle)
-    return r.with_name(r.name.replace(".upload.json", ".pending.json"))
+    return Store.pending_record(bundle)
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
@@ -596,9 +598,10 @@ def _bundle_sha(bundle: Path) -> str:
     return rep.sha256
 
 
-def upload_bundle(cfg: Config, bundle: Path | str, *,
+def upload_bundle(cfg: Config, bundle: Path | str, *, url: str = "",
                   on_part: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Upload one local bundle (idempotent, verified) and write its receipt; raises StorageError.
+    """Upload one local bundle (idempotent, verified) to ``url`` (default upload.url) and write its
+    receipt; raises StorageError.
 
     Returns the receipt: url, bucket, key, size, sha256, etag, version_id,
     checksum_sha256, parts, part_size, reused (the object was already there),
@@ -606,11 +609,12 @@ def upload_bundle(cfg: Config, bundle: Path | str, *,
     """
     bundle = Path(bundle)
     with _BundleLock(bundle):
-        return _upload_locked(cfg, bundle, on_part)
+        return _upload_locked(cfg, bundle, on_part, url or cfg["upload.url"])
 
 
-def _upload_locked(cfg: Config, bundle: Path, on_part: Callable[[int, int], None] | None) -> dict[str, Any]:
-    bucket, prefix = parse_url(cfg["upload.url"])
+def _upload_locked(cfg: Config, bundle: Path, on_part: Callable[[int, int], None] | None,
+                   url: str) -> dict[str, Any]:
+    bucket, prefix = parse_url(url)
     what = f"upload of {bundle.name}"
     try:
         man, man_bytes = _manifest(bundle)
@@ -703,8 +707,22 @@ def read_pending_state(bundle: Path) -> dict[str, Any]:
         return {"attempts": 0}
 
 
-def record_failure(cfg: Config, bundle: Path, exc: GoldenhourError) -> dict[str, Any]:
+def remember_url(bundle: Path, url: str) -> None:
+    """Keep ``url``, asked for on the command line (``snapshot --upload s3://...``), in the bundle's pending
+    record: retries (``upload --pending``, the daemon) go there, also on a host without upload.url."""
     state = read_pending_state(bundle)
+    state.update(bundle=bundle.name, url=url)
+    try:
+        _atomic_json(_pending_file(bundle), state)
+    except OSError:
+        pass        # the bundle stays in the store; `upload BUNDLE --url` still sends it
+
+
+def record_failure(cfg: Config, bundle: Path, exc: GoldenhourError, *, url: str = "") -> dict[str, Any]:
+    """Count a failed attempt in the bundle's pending record (backoff); ``url`` as for ``remember_url``."""
+    state = read_pending_state(bundle)
+    if url:
+        state["url"] = url
     state["attempts"] = int(state.get("attempts", 0)) + 1
     base = min(cfg["upload.retry_initial_s"] * 2 ** min(state["attempts"] - 1, 30), cfg["upload.retry_max_s"])
     delay = base * (1 + random.uniform(0, 0.1))       # a little jitter: hosts of one incident spread out
@@ -724,7 +742,7 @@ def record_failure(cfg: Config, bundle: Path, exc: GoldenhourError) -> dict[str,
 _GLOBAL_FAILURES = {EXIT_NO_CREDENTIALS, EXIT_ACCESS_DENIED, EXIT_UNREACHABLE, EXIT_NO_BUCKET, EXIT_USAGE}
 
 
-def upload_pending(cfg: Config, respect_backoff: bool = True, *,
+def upload_pending(cfg: Config, respect_backoff: bool = True, *, url: str = "",
                    on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Upload every pending bundle of the local store, oldest first; failures stay pending.
 
@@ -732,14 +750,16 @@ def upload_pending(cfg: Config, respect_backoff: bool = True, *,
     ``next_try`` is in the future is reported as ``waiting`` and not tried);
     ``goldenhour upload --pending`` passes False and tries them all. Never raises for
     one bundle's failure: each result says what happened (see the module docstring).
-    Returns [] when no upload.url is configured.
+    Each bundle goes to ``url`` (``upload --pending --url``), else the URL remembered in its
+    pending record (``snapshot --upload s3://...``), else upload.url. With none of them
+    configured only bundles with a remembered URL are pending; local-only ones are not tried.
     """
     results: list[dict[str, Any]] = []
-    if not cfg["upload.url"]:
-        return results
-    stop: GoldenhourError | None = None
-    for bundle in Store(cfg.store_path).pending():
+    stopped: dict[str, GoldenhourError] = {}    # upload URL -> the failure that stops it for this round
+    for bundle in Store(cfg.store_path).pending(url or cfg["upload.url"]):
         state = read_pending_state(bundle)
+        target = url or state.get("url") or cfg["upload.url"]
+        stop = stopped.get(target)
         if stop is not None:        # the endpoint, bucket or credentials failed: the rest would too
             r = {"bundle": str(bundle), "status": "pending", "error": f"not tried: {stop}",
                  "exit_code": stop.exit_code, "attempts": state.get("attempts", 0)}
@@ -748,7 +768,7 @@ def upload_pending(cfg: Config, respect_backoff: bool = True, *,
                  "attempts": state.get("attempts", 0), "last_error": state.get("last_error")}
         else:
             try:
-                r = {"bundle": str(bundle), "status": "uploaded", **upload_bundle(cfg, bundle)}
+                r = {"bundle": str(bundle), "status": "uploaded", **upload_bundle(cfg, bundle, url=target)}
             except Busy as exc:
                 r = {"bundle": str(bundle), "status": "busy", "error": str(exc), "exit_code": exc.exit_code}
             except GoldenhourError as exc:
@@ -756,12 +776,13 @@ def upload_pending(cfg: Config, respect_backoff: bool = True, *,
                 r = {"bundle": str(bundle), "status": "pending", "error": str(exc), "exit_code": exc.exit_code,
                      "attempts": st["attempts"], "next_try": st["next_try"]}
                 if exc.exit_code in _GLOBAL_FAILURES:
-                    stop = exc
+                    stopped[target] = exc
             except Exception as exc:  # noqa: BLE001 - one bad bundle never stops the others
                 err = storage_error(exc, f"upload of {bundle.name}")
                 st = record_failure(cfg, bundle, err)
                 r = {"bundle": str(bundle), "status": "pending", "error": str(err), "exit_code": err.exit_code,
                      "attempts": st["attempts"], "next_try": st["next_try"]}
+        r["upload_url"] = target
         results.append(r)
         if on_result:
             on_result(r)

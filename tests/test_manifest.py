@@ -160,8 +160,8 @@ def test_commands_refuse_a_manifest_without_its_host_and_name_the_field(captured
         return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=300,
                               env={**os.environ, "GOLDENHOUR_CONFIG": str(cfg)}, cwd=captured["root"])
     field = 'field "host.hostname" is missing'
-    cp = gh("show", str(bundle))
-    assert cp.returncode == 1 and field in cp.stderr and len(cp.stderr.strip().splitlines()) == 1, cp.stderr
+    cp = gh("show", str(bundle))        # not a bundle show can read: 2, as report says of it below
+    assert cp.returncode == 2 and field in cp.stderr and len(cp.stderr.strip().splitlines()) == 1, cp.stderr
     cp = gh("verify", str(bundle))
     assert cp.returncode == 1 and f"  - manifest.json: {field}" in cp.stdout.splitlines(), cp.stdout
     cp = gh("bundles", "list", "--json")

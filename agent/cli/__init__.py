@@ -17,7 +17,7 @@ from __future__ import annotations
 import click
 
 from agent import __version__
-from agent.cli import capture, daemon, report, storage, verify
+from agent.cli import capture, daemon, prune, report, storage, verify
 from agent.cli.app import CONTEXT, App, Group
 
 
@@ -59,6 +59,8 @@ main.add_command(report.report_cmd)
 main.add_command(storage.upload)
 main.add_command(storage.bundles)
 main.add_command(storage.fetch)
+# The local store.
+main.add_command(prune.prune)
 
 
 def run() -> None:  # pragma: no cover

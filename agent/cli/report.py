@@ -28,6 +28,7 @@ Examples:
   goldenhour report --incident INC-123 --format md > report.md
   goldenhour report --incident INC-123 --timeline-md    rows for the postmortem's Timeline table
   goldenhour report --incident INC-123 --format json | jq '.findings[].title'
+  goldenhour report --incident INC-123 --fetch --url s3://evidence/prod   also the bundles only in S3
 
 Writes one self-contained HTML file (no network, opens from disk) unless
 --format md/json. Exit 0 when written; 1 when written but a bundle does not match
@@ -48,9 +49,11 @@ its hashes; 2 on bad input; 4 when no bundle is found.""")
 @click.option("--store", metavar="DIR", envvar="GOLDENHOUR_STORE", help="Local store (default: store.path).")
 @click.option("--fetch", is_flag=True, help="With --incident: also the incident's bundles that are only in S3 "
                                             "(upload.url), downloaded and verified into a temporary folder.")
+@click.option("--url", metavar="s3://BUCKET/PREFIX", help="With --fetch: fetch from there instead of upload.url.")
 @pass_app
 def report_cmd(app: App, sources: tuple[str, ...], incident: str | None, out: str | None, fmt: str,
-               as_json: bool, timeline_md: bool, window_min: float, store: str | None, fetch: bool) -> None:
+               as_json: bool, timeline_md: bool, window_min: float, store: str | None, fetch: bool,
+               url: str | None) -> None:
     """Turn bundles into an RCA report: findings with evidence, plots, a timeline, thread dumps.
 
     Reads bundle archives (.tar.zst/.tar.gz, streamed, never extracted to disk),
@@ -67,7 +70,15 @@ def report_cmd(app: App, sources: tuple[str, ...], incident: str | None, out: st
         raise UsageError("name bundles (paths, folders or store names) or --incident ID")
     if sources and incident:
         raise UsageError("use either BUNDLE... or --incident, not both")
+    if fetch and not incident:
+        raise UsageError("--fetch goes with --incident ID")
+    if url and not fetch:
+        raise UsageError("--url goes with --fetch (it names where the incident's bundles are fetched from)")
     app.store_override(store)
+    if url:
+        from agent.upload import parse_url
+        parse_url(url)
+        app.cfg.set("upload.url", url)
     store_root = Path(app.cfg.store_path)
     srcs = list(sources)
     fetched_dir: Path | None = None

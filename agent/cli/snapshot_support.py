@@ -1,10 +1,10 @@
 """The side paths of ``goldenhour snapshot``, each called by it and nothing else.
 
 ``maybe_upload``: upload right after the capture when configured (a failure leaves
-the bundle pending, exit 0). ``pre_restart_incident``: which incident a
-``--reason pre-restart`` capture without ``--incident`` belongs to (the daemon's
-state). ``snapshot_via_daemon``: ``--via-daemon``, the capture asked of the
-running daemon over its local API.
+the bundle pending, exit 0, with the URL asked for remembered for the retries).
+``pre_restart_incident``: which incident a ``--reason pre-restart`` capture without
+``--incident`` belongs to (the daemon's state). ``snapshot_via_daemon``:
+``--via-daemon``, the capture asked of the running daemon over its local API.
 """
 from __future__ import annotations
 
@@ -35,7 +35,9 @@ def maybe_upload(app: App, res: Any, do_upload: bool | None, url: str | None, as
         receipt = upload_mod.upload_bundle(app.cfg, res.bundle)
         return {"status": "uploaded", **receipt}
     except GoldenhourError as exc:
-        return {"status": "pending", "error": str(exc), "exit_code": exc.exit_code}
+        if url:                 # remembered: `upload --pending` and the daemon retry there
+            upload_mod.remember_url(res.bundle, url)
+        return {"status": "pending", "error": str(exc), "exit_code": exc.exit_code, "upload_url": app.cfg["upload.url"]}
 
 
 def pre_restart_incident(app: App, units: tuple[str, ...]) -> tuple[Any, str]:

@@ -60,8 +60,10 @@ Examples:
   goldenhour upload --pending --json
   goldenhour upload BUNDLE --url s3://evidence/prod
 
-A bundle is pending until its upload receipt (<bundle>.upload.json) exists. Uploads are
-idempotent: an interrupted one is retried under the same key, never duplicated.
+A bundle is pending until its upload receipt (<bundle>.upload.json) exists. Each goes to
+--url, else the URL it was given by `snapshot --upload s3://...` (remembered when that
+upload failed), else upload.url. Uploads are idempotent: an interrupted one is retried
+under the same key, never duplicated.
 Exit 0 when everything asked for is uploaded; with --pending, 16 when some bundles stay
 pending (each is named with its reason); for named bundles, the error's own code:
 10 credentials, 11 access denied, 12 endpoint unreachable, 13 no such bucket,
@@ -76,13 +78,17 @@ def upload(app: App, bundles: tuple[str, ...], pending: bool, url: str | None, s
            as_json: bool) -> None:
     """Upload bundles from the local store to S3 under their incident (idempotent, verified)."""
     from agent import upload as up
+    from agent.store import Store
     app.store_override(store)
-    _set_url(app, url)
-    if not app.cfg["upload.url"]:
-        raise UsageError("no upload.url configured; set it in the config or pass --url s3://BUCKET/PREFIX")
+    if url:
+        up.parse_url(url)
     if not bundles and not pending:
         raise UsageError("name the bundles to upload, or --pending")
     paths = [resolve_bundle(app, b) for b in bundles]
+    default = url or app.cfg["upload.url"]
+    nowhere = [p for p in paths if not (default or Store.remembered_url(p))]
+    if nowhere or (pending and not default and not Store(app.cfg.store_path).pending("")):
+        raise UsageError("no upload.url configured; set it in the config or pass --url s3://BUCKET/PREFIX")
 
     def show(r: dict[str, Any]) -> None:
         if as_json:
@@ -93,21 +99,30 @@ def upload(app: App, bundles: tuple[str, ...], pending: bool, url: str | None, s
             click.echo(f"uploaded  {name} -> {r['url']}{again}")
         elif r["status"] == "busy":
             click.echo(f"busy      {name}: {r['error']}")
+        elif r["status"] == "failed":
+            click.echo(f"FAILED    {name}: {r['error']}")
         else:
             click.echo(f"PENDING   {name}: {r.get('error', '')}")
 
     results: list[dict[str, Any]] = []
     if pending:
-        results = up.upload_pending(app.cfg, respect_backoff=False, on_result=show)
+        results = up.upload_pending(app.cfg, respect_backoff=False, url=url or "", on_result=show)
     for path in paths:
+        target = url or Store.remembered_url(path) or app.cfg["upload.url"]
+        receipt = _receipt(path)
         try:
-            r = {"bundle": str(path), "status": "uploaded", **up.upload_bundle(app.cfg, path)}
+            r = {"bundle": str(path), "status": "uploaded", **up.upload_bundle(app.cfg, path, url=target)}
         except up.Busy as exc:
             r = {"bundle": str(path), "status": "busy", "error": str(exc), "exit_code": exc.exit_code}
         except GoldenhourError as exc:
-            r = {"bundle": str(path), "status": "pending", "error": str(exc), "exit_code": exc.exit_code}
-            if path.exists() and not up.Store.receipt(path).exists():
-                up.record_failure(app.cfg, path, exc)
+            if receipt is not None:         # uploaded before: that receipt stands, this attempt failed
+                r = {"bundle": str(path), "status": "failed", "error": str(exc), "exit_code": exc.exit_code,
+                     "uploaded_before": receipt.get("url")}
+            else:
+                r = {"bundle": str(path), "status": "pending", "error": str(exc), "exit_code": exc.exit_code}
+                if path.exists():
+                    up.record_failure(app.cfg, path, exc, url=url or "")
+        r["upload_url"] = target
         results.append(r)
         show(r)
     if as_json:
@@ -119,9 +134,25 @@ def upload(app: App, bundles: tuple[str, ...], pending: bool, url: str | None, s
         return
     codes = {r.get("exit_code") for r in failed}
     code = codes.pop() if (not pending and len(codes) == 1 and None not in codes) else EXIT_PENDING
-    click.echo(f"goldenhour: error: {len(failed)} of {len(results)} bundle(s) not uploaded, still pending "
-               "in the local store (nothing is dropped; `goldenhour upload --pending` retries)", err=True)
+    stuck = [r for r in failed if r["status"] != "failed"]
+    if stuck:
+        click.echo(f"goldenhour: error: {len(stuck)} of {len(results)} bundle(s) not uploaded, still pending "
+                   "in the local store (nothing is dropped; `goldenhour upload --pending` retries)", err=True)
+    for r in failed:
+        if r["status"] == "failed":
+            click.echo(f"goldenhour: error: {Path(r['bundle']).name} was not uploaded to {r['upload_url']}; it "
+                       f"stays uploaded as its receipt records ({r['uploaded_before']})", err=True)
     sys.exit(code)
+
+
+def _receipt(path: Path) -> dict[str, Any] | None:
+    """The bundle's upload receipt, or None when it has none (it is pending or local-only)."""
+    import json
+    from agent.store import Store
+    try:
+        return json.loads(Store.receipt(path).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 # -- bundles list ---------------------------------------------------------------------
@@ -142,7 +173,8 @@ Examples:
   goldenhour bundles list --incident INC-123
   goldenhour bundles list --incident INC-123 --host web-3 --json
 
-SOURCE is local, s3 or local+s3; STATE is uploaded or pending (local, no receipt yet).
+SOURCE is local, s3 or local+s3; STATE is uploaded, pending (no receipt yet) or local
+(local-only: no upload.url, so kept here and not pending; `goldenhour prune` removes old ones).
 With upload.url configured S3 is listed too; if S3 cannot be listed, the local rows are
 still printed and the exit code says why (10-13). Exit 4 when --incident/--host match no
 bundle (as report and fetch; with --json, [] is printed); 0 for an empty store.""")

@@ -88,11 +88,12 @@ class JobRunner:
         return self.queue.qsize()
 
     def pending_uploads(self) -> int:
-        """Bundles without an upload receipt (cached 2 s: /metrics and /healthz may be polled often)."""
+        """Bundles waiting for upload (cached 2 s: /metrics and /healthz may be polled often): 0 on a
+        local-only host (no upload.url), where bundles are kept, not pending (agent/store.py)."""
         now = time.monotonic()
         if now - self._pending_cache[0] > 2.0:
             try:
-                n = len(self.store.pending())
+                n = len(self.store.pending(self.cfg["upload.url"]))
             except OSError:
                 n = -1
             self._pending_cache = (now, n)
@@ -244,7 +245,7 @@ class JobRunner:
             except asyncio.TimeoutError:
                 pass
             self.upload_kick.clear()
-            if not self.cfg["upload.url"] or self.pending_uploads() == 0:
+            if self.pending_uploads() == 0:   # with no upload.url, only bundles given a URL by snapshot --upload
                 self.upload_delay = interval
                 continue
             if self.upload_available is None:
