@@ -22,8 +22,7 @@ are decided one after the other in milliseconds. Two parts, each usable alone:
         ``CaptureRequest`` when due; ``{"incident", "outcome", ...}``. The fleet watcher's
         entry for an incident record that arrives from NATS.
     ``snapshot(body) -> (Job | None, Answer)``  ``POST /v1/snapshot``: validate
-        (``CaptureRequest.from_api``; an unknown collector is 404), pre-restart choice, dedupe
-        unless ``force``, queue.
+        (``CaptureRequest.from_api``), pre-restart choice, dedupe unless ``force``, queue.
     Each decision is in the state file before its answer.
 """
 from __future__ import annotations
@@ -43,7 +42,6 @@ from agent.daemon.kvlog import kv
 from agent.daemon.request import CaptureRequest, RequestError
 from agent.daemon.state import State, pre_restart_choice
 from agent.incident import Incident, IncidentIdError, Trigger
-from agent.options import collector_modules
 
 if TYPE_CHECKING:
     from agent.daemon.jobs import Job
@@ -274,12 +272,8 @@ class Intake:
                 trigger=Trigger(kind=kind, reason=reason, by=str(body.get("by") or "local API"), at=""),
                 default_profile=self.cfg["capture.profile"])
         except (IncidentIdError, RequestError) as exc:
-            return None, _error(400, str(exc))
+            return None, _error(getattr(exc, "status", 400), str(exc))
         incident = request.incident.id
-        unknown = _unknown_collectors(request.collectors + request.skip)
-        if unknown:
-            return None, _error(404, f"unknown collector {', '.join(unknown)}; known: "
-                                     f"{', '.join(sorted(collector_modules()))}")
         if not request.collectors:
             request.collectors = list(self.cfg["daemon.collectors"])
         if not body.get("force"):
@@ -300,11 +294,6 @@ class Intake:
         self.save()
         return job, Answer(202, "queued", {"status": "queued", "job": job.id, "incident": incident,
                                            "queue_position": self.jobs.qsize()})
-
-
-def _unknown_collectors(names: list[str]) -> list[str]:
-    known = collector_modules() if names else {}
-    return [n for n in names if n not in known]
 
 
 def _error(status: int, message: str) -> Answer:

@@ -33,7 +33,11 @@ _LISTS = ("collectors", "skip", "processes", "units", "log_paths")
 
 
 class RequestError(ValueError):
-    """A request that cannot be run; the message is one line, safe to return to the caller."""
+    """A request that cannot be run; the message is one line, safe to return to the caller with ``status``."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -93,13 +97,21 @@ class CaptureRequest:
     @classmethod
     def from_api(cls, body: dict[str, Any], *, incident: Incident, trigger: Trigger,
                  default_profile: str) -> "CaptureRequest":
-        """Validate the scope of a ``POST /v1/snapshot`` body; raises RequestError (HTTP 400)."""
+        """Validate the scope of a ``POST /v1/snapshot`` body; raises RequestError (HTTP 400; 404 for an
+        unknown collector)."""
         profile = body.get("profile") or default_profile
         if profile not in PROFILES:
             raise RequestError("profile must be quick, standard or full")
         names = {"collectors": "collectors", "skip": "skip", "processes": "processes", "units": "units",
                  "logs": "log_paths", "pids": "pids"}
-        return cls(incident=incident, trigger=trigger, profile=profile, **_scope(body, names))
+        scope = _scope(body, names)
+        if scope["collectors"] or scope["skip"]:        # names read from the source: no collector is imported
+            from agent.options import collector_modules
+            known = collector_modules()
+            unknown = [c for c in scope["collectors"] + scope["skip"] if c not in known]
+            if unknown:
+                raise RequestError(f"unknown collector {', '.join(unknown)}; known: {', '.join(sorted(known))}", 404)
+        return cls(incident=incident, trigger=trigger, profile=profile, **scope)
 
 
 def _scope(d: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
