@@ -157,3 +157,44 @@ def test_bundles_list_of_an_incident_with_no_bundle_exits_4_like_report_and_fetc
     assert cp.returncode == 0 and cp.stdout == "no bundles\n"          # an empty store is no error
     cp = _run(empty, "bundles", "list", "--json")
     assert cp.returncode == 0 and json.loads(cp.stdout) == []
+
+
+# -- collectors --profile, --config after the command --------------------------------------------
+
+def test_collectors_profile_shows_what_that_profile_runs(made, tmp_path):
+    quick = _run(made["cfg"], "collectors", "--profile", "quick")
+    full = _run(made["cfg"], "collectors", "--profile", "full")
+    plain = _run(made["cfg"], "collectors")
+    assert quick.returncode == full.returncode == plain.returncode == 0
+    assert quick.stdout != plain.stdout and quick.stdout != full.stdout
+    assert quick.stdout.startswith("profile quick: ")
+    names = [line.split()[0] for line in quick.stdout.splitlines()[1:] if line and not line.startswith(("not ", " "))]
+    assert "host" in names and "threads" not in names and "heap" not in names
+    assert "not in profile quick: " in quick.stdout and "threads" in quick.stdout.splitlines()[-1]
+    rows = {r["name"]: r for r in json.loads(_run(made["cfg"], "collectors", "--profile", "quick", "--json").stdout)}
+    assert rows["host"]["selected"] is True and rows["threads"]["selected"] is False
+    # [collectors.<name>] enabled is applied, as a capture would
+    forced = tmp_path / "forced.toml"
+    forced.write_text(f'[store]\npath = "{made["store"]}"\n[collectors.threads]\nenabled = true\n'
+                      '[collectors.logs]\nenabled = false\n')
+    cp = _run(forced, "collectors", "--profile", "quick")
+    lines = cp.stdout.splitlines()
+    assert any(line.startswith("threads ") and "[enabled by config]" in line for line in lines)
+    assert not any(line.startswith("logs ") for line in lines) and "logs" in lines[-1]
+
+
+def test_config_works_after_the_command_too(made, tmp_path):
+    other = tmp_path / "other.toml"
+    other.write_text(f'[store]\npath = "{tmp_path / "nothing"}"\n')
+    env = {"GOLDENHOUR_CONFIG": str(other)}
+    for args in (["bundles", "list", "--json", "--config", str(made["cfg"])],
+                 ["--config", str(made["cfg"]), "bundles", "list", "--json"],
+                 ["show", "--config", str(made["cfg"]), "--json", made["bundle"].name]):
+        cp = _run(other, *args, env=env)
+        assert cp.returncode == 0, (args, cp.stderr)
+        assert "INC-input" in cp.stdout
+    cp = _run(other, "--config", str(other), "bundles", "list", "--config", str(made["cfg"]))
+    assert cp.returncode == 2 and "--config given twice" in cp.stderr
+    cp = _run(other, "snapshot", "--config", str(tmp_path / "missing.toml"), "--incident", "INC-x")
+    _one_line_error(cp, 2)
+    assert "does not exist" in cp.stderr

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from agent import config as config_mod
 from agent.errors import GoldenhourError, NotFoundError, UsageError
@@ -61,7 +62,12 @@ def human_size(n: float) -> str:
 
 
 class Group(click.Group):
-    """Turns GoldenhourError into one line on stderr and its exit code."""
+    """Turns GoldenhourError into one line on stderr and its exit code; every command added to it
+    (and each of a group's subcommands) also takes ``--config FILE`` after its name."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        _accept_config(cmd)
+        super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -81,3 +87,25 @@ def resolve_bundle(app: App, name: str) -> Path:
     if found is None:
         raise NotFoundError(f"no bundle {name!r} (neither a file nor a bundle in {app.cfg.store_path})")
     return found
+
+
+def _accept_config(cmd: click.Command) -> None:
+    """``goldenhour snapshot --config FILE`` as well as ``goldenhour --config FILE snapshot``."""
+    if not any(p.name == "config_path" for p in cmd.params):
+        cmd.params.append(click.Option(["--config", "config_path"], metavar="FILE", expose_value=False,
+                                       callback=_set_config, help="Config file (as before the command name)."))
+    if isinstance(cmd, click.Group):
+        for sub in cmd.commands.values():
+            _accept_config(sub)
+
+
+def _set_config(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is None:
+        return
+    app = ctx.find_object(App)
+    if app is None:                             # the command runs without the main group (a test's CliRunner)
+        ctx.obj = app = App(value)
+    given = ctx.find_root().get_parameter_source("config_path") is ParameterSource.COMMANDLINE
+    if given and app.config_path != value:
+        raise click.UsageError(f"--config given twice ({app.config_path} and {value}); give it once", ctx)
+    app.config_path, app._cfg = value, None     # the config is loaded lazily, when a command first reads it

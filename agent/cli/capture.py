@@ -193,15 +193,28 @@ def _netns_path(spec: str) -> str:
 
 
 @click.command("collectors", context_settings=CONTEXT, epilog="""\b
+Examples:
+  goldenhour collectors                     every collector and whether it can run here
+  goldenhour collectors --profile quick     what `snapshot --profile quick` would run here
+  goldenhour collectors --json | jq -r '.[] | select(.status != "ready") | "\\(.name): \\(.reason)"'
+
+\b
 Status: 'ready' will run when selected; 'unavailable' says what is missing here
-(install it, or run as root); 'broken' means the module itself failed to load.""")
+(install it, or run as root); 'broken' means the module itself failed to load.
+With --profile, only the collectors a capture with that profile selects are listed
+(the profile's set, with [collectors.<name>] enabled and capture.heap applied), then
+the others by name.""")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
-@click.option("--profile", type=click.Choice(["quick", "standard", "full"]), help="Mark which run in this profile.")
+@click.option("--profile", type=click.Choice(["quick", "standard", "full"]),
+              help="Show what a capture with this profile runs here.")
 @pass_app
 def collectors_cmd(app: App, as_json: bool, profile: str | None) -> None:
     """Every collector: what it captures, its profiles, and whether it can run on this host."""
     from agent import registry
+    from agent.plan import select
     found, broken = registry.discover()
+    heap = bool(app.cfg["capture.heap"])
+    selected = {c.name for c in select(found, app.cfg, profile, heap=heap)} if profile else None
     rows = []
     for c in found.values():
         why = c.unavailable()
@@ -212,19 +225,30 @@ def collectors_cmd(app: App, as_json: bool, profile: str | None) -> None:
                      "pauses_target": c.pauses_target, "side_effects": list(c.side_effects),
                      "status": "unavailable" if why else "ready", "reason": why or "",
                      "enabled_by_config": enabled,
-                     "in_profile": (profile in c.profiles) if profile else None})
+                     "in_profile": (profile in c.profiles) if profile else None,
+                     "selected": (c.name in selected) if selected is not None else None})
     for b in broken:
         rows.append({"name": b.name, "summary": "", "status": "broken", "reason": b.error})
     if as_json:
         emit_json(rows)
         return
-    for r in rows:
+    shown = [r for r in rows if selected is None or r.get("selected") or r["status"] == "broken"]
+    if profile:
+        ready = sum(1 for r in shown if r["status"] == "ready")
+        click.echo(f"profile {profile}: {ready} collector(s) run here"
+                   + (f", {len(shown) - ready} selected but skipped (unavailable)" if len(shown) > ready else ""))
+    for r in shown:
         if r["status"] == "broken":
             click.echo(f"{r['name']:<14} BROKEN       {r['reason']}")
             continue
         mark = "ready" if r["status"] == "ready" else "unavailable"
         prof = ",".join(r["profiles"])
         extra = " [pauses target]" if r["pauses_target"] else ""
-        click.echo(f"{r['name']:<14} {mark:<12} {prof:<20} {r['summary']}{extra}")
+        forced = {True: " [enabled by config]", False: ""}.get(r["enabled_by_config"], "") if profile else ""
+        click.echo(f"{r['name']:<14} {mark:<12} {prof:<20} {r['summary']}{extra}{forced}")
         if r["reason"]:
             click.echo(f"{'':<14} {'':<12} {'':<20} ↳ {r['reason']}")
+    if profile:
+        others = [r["name"] for r in rows if r.get("selected") is False]
+        if others:
+            click.echo(f"not in profile {profile}: {', '.join(others)}")
