@@ -300,9 +300,25 @@ def _own_pids() -> set[int]:
     return own
 
 
+def check_selectors(processes: Iterable[str] = (), units: Iterable[str] = ()) -> None:
+    """Raise TargetError for a --process regex that does not compile or a --unit name that is not one
+    (the CLI checks before it captures anything; ``resolve`` records them as problems)."""
+    for unit in units:
+        if not UNIT_RE.fullmatch(unit):
+            raise TargetError(f"invalid unit name {unit!r}")
+    for pattern in processes:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise TargetError(f"invalid --process regex {pattern!r}: {exc}") from None
+
+
+UNIT_RE = re.compile(r"[A-Za-z0-9:_.@\\-]+")
+
+
 def unit_pids(unit: str) -> list[int]:
     """PIDs in a systemd unit's cgroup (cgroup v2 path …/<unit>/cgroup.procs), found via /proc."""
-    if not re.fullmatch(r"[A-Za-z0-9:_.@\\-]+", unit):
+    if not UNIT_RE.fullmatch(unit):
         raise TargetError(f"invalid unit name {unit!r}")
     if "." not in unit:
         unit += ".service"
@@ -385,18 +401,19 @@ def resolve(pids: Iterable[int] = (), processes: Iterable[str] = (), units: Iter
     pids, processes, units = list(pids), list(processes), list(units)
     for pid in pids:
         add(int(pid), f"--pid {pid}")
-    for pat in processes:
-        found = process_pids(pat)
-        if not found:
-            problems.append({"target": f"--process {pat}", "error": "no matching process"})
-        for pid in found:
-            add(pid, f"--process {pat}")
-    for unit in units:
-        found = unit_pids(unit)
-        if not found:
-            problems.append({"target": f"--unit {unit}", "error": "no process in the unit's cgroup"})
-        for pid in found:
-            add(pid, f"--unit {unit}")
+    for kind, values, find, none in (("--process", processes, process_pids, "no matching process"),
+                                     ("--unit", units, unit_pids, "no process in the unit's cgroup (is the unit "
+                                                                  "running? is its name right?)")):
+        for value in values:
+            try:
+                found = find(value)
+            except TargetError as exc:
+                problems.append({"target": f"{kind} {value}", "error": str(exc)})
+                continue
+            if not found:
+                problems.append({"target": f"{kind} {value}", "error": none})
+            for pid in found:
+                add(pid, f"{kind} {value}")
     if not (pids or processes or units):
         for unit in config_units:
             for pid in unit_pids(unit):

@@ -198,3 +198,31 @@ def test_config_works_after_the_command_too(made, tmp_path):
     cp = _run(other, "snapshot", "--config", str(tmp_path / "missing.toml"), "--incident", "INC-x")
     _one_line_error(cp, 2)
     assert "does not exist" in cp.stderr
+
+
+# -- targets that name no process ------------------------------------------------------------------
+
+def test_a_unit_with_no_process_is_said_on_stderr_and_host_wide_evidence_is_kept(made):
+    cp = _run(made["cfg"], "snapshot", "--incident", "INC-unit", "--profile", "quick", "--collector", "process",
+              "--collector", "host", "--unit", "nosuch.service")
+    assert cp.returncode == 0, cp.stderr
+    warn = [line for line in cp.stderr.splitlines() if line.startswith("goldenhour: warning: ")]
+    assert warn == ["goldenhour: warning: --unit nosuch.service: no process in the unit's cgroup (is the unit "
+                    "running? is its name right?); per-process collectors skipped (process), host-wide evidence "
+                    "captured"]
+    cp = _run(made["cfg"], "snapshot", "--json", "--incident", "INC-unit", "--profile", "quick", "--collector",
+              "process", "--collector", "host", "--unit", "nosuch.service", "--process", "^no-such-process-x$")
+    out = json.loads(cp.stdout)
+    assert cp.returncode == 0 and out["collectors"] == {"host": "ok", "process": "skipped"}
+    assert [w.split(":")[0] for w in out["warnings"]] == ["--process ^no-such-process-x$", "--unit nosuch.service"]
+    assert cp.stderr.count("goldenhour: warning: ") == 2
+
+
+def test_a_bad_unit_name_or_regex_is_refused_before_anything_is_written(made, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[store]\npath = "{tmp_path / "store"}"\n')
+    for sel in (("--unit", "bad name!"), ("--process", "[")):
+        cp = _run(cfg, "snapshot", "--incident", "INC-bad", "--collector", "process", *sel)
+        line = _one_line_error(cp, 2)
+        assert "invalid" in line
+    assert not (tmp_path / "store").exists() or not list((tmp_path / "store").rglob("*.tar.zst"))

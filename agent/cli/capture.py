@@ -107,6 +107,11 @@ def snapshot(app: App, incident: str, profile: str | None, store: str | None, lo
             "unit": units[0] if units else "", "by": _who()}, as_json)
         return
     app.store_override(store)
+    from agent.targets import TargetError, check_selectors
+    try:
+        check_selectors(processes, units)
+    except TargetError as exc:
+        raise UsageError(str(exc)) from None
     if only or skip:                        # exit 4 before anything is said or written
         from agent import registry
         from agent.plan import check_names
@@ -144,6 +149,9 @@ def snapshot(app: App, incident: str, profile: str | None, store: str | None, lo
     res = capture(cfg, req, on_event=progress)
     upload_info = maybe_upload(app, res, do_upload, upload_url, as_json)
     statuses = res.statuses
+    warnings = _target_warnings(res.manifest, statuses)
+    for w in warnings:
+        click.echo(f"goldenhour: warning: {w}", err=True)
     if as_json:
         out = {"bundle": str(res.bundle), "sha256": res.sha256, "size": res.size, "incident": incident,
                "host": res.manifest["host"]["hostname"], "profile": req.profile,
@@ -151,6 +159,8 @@ def snapshot(app: App, incident: str, profile: str | None, store: str | None, lo
                "manifest": str(_sidecar(res.bundle))}
         if upload_info is not None:
             out["upload"] = upload_info
+        if warnings:
+            out["warnings"] = warnings
         emit_json(out)
         return
     counts: dict[str, int] = {}
@@ -167,6 +177,18 @@ def snapshot(app: App, incident: str, profile: str | None, store: str | None, lo
         else:
             click.echo(f"upload  PENDING: {upload_info.get('error', 'not uploaded')}; the bundle is safe in the "
                        "local store and `goldenhour upload --pending` (or the daemon) will retry")
+
+
+def _target_warnings(manifest: dict, statuses: dict[str, str]) -> list[str]:
+    """A --pid/--process/--unit that named no process, said where the SRE looks (the bundle has it too)."""
+    problems = manifest.get("target_problems") or []
+    if not problems:
+        return []
+    found = manifest.get("targets") or []
+    skipped = sorted(n for n, s in statuses.items() if s == "skipped" and n in ("process", "threads", "heap"))
+    tail = (f"; per-process collectors skipped ({', '.join(skipped)}), host-wide evidence captured"
+            if not found and skipped else "")
+    return [f"{p.get('target')}: {p.get('error')}{tail}" for p in problems]
 
 
 def _who() -> str:
