@@ -80,8 +80,11 @@ async def _stop(svc: Service) -> None:
 def _bind_tcp(host: str, port: int) -> socket.socket:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, _, _, _, addr = infos[0]
-    s = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named so asyncio sets TCP_NODELAY on each connection: with proto 0 it does not, and
+    # Nagle plus the client's delayed ACK held a keep-alive answer's body back ~40 ms
+    s = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     s.bind(addr)
     s.listen(128)
     s.setblocking(False)
