@@ -127,6 +127,7 @@ class Config:
 
     def __init__(self, data: dict[str, Any] | None = None, path: Path | None = None):
         self.path = path
+        self.data = data or {}      # the file as parsed: what the daemon hands its children (ChildJob.config)
         self.values: dict[str, Any] = {k: v.default for k, v in KEYS.items()}
         self.collectors: dict[str, dict[str, Any]] = {}
         self.webhooks: dict[str, dict[str, Any]] = {

@@ -10,6 +10,7 @@ import sys
 import click
 
 from agent.cli.app import CONTEXT, App, pass_app
+from agent.config import Config
 from agent.errors import UsageError
 from agent.webhooks import TRACKERS
 
@@ -29,8 +30,10 @@ Endpoints:
   GET  /healthz, /metrics
   POST /v1/snapshot, GET /v1/incidents   (Unix socket daemon.socket, or HTTP with a bearer token)
 
-Logs are key=value lines on stderr. Exit 2 on a bad config (unknown key, an
-enabled tracker without a secret, a socket that cannot be bound).""")
+Logs are key=value lines on stderr. SIGHUP (systemctl reload goldenhour) re-reads the
+config and secrets; a config that does not load is logged and the previous one kept.
+Exit 2 on a bad config at start (unknown key, an enabled tracker without a secret, a
+socket that cannot be bound).""")
 @click.option("--store", metavar="DIR", envvar="GOLDENHOUR_STORE", help="Local store (default: store.path).")
 @click.option("--listen", metavar="HOST:PORT", help="Override daemon.listen (port 0: any free port).")
 @pass_app
@@ -44,12 +47,18 @@ def daemon(app: App, store: str | None, listen: str | None) -> None:
     """
     from agent.config import ConfigError
     from agent.daemon import server
-    app.store_override(store)
-    cfg = app.cfg
-    if listen is not None:
-        cfg.set("daemon.listen", listen)
+
+    def load() -> Config:
+        """The config as at start: the file (again), GOLDENHOUR_STORE, then --store and --listen."""
+        fresh = App(app.config_path)
+        fresh.store_override(store)
+        if listen is not None:
+            fresh.cfg.set("daemon.listen", listen)
+        return fresh.cfg
+
+    cfg = load()
     try:
-        rc = server.run(cfg, app.config_path)
+        rc = server.run(cfg, app.config_path, load)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     sys.exit(rc)

@@ -17,7 +17,7 @@ import json
 import sys
 from typing import Any, Callable, TextIO
 
-from agent.config import Config
+from agent.config import Config, ConfigError
 from agent.daemon.request import Captured, ChildJob, JobResult, RequestError, UploadRound
 from agent.errors import GoldenhourError, UsageError
 from agent.incident import iso, utcnow
@@ -32,7 +32,7 @@ def main(load_config: Callable[[], Config], stdin: TextIO = sys.stdin, stdout: T
         raise UsageError("daemon-job reads one JSON object on stdin") from None
     try:
         job = ChildJob.from_json(raw)
-        cfg = load_config()
+        cfg = _config(job, load_config)
         if job.store:
             cfg.set("store.path", job.store)
         res = run(cfg, job)
@@ -44,6 +44,17 @@ def main(load_config: Callable[[], Config], stdin: TextIO = sys.stdin, stdout: T
     stdout.write(json.dumps(res.to_json(), indent=1, default=str) + "\n")
     stdout.flush()
     return res.exit_code
+
+
+def _config(job: ChildJob, load_config: Callable[[], Config]) -> Config:
+    """The daemon's config as it runs (sent with the job: an edit not yet reloaded, or a broken one, never
+    reaches a capture), else the file."""
+    if job.config is None:
+        return load_config()
+    try:
+        return Config(job.config)
+    except ConfigError as exc:
+        raise UsageError(f"the daemon's config: {exc}") from None
 
 
 def run(cfg: Config, job: ChildJob) -> JobResult:

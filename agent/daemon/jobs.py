@@ -171,7 +171,7 @@ class JobRunner:
         """Run ``python -m agent daemon-job`` with ``job`` on stdin: (exit code, or None when it was
         stopped at ``timeout``; its result; the tail of its stderr)."""
         import agent
-        job.store = str(self.cfg.store_path)
+        job.store, job.config = str(self.cfg.store_path), self.cfg.data
         argv = [sys.executable, "-m", "agent"]
         if self.config_path:
             argv += ["--config", str(self.config_path)]

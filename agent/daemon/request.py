@@ -149,10 +149,13 @@ class ChildJob:
     kind: str                                   # capture | upload | salvage | sweep
     store: str = ""                             # the daemon's store.path
     request: CaptureRequest | None = None       # for kind capture
+    config: dict[str, Any] | None = None        # the config the daemon runs with (its file as last (re)loaded)
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "store": self.store,
-                "request": self.request.to_json() if self.request else None}
+        out = {"kind": self.kind, "store": self.store, "request": self.request.to_json() if self.request else None}
+        if self.config is not None:
+            out["config"] = self.config
+        return out
 
     @classmethod
     def from_json(cls, d: Any) -> "ChildJob":
@@ -161,7 +164,10 @@ class ChildJob:
         req = None
         if d["kind"] == "capture":
             req = CaptureRequest.from_json(d.get("request"))
-        return cls(kind=d["kind"], store=str(d.get("store") or ""), request=req)
+        config = d.get("config")
+        if config is not None and not isinstance(config, dict):
+            raise RequestError("config must be an object")
+        return cls(kind=d["kind"], store=str(d.get("store") or ""), request=req, config=config)
 
 
 @dataclass

@@ -5,8 +5,10 @@ Where it sits: ``run(cfg)`` is what the CLI's ``daemon`` command calls. It binds
 ``daemon.socket`` (mode 0660: its file mode is the local API's access control; a
 stale socket is replaced, a live one is an error), starts the ``Service``, serves
 ``http_app.app(service)`` with uvicorn on those sockets, and stops gracefully on
-SIGTERM/SIGINT. systemd (sd_notify(3)): ``READY=1`` once listening, ``WATCHDOG=1``
-every half ``WatchdogSec`` while the worker and uploader are alive, ``STOPPING=1``.
+SIGTERM/SIGINT; SIGHUP reloads the config (``agent.daemon.reload``). systemd
+(sd_notify(3)): ``READY=1`` once listening, ``WATCHDOG=1`` every half ``WatchdogSec``
+while the worker and uploader are alive, ``RELOADING=1``/``READY=1`` around a reload,
+``STOPPING=1``.
 """
 from __future__ import annotations
 
@@ -18,13 +20,14 @@ import signal
 import socket
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from agent import __version__
 from agent.config import Config
 from agent.daemon.client import api_socket_path, parse_listen
 from agent.daemon.http_app import app
 from agent.daemon.kvlog import kv, setup_logging
+from agent.daemon.reload import reload, warn_about
 from agent.daemon.service import SHUTDOWN_GRACE_S, Service
 from agent.errors import UsageError
 
@@ -122,7 +125,7 @@ def _bind_unix(path: Path) -> socket.socket:
 
 # -- serving ----------------------------------------------------------------------
 
-async def serve(cfg: Config, config_path: str | None = None) -> int:
+async def serve(cfg: Config, config_path: str | None = None, load: Callable[[], Config] | None = None) -> int:
     import uvicorn
 
     svc = Service(cfg, config_path)
@@ -168,6 +171,8 @@ async def serve(cfg: Config, config_path: str | None = None) -> int:
        pid=os.getpid(), version=__version__, store=str(cfg.store_path), host=cfg.hostname,
        trackers=",".join(svc.receiver.enabled()) or "-",
        identity=json.dumps(svc.identity.to_json(), separators=(",", ":")))
+    warn_about(cfg, config_path)
+    _on_hup(svc, load)
     try:
         await serve_task
     finally:
@@ -184,6 +189,40 @@ async def serve(cfg: Config, config_path: str | None = None) -> int:
     return 0
 
 
+def _on_hup(svc: Service, load: Callable[[], Config] | None) -> None:
+    """SIGHUP reloads the config (agent/daemon/reload.py), one at a time; one asked for while the daemon
+    was starting is done now. Without a way to load it (``load`` None) it says a restart is needed."""
+    loop = asyncio.get_running_loop()
+    busy = asyncio.Lock()
+
+    async def hup() -> None:
+        if load is None:
+            kv(logging.WARNING, "reload", "SIGHUP: this daemon cannot re-read its config; restart it to apply "
+               "changes", outcome="unsupported")
+            return
+        async with busy:
+            sd_notify("RELOADING=1")
+            try:
+                reload(svc, load)
+            finally:
+                sd_notify("READY=1")
+
+    def handler() -> None:
+        kv(logging.INFO, "reload", "SIGHUP received: reloading the config")
+        task = loop.create_task(hup(), name="reload")
+        svc.tasks.append(task)                  # cancelled with the others at stop
+        task.add_done_callback(lambda t: t in svc.tasks and svc.tasks.remove(t))
+
+    loop.add_signal_handler(signal.SIGHUP, handler)
+    if _STOP.pop("hup", False):
+        handler()
+
+
+def _early_hup(signum: int, frame: Any) -> None:
+    """SIGHUP before the daemon is ready: remembered, and the reload done once it is (never fatal)."""
+    _STOP["hup"] = True
+
+
 def _on_signal(signum: int, frame: Any) -> None:
     """SIGTERM/SIGINT: stop gracefully. Installed before uvicorn's own handlers, which re-raise
     the signal when they are done: it then lands here again, harmlessly, instead of killing us
@@ -193,11 +232,13 @@ def _on_signal(signum: int, frame: Any) -> None:
         _STOP["server"].should_exit = True
 
 
-def run(cfg: Config, config_path: str | None = None) -> int:
+def run(cfg: Config, config_path: str | None = None, load: Callable[[], Config] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; ``load()`` reads the config again for a SIGHUP reload."""
     setup_logging()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _on_signal)
+    signal.signal(signal.SIGHUP, _early_hup)
     try:
-        return asyncio.run(serve(cfg, config_path))
+        return asyncio.run(serve(cfg, config_path, load))
     except KeyboardInterrupt:
         return 0

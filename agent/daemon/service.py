@@ -51,7 +51,7 @@ def collector_names() -> list[str]:
 class Service:
     def __init__(self, cfg: Config, config_path: str | None = None):
         self.cfg = cfg
-        self.config_path = config_path
+        self.config_path = config_path          # children get the config itself (ChildJob.config); SIGHUP reloads
         self.store = Store(cfg.store_path)
         self.state = State(state_dir(cfg), cfg["daemon.dedupe_hours"], cfg["daemon.open_hours"])
         self.identity = targeting.identity(cfg)
@@ -65,6 +65,10 @@ class Service:
         self.jobs = JobRunner(cfg, config_path, self.store, self.state, self.tm, self.save_state)
         self.receiver = Receiver(cfg)
         self.intake = Intake(cfg, self.state, self.identity, self.jobs)
+        self.check_collectors(cfg)
+
+    @staticmethod
+    def check_collectors(cfg: Config) -> None:
         if cfg["daemon.collectors"]:
             known = collector_names()
             bad = [c for c in cfg["daemon.collectors"] if c not in known]
