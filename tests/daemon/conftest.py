@@ -31,6 +31,7 @@ def write_config(d: Path, extra: str = "", daemon_extra: str = "", host_extra: s
         p.write_text(secret + "\n")
         p.chmod(0o600)
     (d / "api.token").write_text("local-api-token-0123456789\n")
+    (d / "api.token").chmod(0o600)
     (d / "store").mkdir(exist_ok=True)
     cfg = d / "config.toml"
     cfg.write_text(f"""
