@@ -104,6 +104,9 @@ def test_verify_and_show_take_store_for_bundle_names(made, tmp_path):
     other.write_text(f'[store]\npath = "{tmp_path / "empty"}"\n')
     name = made["bundle"].name.split(".tar.")[0]
     _one_line_error(_run(other, "verify", name), 4)
+    cp = _run(made["cfg"], "verify", "--json", str(made["bundle"]), "nosuch")     # every name found first, or 4
+    _one_line_error(cp, 4)
+    assert cp.stdout == ""
     _one_line_error(_run(other, "show", name), 4)
     assert _run(other, "verify", "--store", str(made["store"]), name).returncode == 0
     cp = _run(other, "show", "--json", "--store", str(made["store"]), name)

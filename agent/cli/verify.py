@@ -42,13 +42,14 @@ def verify(app: App, bundles: tuple[str, ...], store: str | None, as_json: bool)
     store, or (with upload support) an s3:// URL.
     """
     app.store_override(store)
+    named = [(b, None if b.startswith("s3://") else _local(app, b)) for b in bundles]    # all found, or exit 4
     reports = []
-    for b in bundles:
-        if b.startswith("s3://"):
+    for b, paths in named:
+        if paths is None:
             from agent import retrieve
             found = [retrieve.verify_remote(app.cfg, b)]
         else:
-            found = [_verify_local(p) for p in _local(app, b)]
+            found = [_verify_local(p) for p in paths]
         reports += found
         if not as_json:
             for rep in found:
