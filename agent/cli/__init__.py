@@ -28,6 +28,7 @@ Examples:
   goldenhour collectors                             what will run here, and why not
   goldenhour verify /var/lib/goldenhour/incidents/INC-123/*.tar.zst
   goldenhour show BUNDLE
+  goldenhour prune --older-than 30                  what would go from the local store (--yes removes)
 
 Exit codes: 0 ok, 1 verification failed, 2 usage/bad input, 3 capture failed,
 4 not found, 5 daemon unreachable, 10-17 object storage (see README).""")
