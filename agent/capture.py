@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agent import __version__, pauses, plan as planner, priority, procfs, registry, runner, targets as targets_mod
+from agent import recorder as recorder_mod
 from agent.bundle import (EXTENSIONS, DiskFullError, atomic_write, free_bytes, manifest_sidecar, pack,
                           reserve_for)
 from agent.collector import FAILED, OK, PARTIAL, SKIPPED, TARGET_EXITED, TIMEOUT, Limits, read_text
@@ -213,6 +214,10 @@ def capture(cfg: Config, req: CaptureRequest,
             "exclude_pids": [os.getpid()],
             "netns": req.netns,
             "reserve_bytes": reserve,
+            # the history collector: where the flight recorder is, and the incident's T0
+            "recorder": recorder_mod.capture_settings(cfg),
+            "incident_started_at": req.incident.started_at, "trigger_at": req.trigger.at,
+            "started_utc": iso(started),
         }
         limits = Limits(max_file_bytes=cfg["store.max_file_bytes"])
 

@@ -84,6 +84,18 @@ KEYS: dict[str, Key] = {
     "upload.principal": Key("", str, "Who uploads/fetches, for the chain of custody when STS cannot say (e.g. an on-prem S3)."),
     "upload.retry_initial_s": Key(30, int, "First retry delay for pending uploads (the daemon doubles it per failure)."),
     "upload.retry_max_s": Key(3600, int, "Longest retry delay for pending uploads."),
+    # -- flight recorder (goldenhour record, the history collector) -------------------
+    "recorder.interval_s": Key(5.0, (int, float), "How often the flight recorder samples host, network, disk and PSI counters (seconds)."),
+    "recorder.process_interval_s": Key(10.0, (int, float), "How often it scans processes and cgroups (grows on its own, up to 60 s, if a scan costs over 2 % of it)."),
+    "recorder.ring_mib": Key(64, int, "Size of the ring file (MiB), fixed when it is created; about 5 days at the default intervals. Never grows."),
+    "recorder.path": Key("", str, "The ring file (default: <store>/recorder/ring). Root-only (0600)."),
+    "recorder.socket": Key("/run/goldenhour/recorder.sock", str, "Unix socket of the running recorder (status, samples kept in memory); root-only."),
+    "recorder.sync_s": Key(30, (int, float), "The ring is synced to disk at least this often (a crash loses at most this much)."),
+    "recorder.top_n": Key(10, int, "Processes kept per scan: the top N by CPU and the top N by memory (plus every one in D state)."),
+    "recorder.process_names": Key(True, bool, "Record process names (comm); false keeps only PIDs. Command lines and environments are never recorded."),
+    "recorder.max_cgroups": Key(40, int, "Cgroups sampled: the top-level ones, then their children, at most this many."),
+    "recorder.memory_minutes": Key(15, (int, float), "Minutes of samples the recorder also keeps in memory, served to captures when the ring cannot be written."),
+    "recorder.history_before_min": Key(60, (int, float), "Minutes of history a capture takes from before the incident's start (the tracker's start time, else the trigger)."),
     # -- daemon -----------------------------------------------------------------
     "daemon.listen": Key("127.0.0.1:8787", str, "HTTP listen address for webhooks, /healthz and /metrics (put a TLS proxy in front for the internet)."),
     "daemon.socket": Key("/run/goldenhour/api.sock", str, "Unix socket of the local API (snapshot --via-daemon)."),
@@ -190,6 +202,10 @@ class Config:
         if self.values["daemon.pre_restart"] not in ("incident", "always", "never"):
             raise ConfigError(f"daemon.pre_restart must be incident, always or never{where}")
         self._check_upload(where)
+        self._check_recorder(where)
+
+    def _check_recorder(self, where: str) -> None:
+        _check_recorder_values(self.values, where)
 
     def _merge_collectors(self, body: dict[str, Any], where: str) -> None:
         """``[collectors.<name>]``: enabled, timeout_s, and the options the collector declares
@@ -241,6 +257,19 @@ def _near(word: str, choices: Any) -> str:
     import difflib
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _check_recorder_values(v: dict[str, Any], where: str) -> None:
+    if not 0.05 <= v["recorder.interval_s"] <= 3600:
+        raise ConfigError(f"recorder.interval_s must be between 0.05 and 3600{where}")
+    if not v["recorder.interval_s"] <= v["recorder.process_interval_s"] <= 3600:
+        raise ConfigError(f"recorder.process_interval_s must be between recorder.interval_s and 3600{where}")
+    if not 1 <= v["recorder.ring_mib"] <= 65536:
+        raise ConfigError(f"recorder.ring_mib must be between 1 and 65536{where}")
+    if not 1 <= v["recorder.top_n"] <= 200 or not 0 <= v["recorder.max_cgroups"] <= 1000:
+        raise ConfigError(f"recorder.top_n must be 1-200 and recorder.max_cgroups 0-1000{where}")
+    if v["recorder.history_before_min"] < 0 or v["recorder.memory_minutes"] < 0 or v["recorder.sync_s"] <= 0:
+        raise ConfigError(f"recorder.history_before_min and memory_minutes must be >= 0, sync_s > 0{where}")
 
 
 def _check_type(key: str, value: Any, typ: type | tuple[type, ...], where: str) -> None:

@@ -65,6 +65,7 @@ class Incident:
     url: str = ""
     severity: str = ""
     services: list[str] = field(default_factory=list)
+    started_at: str = ""              # when the incident began (ISO UTC), if the tracker or the user said
 
     def __post_init__(self) -> None:
         check_id(self.id)

@@ -89,6 +89,7 @@ class Event:
     reopen: bool = False              # a trigger that may capture again after a resolve (PD reopened)
     force: bool = False               # capture again even if already captured (generic "recapture")
     occurred_at: float | None = None  # epoch s the event happened (PagerDuty): older than dedupe_hours = stale
+    started_at: float | None = None   # epoch s the incident/alert began per the tracker (the history window's T0)
     reason: str = ""                  # why ignored
 
     def to_json(self) -> dict[str, Any]:

@@ -47,7 +47,7 @@ import hashlib
 from typing import Any, Mapping
 
 from agent.webhooks import (HOST_LABELS, IGNORE, RESOLVE, SERVICE_LABELS, TRIGGER, Event, Malformed,
-                            check_authorization, header, label_targets, obj)
+                            check_authorization, header, label_targets, obj, parse_time)
 
 NAME = "alertmanager"
 __all__ = ["HOST_LABELS", "SERVICE_LABELS", "delivery_id", "group_incident_id", "parse", "verify"]
@@ -95,7 +95,7 @@ def parse(body: Any, *, opts: dict[str, Any] | None = None) -> list[Event]:
         e = Event(IGNORE, incident_id=inc, source=NAME, kind=f"alert {a.get('status', '')}",
                   title=str(ann.get("summary") or common_ann.get("summary") or labels.get("alertname") or ""),
                   url=str(a.get("generatorURL") or url), severity=labels.get("severity", ""),
-                  hosts=hosts, services=services, labels=labels, reopen=True)
+                  hosts=hosts, services=services, labels=labels, reopen=True, started_at=parse_time(a.get("startsAt")))
         if a.get("status") == "firing":
             e.action = TRIGGER
         else:

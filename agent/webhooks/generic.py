@@ -9,7 +9,10 @@ Wire format (``Content-Type: application/json``)::
      "services": ["checkout-api"],        optional, matched against daemon.services
      "hosts": ["web-3"],                  optional, matched against this host's name/addresses
      "labels": {"role": "db"},            optional, matched against host.tags as name=value
-     "url": "https://tracker/INC-123"}    optional
+     "url": "https://tracker/INC-123",    optional
+     "started_at": "2026-11-23T10:02:00Z"} optional: when the incident began (RFC 3339 or epoch
+                                          seconds); the capture's flight-recorder history is cut
+                                          from before it
 
 ``recapture`` is a trigger that captures again even if this incident was
 already captured here (an explicit request for fresh evidence).
@@ -37,7 +40,7 @@ import time
 from typing import Any, Mapping
 
 from agent.webhooks import (ACK, RESOLVE, TRIGGER, Event, Forbidden, Malformed, Unauthorized, any_equal, header,
-                            hmac_sha256, obj, strs)
+                            hmac_sha256, obj, parse_time, strs)
 from agent.incident import ID_RE
 
 NAME = "generic"
@@ -103,4 +106,5 @@ def parse(body: Any, *, opts: dict[str, Any] | None = None) -> list[Event]:
                   title=str(b.get("title") or ""), url=str(b.get("url") or ""),
                   severity=str(b.get("severity") or ""), services=strs(b.get("services")),
                   hosts=strs(b.get("hosts")), labels={str(k): str(v) for k, v in labels.items()},
-                  tags=strs(b.get("tags")), force=action == "recapture")]
+                  tags=strs(b.get("tags")), force=action == "recapture",
+                  started_at=parse_time(b.get("started_at")))]

@@ -44,7 +44,7 @@ import time
 from typing import Any, Mapping
 
 from agent.webhooks import (IGNORE, RESOLVE, TRIGGER, Event, Forbidden, Malformed, Unauthorized, any_equal,
-                            header, hmac_sha256, incident_id, obj)
+                            header, hmac_sha256, incident_id, obj, parse_time)
 
 NAME = "incidentio"
 CLOSED = ("closed", "declined", "canceled", "cancelled", "merged", "learning")
@@ -139,7 +139,8 @@ def _incident_event(inc: dict[str, Any], etype: str) -> Event:
     raw_id = inc.get("reference") or inc.get("id")
     return Event(IGNORE, incident_id=incident_id(raw_id, "iio"), source=NAME, kind=etype,
                  title=str(inc.get("name") or ""), url=str(inc.get("permalink") or ""),
-                 severity=str(sev.get("name") or ""), services=services, hosts=hosts, labels=labels)
+                 severity=str(sev.get("name") or ""), services=services, hosts=hosts, labels=labels,
+                 started_at=parse_time(inc.get("created_at")))
 
 
 def parse(body: Any, *, opts: dict[str, Any] | None = None) -> list[Event]:

@@ -31,7 +31,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from agent.webhooks import (ACK, DEFAULT_TOKEN_HEADER, HOST_TAGS, IGNORE, RESOLVE, TRIGGER, Event, Malformed,
-                            Unauthorized, incident_id, obj, strs, tag_targets, token_header)
+                            Unauthorized, incident_id, obj, parse_time, strs, tag_targets, token_header)
 
 NAME = "opsgenie"
 DEFAULT_HEADER = DEFAULT_TOKEN_HEADER
@@ -72,7 +72,8 @@ def parse(body: Any, *, opts: dict[str, Any] | None = None, source: str = NAME) 
     raw_id = alert.get("alertId") or alert.get("alias")
     e = Event(IGNORE, incident_id=incident_id(raw_id, "og"), source=source, kind=action,
               title=str(alert.get("message") or "").strip(), severity=severity,
-              services=services, hosts=hosts, labels=labels, tags=tags)
+              services=services, hosts=hosts, labels=labels, tags=tags,
+              started_at=parse_time(alert.get("createdAt")))
     if action == "Create":
         e.action = TRIGGER
     elif action in ("Close", "Delete"):

@@ -81,7 +81,7 @@ def parse(body: Any, *, opts: dict[str, Any] | None = None) -> list[Event]:
               labels={k: str(v) for k, v in (("urgency", data.get("urgency")),
                                               ("priority", priority.get("summary")),
                                               ("service_id", service.get("id"))) if v},
-              occurred_at=when)
+              occurred_at=when, started_at=parse_time(data.get("created_at")))
     if etype == "incident.triggered":
         e.action = TRIGGER
     elif etype == "incident.reopened":
