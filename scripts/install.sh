@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs goldenhour as a service on this host (`make install` runs it after `make setup`):
 #   - the `goldenhour` command: $PREFIX/bin/goldenhour, a link to the checkout's venv
-#   - the systemd unit:         $UNITDIR/goldenhour.service
+#   - the systemd units:        $UNITDIR/goldenhour.service (the daemon) and
+#                               $UNITDIR/goldenhour-recorder.service (the flight recorder)
 #   - the pre-restart drop-in:  $PREFIX/share/goldenhour/goldenhour-pre-restart.conf (an example to
 #                               copy into /etc/systemd/system/<unit>.d/, see the file)
 #   - the config:               $SYSCONFDIR/goldenhour/config.example.toml (every key, commented), and
@@ -38,8 +39,10 @@ ln -sfn "$VENV/bin/goldenhour" "$DESTDIR$bin"
 
 # the unit and the drop-in example, pointing at $bin
 install -d -m 0755 "$DESTDIR$UNITDIR" "$DESTDIR$PREFIX/share/goldenhour"
-sed "s#/usr/local/bin/goldenhour#$bin#g" "$root/systemd/goldenhour.service" > "$DESTDIR$UNITDIR/goldenhour.service"
-chmod 0644 "$DESTDIR$UNITDIR/goldenhour.service"
+for unit in goldenhour.service goldenhour-recorder.service; do
+  sed "s#/usr/local/bin/goldenhour#$bin#g" "$root/systemd/$unit" > "$DESTDIR$UNITDIR/$unit"
+  chmod 0644 "$DESTDIR$UNITDIR/$unit"
+done
 sed "s#/usr/local/bin/goldenhour#$bin#g" "$root/systemd/goldenhour-pre-restart.conf" \
   > "$DESTDIR$PREFIX/share/goldenhour/goldenhour-pre-restart.conf"
 chmod 0644 "$DESTDIR$PREFIX/share/goldenhour/goldenhour-pre-restart.conf"
@@ -60,11 +63,13 @@ fi
 cat <<MSG
 goldenhour installed:
   command   $bin -> $VENV/bin/goldenhour
-  unit      $UNITDIR/goldenhour.service
+  units     $UNITDIR/goldenhour.service, $UNITDIR/goldenhour-recorder.service
   drop-in   $PREFIX/share/goldenhour/goldenhour-pre-restart.conf (example for the services to protect)
   config    $SYSCONFDIR/goldenhour/config.toml (all commented; see config.example.toml)
   store     $STATEDIR
 Next: put tracker secrets in $SYSCONFDIR/goldenhour/<tracker>.secret (mode 0600), enable them in
 config.toml ([webhooks.<tracker>] enabled = true, secret_file = ...), then
   systemctl enable --now goldenhour && curl -s localhost:8787/healthz
+and start the flight recorder (every capture then carries the hour before the incident):
+  systemctl enable --now goldenhour-recorder && goldenhour history --since 5m
 MSG

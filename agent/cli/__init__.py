@@ -17,7 +17,7 @@ from __future__ import annotations
 import click
 
 from agent import __version__
-from agent.cli import capture, daemon, prune, report, storage, verify
+from agent.cli import capture, daemon, prune, record, report, storage, verify
 from agent.cli.app import CONTEXT, App, Group
 
 
@@ -29,6 +29,7 @@ Examples:
   goldenhour verify /var/lib/goldenhour/incidents/INC-123/*.tar.zst
   goldenhour show BUNDLE
   goldenhour prune --older-than 30                  what would go from the local store (--yes removes)
+  goldenhour history --since 30m                    what the flight recorder saw before now
 
 Exit codes: 0 ok, 1 verification failed, 2 usage/bad input, 3 capture failed,
 4 not found, 5 daemon unreachable, 10-17 object storage (see README).""")
@@ -56,6 +57,9 @@ main.add_command(daemon.daemon)
 main.add_command(daemon.daemon_job)
 # Reports from bundles.
 main.add_command(report.report_cmd)
+# The flight recorder, and reading its history on the host.
+main.add_command(record.record)
+main.add_command(record.history)
 # Object storage.
 main.add_command(storage.upload)
 main.add_command(storage.bundles)

@@ -86,7 +86,7 @@ class CaptureRequest:
             raise RequestError("incident and trigger must be JSON objects")
         try:
             incident = Incident(**{k: v for k, v in inc.items()
-                                   if k in ("id", "source", "title", "url", "severity", "services")})
+                                   if k in ("id", "source", "title", "url", "severity", "services", "started_at")})
             trigger = Trigger(**{"at": "", **{k: v for k, v in trig.items()
                                              if k in ("kind", "reason", "by", "at", "payload_sha256")}})
         except (IncidentIdError, TypeError) as exc:

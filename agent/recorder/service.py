@@ -145,7 +145,12 @@ class Recorder:
         w = ringmod.RingWriter(self.st.ring_path, size, boot=self.boot)
         try:
             info = w.open()
-        except (OSError, ringmod.RingError) as exc:
+        except ringmod.RingError as exc:
+            if "in use" in str(exc):
+                raise                      # another recorder writes this ring: do not record beside it
+            self._ring_failed(f"cannot open {self.st.ring_path}: {exc}")
+            return {"error": self.ring_error}
+        except OSError as exc:
             self._ring_failed(f"cannot open {self.st.ring_path}: {getattr(exc, 'strerror', None) or exc}")
             return {"error": self.ring_error}
         if w.next_seq < self.seq:          # records kept only in memory meanwhile: keep numbers unique
