@@ -58,7 +58,7 @@ def collect(ctx) -> None:
     now = time.time()
     t0, t0_source = t0_of(ctx.capture, now)
     since = t0 - before_s
-    until = now + 1.0
+    until = now + 0.5
     marked = ask(sock, {"op": "mark", "incident": ctx.capture.get("incident", ""), "note": "capture started"},
                  timeout=0.25) if sock else None
     win = window.read(ring_path, since, until, socket_path=sock)

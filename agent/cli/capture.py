@@ -61,6 +61,8 @@ Exit 0 when a bundle was written (failed or skipped collectors are recorded in i
                    "file, or a PID (its /proc/PID/ns/net, e.g. a container's process).")
 @click.option("--reason", default="", metavar="TEXT", help="Why this capture was taken (kept in the manifest).")
 @click.option("--title", default="", metavar="TEXT", help="Incident title (kept in the manifest).")
+@click.option("--started-at", metavar="TIME", help="When the incident began (10m = 10 minutes ago, or "
+              "2026-11-23T10:02:00Z): the flight recorder's history is taken from an hour before it.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of progress and a summary.")
 @click.option("--upload", "upload_opt", is_flag=False, flag_value="-", default=None, metavar="[s3://BUCKET/PREFIX]",
               help="Upload after capturing, to upload.url or to this S3 location (default: when upload.url is set).")
@@ -73,8 +75,8 @@ Exit 0 when a bundle was written (failed or skipped collectors are recorded in i
 def snapshot(app: App, incident: str, profile: str | None, store: str | None, logs: tuple[str, ...],
              only: tuple[str, ...], skip: tuple[str, ...], pids: tuple[int, ...], processes: tuple[str, ...],
              units: tuple[str, ...], heap: bool, time_budget: float | None, probe_seconds: float | None,
-             netns: str | None, reason: str, title: str, as_json: bool, upload_opt: str | None, no_upload: bool,
-             upload_url: str | None, via_daemon: bool = False) -> None:
+             netns: str | None, reason: str, title: str, started_at: str | None, as_json: bool,
+             upload_opt: str | None, no_upload: bool, upload_url: str | None, via_daemon: bool = False) -> None:
     """Capture this host's volatile state into one bundle, now.
 
     Collectors run in parallel, each in its own process with its own time
@@ -95,6 +97,7 @@ def snapshot(app: App, incident: str, profile: str | None, store: str | None, lo
         upload_url = upload_opt
     if upload_url and (not upload_url.startswith("s3://") or len(upload_url) <= 5):
         raise UsageError(f"--upload takes s3://BUCKET/PREFIX, not {upload_url!r}")
+    started = _started_at(started_at)
     if netns:
         netns = _netns_path(netns)
         if via_daemon:
@@ -104,7 +107,7 @@ def snapshot(app: App, incident: str, profile: str | None, store: str | None, lo
             "incident": incident, "title": title, "profile": profile, "collectors": list(only), "skip": list(skip),
             "pids": list(pids), "processes": list(processes), "units": list(units), "logs": list(logs),
             "time_budget_s": time_budget, "probe_seconds": probe_seconds, "heap": heap, "reason": reason,
-            "unit": units[0] if units else "", "by": _who()}, as_json)
+            "unit": units[0] if units else "", "by": _who(), **({"started_at": started} if started else {})}, as_json)
         return
     app.store_override(store)
     from agent.targets import TargetError, check_selectors
@@ -119,7 +122,7 @@ def snapshot(app: App, incident: str, profile: str | None, store: str | None, lo
         check_names(skip, registry.collectors(), "--skip")
     if incident is not None:
         try:
-            inc = Incident(id=incident, title=title)
+            inc = Incident(id=incident, title=title, started_at=started)
         except IncidentIdError as exc:
             raise UsageError(str(exc)) from None
     elif reason == "pre-restart":
@@ -130,6 +133,7 @@ def snapshot(app: App, incident: str, profile: str | None, store: str | None, lo
         if not as_json:
             click.echo(f"goldenhour: {why}: capturing before the restart", err=True)
         inc, incident = chosen, chosen.id
+        inc.started_at = started or inc.started_at
     else:
         raise UsageError("--incident is required (it may be left out only with --reason pre-restart)")
     cfg = app.cfg
@@ -189,6 +193,20 @@ def _target_warnings(manifest: dict, statuses: dict[str, str]) -> list[str]:
     tail = (f"; per-process collectors skipped ({', '.join(skipped)}), host-wide evidence captured"
             if not found and skipped else "")
     return [f"{p.get('target')}: {p.get('error')}{tail}" for p in problems]
+
+
+def _started_at(text: str | None) -> str:
+    """--started-at as ISO UTC ("" when not given); a time in the future is refused."""
+    if not text:
+        return ""
+    import time
+    from datetime import datetime, timezone
+    from agent.recorder.cli import parse_when
+    now = time.time()
+    t = parse_when(text, now, "--started-at")
+    if t is None or t > now + 60:
+        raise UsageError(f"--started-at {text!r} is in the future")
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _who() -> str:

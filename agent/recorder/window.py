@@ -291,7 +291,7 @@ def analyse_continuity(win: Window | list[Entry], since: float | None = None, un
         gaps.insert(0, {"from": iso(since), "to": iso(samples[0].wall), "seconds": round(samples[0].wall - since, 3),
                         "reason": "no samples recorded before this (the recorder was not running, or the ring "
                                   "does not reach back so far)"})
-    if samples and until is not None and until - samples[-1].wall > 2.5 * iv:
+    if samples and until is not None and until - samples[-1].wall > 2.5 * iv + 1.0:
         gaps.append({"from": iso(samples[-1].wall), "to": iso(until), "seconds": round(until - samples[-1].wall, 3),
                      "reason": "no samples since (the recorder is not running, or it is stalled)"})
     return {"interval_s": iv, "gaps": gaps, "clock_steps": steps, "boots": boots, "restarts": restarts}

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from agent import __version__
-from agent.report import focus, loader, rules, timeline
+from agent.report import focus, history, loader, rules, timeline
 from agent.manifest import Integrity
 from agent.report.loader import Bundle
 from agent.report.model import SEVERITIES, Event, Finding, iso
@@ -103,6 +103,7 @@ def build(sources: Iterable[str], store_root: Path | None = None,
 
 def from_bundles(bundles: list[Bundle], window_s: float = timeline.DEFAULT_WINDOW_S) -> Report:
     findings = rules.evaluate(bundles, window_s)
+    history.annotate(findings, bundles)          # "since when", from the flight recorder
     events = timeline.build(bundles, findings, window_s)
     return Report(bundles=bundles, findings=findings, events=events, window_s=window_s)
 

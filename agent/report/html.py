@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
-from agent.report import hist, svg
+from agent.report import hist, history, svg
 from agent.report.model import CRITICAL, INFO, WARNING, Event, Finding, iso
 from agent.report.rules._util import human_bytes, human_us
 from agent.report.threads import Dump, group, heading, load_dumps, total
@@ -238,6 +238,8 @@ def _findings(findings: list[Finding]) -> str:
 def _article(i: int, f: Finding) -> str:
     out = []
     when = f' · <time datetime="{e(iso(f.time))}">{e(_time(f.time))} UTC</time>' if f.time else ""
+    if f.data.get("since"):             # from the flight recorder (agent/report/history.py)
+        when += f' · since <time datetime="{e(f.data["since"])}">{e(str(f.data["since"])[11:19])}</time> UTC'
     proc = f' · <b>{e(f.process)}</b>' if f.process else ""
     out.append(f'<article class="finding {e(f.severity)}" id="finding-{i}" data-rule="{e(f.rule)}" '
                f'data-scope="{e(f.scope)}">'
@@ -257,7 +259,7 @@ def _article(i: int, f: Finding) -> str:
 
 
 def _lane(ev: Event) -> str:
-    kind = {"dmesg": "kernel", "incident": "capture", "goldenhour": "capture"}.get(ev.source)
+    kind = {"dmesg": "kernel", "incident": "capture", "goldenhour": "capture", "history": "recorder"}.get(ev.source)
     if kind is None:
         kind = "logs" if ev.file.startswith("collectors/logs/") else "probes"
     return f"{ev.host} · {kind}"
@@ -271,7 +273,7 @@ def _timeline(r: "Report") -> str:
         return "".join(out)
     lanes: list[str] = []
     for h in r.hosts:
-        for k in ("capture", "kernel", "logs", "probes"):
+        for k in ("capture", "recorder", "kernel", "logs", "probes"):
             lane = f"{h} · {k}"
             if k == "capture" or any(_lane(x) == lane for x in evs):
                 lanes.append(lane)
@@ -331,7 +333,7 @@ def _plots(r: "Report") -> str:
 
 
 def _host_plots(b: "Bundle") -> str:
-    out = []
+    out = [history.plots_html(b)]                   # the flight recorder's signals that moved
     h = b.json("collectors/host/host.json")
     psi = h.get("psi") if isinstance(h, dict) else None
     if isinstance(psi, dict):

@@ -28,6 +28,7 @@ import re
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
+from agent.report import history
 from agent.report.loader import Bundle
 from agent.report.model import CRITICAL, INFO, RANK, WARNING, Event, Finding, parse_iso
 
@@ -375,6 +376,7 @@ def build(bundles: list[Bundle], findings: list[Finding], window_s: float = DEFA
         events += fold(kernel_events(b, win, flagged))
         events += fold(log_events(b, win))
     events += finding_events(findings)
+    events += history.timeline_events(bundles)      # the flight recorder's departures, processes, gaps
     # two captures of one host hold the same kernel records and log lines: keep each once
     unique: dict[tuple, Event] = {}
     for e in events:
