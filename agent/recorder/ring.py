@@ -57,8 +57,8 @@ SEG_HEADER_SIZE = 64
 _REC = struct.Struct("<4sBBHIQqq")            # magic, kind, flags, reserved, length, seq, mono, wall
 REC_HEADER_SIZE = _REC.size + 4               # + CRC-32
 
-SAMPLE, EVENT = 1, 2                          # record kinds
-KIND_NAMES = {SAMPLE: "sample", EVENT: "event"}
+SAMPLE, EVENT, META = 1, 2, 3                 # record kinds (META: a copy of the segment's dictionary)
+KIND_NAMES = {SAMPLE: "sample", EVENT: "event", META: "meta"}
 F_ZSTD, F_DICT_USER, F_DICT = 1, 2, 4         # compressed; compressed with the segment's dictionary; is it
 ZSTD_LEVEL = 3
 MIN_SEG, MAX_SEG = 16 * 1024, 1024 * 1024
@@ -286,7 +286,7 @@ class Decoder:
                 data = self._plain.decompress(rec.payload)
         except zstandard.ZstdError:
             return None
-        if rec.flags & F_DICT:
+        if rec.flags & F_DICT and self._dict is None:
             self._dict = zstandard.ZstdDecompressor(
                 dict_data=zstandard.ZstdCompressionDict(data, dict_type=zstandard.DICT_TYPE_RAWCONTENT))
         rec.data = data
@@ -411,6 +411,7 @@ class RingWriter:
         self.unsynced = 0
         self._comp_plain = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
         self._comp_dict: zstandard.ZstdCompressor | None = None
+        self._dict_pair = False
 
     # -- open / create ------------------------------------------------------
     def open(self) -> dict[str, Any]:
@@ -543,22 +544,30 @@ class RingWriter:
         assert self.header is not None and self.fd >= 0
         if self.seg is None:
             self._new_segment(wall_ns, mono_ns)
-        payload, flags = self._compress(kind, data)
-        rec = pack_record(kind, flags, self.next_seq, mono_ns, wall_ns, payload)
+        rec = self._pack(kind, data, mono_ns, wall_ns)
         if len(rec) > self.header.seg_size - SEG_HEADER_SIZE:
             raise ValueError(f"record of {len(rec)} bytes does not fit a {self.header.seg_size}-byte segment")
         if self.off + len(rec) > self.header.seg_size:
             self._new_segment(wall_ns, mono_ns)
-            payload, flags = self._compress(kind, data)
-            rec = pack_record(kind, flags, self.next_seq, mono_ns, wall_ns, payload)
+            rec = self._pack(kind, data, mono_ns, wall_ns)
         assert self.seg is not None
         os.pwrite(self.fd, rec, FILE_HEADER_SIZE + self.seg.index * self.header.seg_size + self.off)
         self.off += len(rec)
         self.bytes_written += len(rec)
         self.unsynced += len(rec)
         seq = self.next_seq
-        self.next_seq += 1
+        self.next_seq += 2 if self._dict_pair else 1
         return seq
+
+    def _pack(self, kind: int, data: bytes, mono_ns: int, wall_ns: int) -> bytes:
+        """The record; for a segment's dictionary, followed by its copy (a META record with the same
+        payload): one damaged byte then costs one sample, not the rest of the segment."""
+        payload, flags = self._compress(kind, data)
+        rec = pack_record(kind, flags, self.next_seq, mono_ns, wall_ns, payload)
+        self._dict_pair = bool(flags & F_DICT)
+        if self._dict_pair:
+            rec += pack_record(META, flags, self.next_seq + 1, mono_ns, wall_ns, payload)
+        return rec
 
     def _compress(self, kind: int, data: bytes) -> tuple[bytes, int]:
         if self._comp_dict is not None:

@@ -179,7 +179,8 @@ class Recorder:
         self.tail.append((self.seq, wall, mono, data))
         if self.writer is not None:
             try:
-                self.seq = self.writer.append(kind, data, mono, wall) + 1
+                self.writer.append(kind, data, mono, wall)
+                self.seq = self.writer.next_seq
                 return
             except (OSError, ValueError) as exc:
                 self._ring_failed(f"write failed: {getattr(exc, 'strerror', None) or exc}")

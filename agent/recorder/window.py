@@ -73,6 +73,7 @@ class Window:
         return [e for e in self.entries if e.kind == "event"]
 
 
+
 def _decode(rec: ringmod.Record, dec: ringmod.Decoder, problems: list[dict[str, Any]], seg: int) -> Entry | None:
     data = dec.decode(rec) if rec.data is None else rec.data
     if data is None:
@@ -88,6 +89,9 @@ def _decode(rec: ringmod.Record, dec: ringmod.Decoder, problems: list[dict[str, 
     if not isinstance(obj, dict):
         return None
     kind = ringmod.KIND_NAMES.get(rec.kind, str(rec.kind))
+    if rec.kind == ringmod.META:        # a copy of the segment's dictionary: kept as a placeholder line
+        return Entry(rec.seq, "meta", rec.wall_ns / 1e9, rec.mono_ns / 1e9, rec.boot, {"meta": "dictionary copy"},
+                     raw_json=b'{"meta":"dictionary copy"}')
     return Entry(rec.seq, kind, rec.wall_ns / 1e9, rec.mono_ns / 1e9, rec.boot or str(obj.get("boot") or ""),
                  obj, raw_json=data)
 
@@ -262,15 +266,16 @@ def analyse_continuity(win: Window | list[Entry], since: float | None = None, un
             if abs(step) > 1.0 and not any(a.seq < int(s["seq"]) < b.seq for s in steps if "seq" in s):
                 steps.append({"at": iso(b.wall), "seq": b.seq, "step_s": round(step, 3),
                               "direction": "backwards" if step < 0 else "forwards", "seen_in": "samples"})
-    between = {e.seq: e for e in entries if e.kind == "event"}
+    between = {e.seq: e for e in entries if e.kind != "sample"}
     for a, b in zip(samples, samples[1:]):
         same_boot = a.boot == b.boot
         span = (b.mono - a.mono) if same_boot and b.mono >= a.mono else (b.wall - a.wall)
-        if span <= 2.5 * iv and same_boot:
+        missing = [s for s in range(a.seq + 1, b.seq) if s not in between]
+        if span <= 2.5 * iv and same_boot and not missing:
             continue
         evs = [between[s] for s in range(a.seq + 1, b.seq) if s in between]
         names = [x.data.get("ev") for x in evs]
-        n_lost = sum(1 for s in range(a.seq + 1, b.seq) if s in lost)
+        n_lost = sum(1 for s in missing if s in lost)
         if not same_boot:
             reason = "reboot (new boot ID)"
         elif "stop" in names:
@@ -281,8 +286,8 @@ def analyse_continuity(win: Window | list[Entry], since: float | None = None, un
             reason = f"{n_lost} record(s) lost: {sorted(set(lost[s] for s in range(a.seq + 1, b.seq) if s in lost))[0]}"
         elif "late" in names:
             reason = "recorder starved or stopped (a sample came late)"
-        elif b.seq - a.seq > 1:
-            reason = f"{b.seq - a.seq - 1} record(s) missing"
+        elif missing:
+            reason = f"{len(missing)} record(s) missing"
         else:
             reason = "no sample recorded (recorder paused?)"
         gaps.append({"from": iso(a.wall), "to": iso(b.wall), "seconds": round(span, 3), "reason": reason,
