@@ -106,7 +106,7 @@ def relative(t: float, t0: float, words: str) -> str:
 def fmt(v: float, unit: str) -> str:
     if unit in ("%", "% of a core", "% of time", "% of max"):
         return f"{v:.0f} %" if abs(v) >= 10 else f"{v:.1f} %"
-    n = f"{v:,.0f}" if abs(v) >= 100 else f"{v:.1f}" if abs(v) >= 1 else f"{v:.2g}"
+    n = f"{v:,.0f}" if abs(v) >= 100 or float(v).is_integer() else f"{v:.1f}" if abs(v) >= 1 else f"{v:.2g}"
     return f"{n} {unit}".strip() if unit else n
 
 

@@ -314,7 +314,15 @@ def processes_in(samples: list[Entry], limit: int = 200) -> dict[str, Any]:
             started.append({"t": iso(s.wall), "pid": pid, "comm": comm, "start_ticks": start})
         for pid, start, comm in p.get("exited") or []:
             exited.append({"t": iso(s.wall), "pid": pid, "comm": comm, "start_ticks": start})
-        over_started += max(0, int(p.get("born_n") or 0) - len(p.get("born") or []))
-        over_exited += max(0, int(p.get("exited_n") or 0) - len(p.get("exited") or []))
+        more_b = max(0, int(p.get("born_n") or 0) - len(p.get("born") or []))
+        more_e = max(0, int(p.get("exited_n") or 0) - len(p.get("exited") or []))
+        if more_b:                      # more than the sampler names per scan: counted, not named
+            started.append({"t": iso(s.wall), "pid": None, "comm": "", "unnamed": more_b})
+        if more_e:
+            exited.append({"t": iso(s.wall), "pid": None, "comm": "", "unnamed": more_e})
+        over_started += more_b
+        over_exited += more_e
+    named_s = sum(1 for x in started if not x.get("unnamed"))
+    named_e = sum(1 for x in exited if not x.get("unnamed"))
     return {"started": started[:limit], "exited": exited[:limit],
-            "started_total": len(started) + over_started, "exited_total": len(exited) + over_exited}
+            "started_total": named_s + over_started, "exited_total": named_e + over_exited}

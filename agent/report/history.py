@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 JSONL = "collectors/history/history.jsonl"
 SUMMARY = "collectors/history/summary.json"
-MAX_ROWS = 12          # departure rows per host in the timeline
+MAX_ROWS = 25          # departure rows per host in the timeline
 MAX_PLOTS = 12
 
 
@@ -156,21 +156,30 @@ def process_events(host: str, procs: dict[str, Any], bucket_s: int = 60) -> list
     out: list[Event] = []
     for key, verb in (("started", "started"), ("exited", "exited")):
         buckets: dict[int, dict[str, list[dict[str, Any]]]] = {}
+        unnamed_in: dict[int, tuple[datetime, int]] = {}
         for p in procs.get(key) or []:
             t = parse_iso(p.get("t"))
             if t is None:
                 continue
-            buckets.setdefault(int(t.timestamp() // bucket_s), {}).setdefault(str(p.get("comm") or "?"), []).append(p)
-        for _, names in sorted(buckets.items()):
-            t0 = min(parse_iso(p["t"]) for ps in names.values() for p in ps)
-            total = sum(len(ps) for ps in names.values())
+            k = int(t.timestamp() // bucket_s)
+            if p.get("unnamed"):
+                first, n = unnamed_in.get(k, (t, 0))
+                unnamed_in[k] = (min(first, t), n + int(p["unnamed"]))
+                buckets.setdefault(k, {})
+                continue
+            buckets.setdefault(k, {}).setdefault(str(p.get("comm") or "?"), []).append(p)
+        for k, names in sorted(buckets.items()):
+            first_unnamed, unnamed = unnamed_in.get(k, (None, 0))
+            t0 = min([parse_iso(p["t"]) for ps in names.values() for p in ps] + ([first_unnamed] if first_unnamed else []))
+            total = sum(len(ps) for ps in names.values()) + unnamed
             parts = []
             for comm, ps in sorted(names.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:12]:
                 pids = ",".join(str(p.get("pid")) for p in ps[:3]) + ("…" if len(ps) > 3 else "")
                 parts.append(f"{comm} ×{len(ps)} (pid {pids})" if len(ps) > 1 else f"{comm} (pid {pids})")
             more = len(names) - 12
             out.append(Event(t0, host, "history", f"{total} process{'es' if total != 1 else ''} {verb} from "
-                             f"{t0:%H:%M:%S}: " + ", ".join(parts) + (f" and {more} other names" if more > 0 else ""),
+                             f"{t0:%H:%M:%S}: " + ", ".join(parts) + (f" and {more} other names" if more > 0 else "")
+                             + (f" and {unnamed} more, not named (over the recorder's 50 per scan)" if unnamed else ""),
                              None, file=SUMMARY))
     return out
 
