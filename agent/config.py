@@ -90,7 +90,7 @@ KEYS: dict[str, Key] = {
     "recorder.ring_mib": Key(64, int, "Size of the ring file (MiB), fixed when it is created; about 5 days at the default intervals. Never grows."),
     "recorder.path": Key("", str, "The ring file (default: <store>/recorder/ring). Root-only (0600)."),
     "recorder.socket": Key("/run/goldenhour-recorder/recorder.sock", str, "Unix socket of the running recorder (status, samples kept in memory); root-only."),
-    "recorder.sync_s": Key(30, (int, float), "The ring is synced to disk at least this often (a crash loses at most this much)."),
+    "recorder.sync_s": Key(60, (int, float), "The ring's tail is written and synced at least this often: a machine crash loses at most this much (a recorder crash nothing: unwritten records wait on the runtime tmpfs)."),
     "recorder.top_n": Key(10, int, "Processes kept per scan: the top N by CPU and the top N by memory (plus every one in D state)."),
     "recorder.process_names": Key(True, bool, "Record process names (comm); false keeps only PIDs. Command lines and environments are never recorded."),
     "recorder.max_cgroups": Key(40, int, "Cgroups sampled: the top-level ones, then their children, at most this many."),

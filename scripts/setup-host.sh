@@ -7,7 +7,8 @@ set -euo pipefail
 want=${1:-runtime}
 
 runtime_pkgs=(python3 python3-venv python3-bpfcc elfutils conntrack gdb iproute2 procps kmod zstd bpftool delve)
-test_pkgs=(openjdk-17-jdk-headless nodejs chromium iptables nftables strace gcc libc6-dev wrk systemd util-linux golang-go)
+# atop: bench/bench_recorder.py measures it beside the flight recorder (the same interval and host)
+test_pkgs=(openjdk-17-jdk-headless nodejs chromium iptables nftables strace gcc libc6-dev wrk systemd util-linux golang-go atop)
 
 pkgs=("${runtime_pkgs[@]}")
 [ "$want" = test ] && pkgs+=("${test_pkgs[@]}")

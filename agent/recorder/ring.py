@@ -60,7 +60,8 @@ REC_HEADER_SIZE = _REC.size + 4               # + CRC-32
 SAMPLE, EVENT, META = 1, 2, 3                 # record kinds (META: a copy of the segment's dictionary)
 KIND_NAMES = {SAMPLE: "sample", EVENT: "event", META: "meta"}
 F_ZSTD, F_DICT_USER, F_DICT = 1, 2, 4         # compressed; compressed with the segment's dictionary; is it
-ZSTD_LEVEL = 3
+ZSTD_LEVEL = 9                                # 70 µs per sample here; 13 % smaller than level 3
+PAGE = os.sysconf("SC_PAGE_SIZE")
 MIN_SEG, MAX_SEG = 16 * 1024, 1024 * 1024
 MIN_RING = FILE_HEADER_SIZE + 2 * MIN_SEG
 
@@ -412,6 +413,12 @@ class RingWriter:
         self._comp_plain = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
         self._comp_dict: zstandard.ZstdCompressor | None = None
         self._dict_pair = False
+        self.pending = bytearray()        # records not written to the file yet (less than a page)
+        self.pending_off = 0              # their file offset
+        self.pending_since = 0.0
+        self.jrecs: list[tuple[int, bytes]] = []   # whole records not wholly in the file: (end offset, bytes)
+        self.journal_path = ""
+        self.journal_fd = -1
 
     # -- open / create ------------------------------------------------------
     def open(self) -> dict[str, Any]:
@@ -530,6 +537,7 @@ class RingWriter:
 
     def _new_segment(self, wall_ns: int, mono_ns: int) -> None:
         assert self.header is not None
+        self.flush()                                 # the old segment's tail first
         index = self.next_seg_seq % self.header.nseg
         self.seg = SegHeader(index, self.next_seg_seq, self.next_seq, self.boot, wall_ns, mono_ns)
         self.next_seg_seq += 1
@@ -539,55 +547,172 @@ class RingWriter:
         self.off = SEG_HEADER_SIZE
         self._comp_dict = None
 
-    def append(self, kind: int, data: bytes, mono_ns: int, wall_ns: int) -> int:
-        """Compress and write one record; returns its sequence number. OSError on I/O errors."""
+    def append(self, kind: int, data: bytes, mono_ns: int, wall_ns: int, *, keyframe: bool = False) -> int:
+        """Compress and add one record; returns its sequence number. OSError on I/O errors.
+
+        ``keyframe``: a full sample (processes and cgroups too), fit to be its segment's dictionary.
+        Records go to the file in whole pages (``PAGE``) as they fill, the tail when ``flush()`` is
+        called (the recorder does every ``sync_s``, and at stop): each page of the file is then
+        written about once, not once per record. Until then they are in the journal (when set).
+        """
         assert self.header is not None and self.fd >= 0
         if self.seg is None:
             self._new_segment(wall_ns, mono_ns)
-        rec = self._pack(kind, data, mono_ns, wall_ns)
+        rec = self._pack(kind, data, mono_ns, wall_ns, keyframe)
         if len(rec) > self.header.seg_size - SEG_HEADER_SIZE:
             raise ValueError(f"record of {len(rec)} bytes does not fit a {self.header.seg_size}-byte segment")
         if self.off + len(rec) > self.header.seg_size:
             self._new_segment(wall_ns, mono_ns)
-            rec = self._pack(kind, data, mono_ns, wall_ns)
+            rec = self._pack(kind, data, mono_ns, wall_ns, keyframe)
         assert self.seg is not None
-        os.pwrite(self.fd, rec, FILE_HEADER_SIZE + self.seg.index * self.header.seg_size + self.off)
-        self.off += len(rec)
-        self.bytes_written += len(rec)
-        self.unsynced += len(rec)
         seq = self.next_seq
+        self._add(rec)
         self.next_seq += 2 if self._dict_pair else 1
         return seq
 
-    def _pack(self, kind: int, data: bytes, mono_ns: int, wall_ns: int) -> bytes:
+    def _add(self, rec: bytes) -> None:
+        assert self.seg is not None and self.header is not None
+        where = FILE_HEADER_SIZE + self.seg.index * self.header.seg_size + self.off
+        if not self.pending:
+            self.pending_off, self.pending_since = where, time.monotonic()
+        self.pending += rec
+        self.off += len(rec)
+        self.bytes_written += len(rec)
+        self.jrecs.append((where + len(rec), rec))
+        if self.journal_fd >= 0:
+            try:
+                os.write(self.journal_fd, rec)
+            except OSError:
+                self._close_journal()
+        end = self.pending_off + len(self.pending)
+        cut = end - end % PAGE
+        if cut > self.pending_off:                   # whole pages are ready: to the file (page cache)
+            n = cut - self.pending_off
+            os.pwrite(self.fd, bytes(self.pending[:n]), self.pending_off)
+            self.unsynced += n
+            del self.pending[:n]
+            self.pending_off = cut
+            self._written_upto(cut)
+
+    def _pack(self, kind: int, data: bytes, mono_ns: int, wall_ns: int, keyframe: bool) -> bytes:
         """The record; for a segment's dictionary, followed by its copy (a META record with the same
         payload): one damaged byte then costs one sample, not the rest of the segment."""
-        payload, flags = self._compress(kind, data)
+        if self._comp_dict is not None:
+            payload, flags = self._comp_dict.compress(data), F_ZSTD | F_DICT_USER
+        else:
+            payload, flags = self._comp_plain.compress(data), F_ZSTD
+            if kind == SAMPLE and keyframe:          # the segment's first full sample: its dictionary
+                self._set_dict(data)
+                flags |= F_DICT
         rec = pack_record(kind, flags, self.next_seq, mono_ns, wall_ns, payload)
         self._dict_pair = bool(flags & F_DICT)
         if self._dict_pair:
             rec += pack_record(META, flags, self.next_seq + 1, mono_ns, wall_ns, payload)
         return rec
 
-    def _compress(self, kind: int, data: bytes) -> tuple[bytes, int]:
-        if self._comp_dict is not None:
-            return self._comp_dict.compress(data), F_ZSTD | F_DICT_USER
-        payload = self._comp_plain.compress(data)
-        if kind == SAMPLE:                         # the segment's first sample: its dictionary
-            self._set_dict(data)
-            return payload, F_ZSTD | F_DICT
-        return payload, F_ZSTD
+    def pending_age(self) -> float:
+        return time.monotonic() - self.pending_since if self.pending else 0.0
+
+    def flush(self) -> None:
+        """Write the pending tail (a partial page) and make everything written durable."""
+        if self.fd < 0:
+            return
+        if self.pending:
+            os.pwrite(self.fd, bytes(self.pending), self.pending_off)
+            self.unsynced += len(self.pending)
+            self.pending_off += len(self.pending)
+            self.pending.clear()
+        if self.unsynced:
+            os.fdatasync(self.fd)
+            self.unsynced = 0
+        self._written_upto(None)
 
     def sync(self) -> None:
+        """fdatasync what was written (whole pages); the pending tail stays pending."""
         if self.fd >= 0 and self.unsynced:
             os.fdatasync(self.fd)
             self.unsynced = 0
 
+    # -- the journal: records not in the file yet, on a tmpfs (they survive the recorder, not a reboot)
+    def open_journal(self, path: str) -> dict[str, Any]:
+        """Put back into the ring what a killed recorder left in ``path``, then journal there."""
+        out: dict[str, Any] = {}
+        self.journal_path = path
+        if not path:
+            return out
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(self.header.seg_size if self.header else MAX_SEG)
+        except OSError:
+            data = b""
+        recs, off = [], 0
+        while off < len(data):
+            rec, _ = parse_record_at(data, off, len(data))
+            if rec is None:
+                break
+            recs.append(rec)
+            off += len(rec.raw)
+        recs = [r for r in recs if r.seq >= self.next_seq]
+        if recs and self.seg is not None and self.header is not None and \
+                self.off + sum(len(r.raw) for r in recs) <= self.header.seg_size:
+            out["recovered"] = len(recs)
+            if recs[0].seq > self.next_seq:
+                out["lost_before_journal"] = recs[0].seq - self.next_seq
+            dec = Decoder()
+            for r in recs:
+                self._add(r.raw)
+                self.next_seq = r.seq + 1
+                if self._comp_dict is None and r.flags & F_DICT and dec.decode(r) is not None:
+                    self._set_dict(r.data or b"")   # the segment's dictionary was still pending
+            self.flush()
+        elif recs:
+            out["discarded"] = len(recs)          # they belonged to a segment that is no longer current
+        try:
+            d = os.path.dirname(path) or "."
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            self.journal_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            if self.jrecs:
+                os.write(self.journal_fd, b"".join(r for _, r in self.jrecs))
+        except OSError as exc:
+            out["journal_error"] = exc.strerror or str(exc)
+            self.journal_fd = -1
+        return out
+
+    def _written_upto(self, offset: int | None) -> None:
+        """Records wholly in the file up to ``offset`` (None: all) leave the journal."""
+        keep = [(end, r) for end, r in self.jrecs if offset is not None and end > offset]
+        if len(keep) == len(self.jrecs):
+            return
+        self.jrecs = keep
+        if self.journal_fd < 0:
+            return
+        try:
+            os.ftruncate(self.journal_fd, 0)
+            os.lseek(self.journal_fd, 0, os.SEEK_SET)
+            if keep:
+                os.write(self.journal_fd, b"".join(r for _, r in keep))
+        except OSError:
+            self._close_journal()
+
+    def _close_journal(self) -> None:
+        if self.journal_fd >= 0:
+            try:
+                os.close(self.journal_fd)
+            except OSError:
+                pass
+            self.journal_fd = -1
+
     def close(self) -> None:
         if self.fd >= 0:
             try:
-                self.sync()
+                self.flush()
             except OSError:
                 pass
             os.close(self.fd)
             self.fd = -1
+        self._close_journal()
+        if self.journal_path and not self.jrecs:
+            try:
+                os.unlink(self.journal_path)      # everything is in the ring
+            except OSError:
+                pass

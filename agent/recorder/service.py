@@ -21,8 +21,12 @@ What it writes down besides samples (event records, ``{"ev": ...}``):
 - ``stop``: a clean stop (SIGTERM/SIGINT). A recorder killed mid-write leaves no ``stop``;
   the next ``start`` states the gap.
 
-Durability: the ring is synced every ``sync_s`` (30 s) or 64 KiB, and at stop; a crash
-loses at most that much, and what was written is readable at once (page cache).
+Durability and disk writes: records reach the ring file in whole pages as they fill (about every
+40 s at the defaults) and the tail every ``sync_s`` (60 s) and at stop, each followed by an
+fdatasync, so every page of the file is written about once (bench/README.md: recorder). Until
+then they wait in a journal beside the socket (the unit's RuntimeDirectory, a tmpfs): a killed
+or crashed recorder loses nothing (the next start puts them back), a crashed machine at most
+``sync_s``. Captures read the ring and ask the socket (or read the journal) for the rest.
 """
 from __future__ import annotations
 
@@ -55,13 +59,14 @@ class Settings:
     ring_bytes: int = 64 * 2**20
     interval_s: float = 5.0
     process_interval_s: float = 10.0
-    sync_s: float = 30.0
+    sync_s: float = 60.0
     top_n: int = 10
     process_names: bool = True
     max_cgroups: int = 40
     socket_path: str = ""
     memory_minutes: float = 15.0
     reserve_bytes: int = 0               # free space the ring must leave on its filesystem
+    journal_path: str | None = None      # records not in the ring yet (default: beside the socket, a tmpfs)
     proc: str = "/proc"
     cgroup_root: str = "/sys/fs/cgroup"
 
@@ -145,6 +150,7 @@ class Recorder:
         w = ringmod.RingWriter(self.st.ring_path, size, boot=self.boot)
         try:
             info = w.open()
+            info.update(w.open_journal(journal_path(self.st)))
         except ringmod.RingError as exc:
             if "in use" in str(exc):
                 raise                      # another recorder writes this ring: do not record beside it
@@ -175,11 +181,11 @@ class Recorder:
         self.ring_retry_at = time.monotonic() + RETRY_S
         log.error("ring: %s (samples kept in memory, retry in %.0f s)", why, RETRY_S)
 
-    def _append(self, kind: int, data: bytes, wall: int, mono: int) -> None:
+    def _append(self, kind: int, data: bytes, wall: int, mono: int, keyframe: bool = False) -> None:
         self.tail.append((self.seq, wall, mono, data))
         if self.writer is not None:
             try:
-                self.writer.append(kind, data, mono, wall)
+                self.writer.append(kind, data, mono, wall, keyframe=keyframe)
                 self.seq = self.writer.next_seq
                 return
             except (OSError, ValueError) as exc:
@@ -211,7 +217,7 @@ class Recorder:
         s["self"] = {"cpu_s": round(ru.user + ru.system, 3), "rss_kb": _rss_kb(), "sample_ms": self.last_sample_ms,
                      "dropped": self.dropped, "ring": self.ring_state, "pint": self.proc_interval}
         data = _dumps(s)
-        self._append(ringmod.SAMPLE, data, wall, mono)
+        self._append(ringmod.SAMPLE, data, wall, mono, keyframe="proc" in s)
         self.samples += 1
         self.last_sample_ms = round((time.process_time() - c0) * 1000, 2)
         if self.on_sample:
@@ -381,12 +387,15 @@ class Recorder:
         w = self.writer
         if w is None:
             return
-        if w.unsynced >= SYNC_BYTES or (w.unsynced and time.monotonic() - self.last_sync >= self.st.sync_s):
-            try:
+        try:
+            if w.pending_age() >= self.st.sync_s:          # a partial page waited long enough: write it
+                w.flush()
+                self.last_sync = time.monotonic()
+            elif w.unsynced >= SYNC_BYTES or (w.unsynced and time.monotonic() - self.last_sync >= self.st.sync_s):
                 w.sync()
-            except OSError as exc:
-                self._ring_failed(f"sync failed: {exc.strerror or exc}")
-            self.last_sync = time.monotonic()
+                self.last_sync = time.monotonic()
+        except OSError as exc:
+            self._ring_failed(f"write failed: {exc.strerror or exc}")
 
     def _install_signals(self) -> None:
         def stop(signum: int, frame: Any) -> None:
@@ -414,6 +423,14 @@ class Recorder:
                 pass
             self.server = None
         self.sampler.close()
+
+
+def journal_path(st: Settings) -> str:
+    """Where records wait before they reach the ring: ``journal_path``, else beside the socket (the
+    unit's RuntimeDirectory, a tmpfs: no disk writes, and it outlives a killed recorder)."""
+    if st.journal_path is not None:
+        return st.journal_path
+    return os.path.join(os.path.dirname(st.socket_path), "ring.pending") if st.socket_path else ""
 
 
 def _rss_kb() -> int:

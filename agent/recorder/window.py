@@ -15,6 +15,7 @@ corrupt or torn records skipped, gaps with their reason, clock steps, boot chang
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -63,6 +64,7 @@ class Window:
     ring: dict[str, Any] = field(default_factory=dict)
     recorder: dict[str, Any] | None = None
     error: str = ""                                   # why there is no history at all
+    pending: int = 0                                  # records read from the recorder's journal
 
     @property
     def samples(self) -> list[Entry]:
@@ -97,8 +99,13 @@ def _decode(rec: ringmod.Record, dec: ringmod.Decoder, problems: list[dict[str, 
 
 
 def read(ring_path: str, since: float | None = None, until: float | None = None, *,
-         socket_path: str = "", ask_timeout: float = 0.25, with_raw: bool = True) -> Window:
-    """The records with wall time in [since, until] (seconds since the epoch; None = open)."""
+         socket_path: str = "", ask_timeout: float = 0.25, with_raw: bool = True,
+         pending_path: str | None = None) -> Window:
+    """The records with wall time in [since, until] (seconds since the epoch; None = open).
+
+    Besides the ring file: the records still waiting in the recorder's journal (``pending_path``,
+    default beside the socket), and, when the recorder answers, what it kept only in memory.
+    """
     win = Window(since, until)
     since_ns = int(since * 1e9) if since is not None else None
     until_ns = int(until * 1e9) if until is not None else None
@@ -118,8 +125,10 @@ def read(ring_path: str, since: float | None = None, until: float | None = None,
         if with_raw:
             raw_parts.append(SLICE_MAGIC + ringmod.FileHeader(view.header.seg_size, view.header.nseg,
                                                               view.header.created_ns, view.header.ring_id).pack()[:64])
+        last: tuple[ringmod.SegmentScan, ringmod.Decoder] | None = None
         for scan, recs in ringmod.iter_records(view, since_ns, until_ns, win.problems):
             dec = ringmod.Decoder()
+            last = (scan, dec)
             dict_rec = None
             inside = {r.seq for r in recs}
             for r in scan.records:             # in order: the segment's dictionary record comes first
@@ -136,6 +145,9 @@ def read(ring_path: str, since: float | None = None, until: float | None = None,
                 if dict_rec is not None and dict_rec.seq not in inside:
                     raw_parts.append(dict_rec.raw)
                 raw_parts.extend(r.raw for r in recs)
+        if last is not None and last[0].header.seg_seq == view.segments[-1].seg_seq:
+            raw_parts.extend(_read_journal(win, last, pending_path if pending_path is not None else (
+                os.path.join(os.path.dirname(socket_path), "ring.pending") if socket_path else ""), since_ns, until_ns))
     win.raw = b"".join(raw_parts) if len(raw_parts) > 1 else b""
     # the recorder's memory: samples that never reached the ring, and its status
     if socket_path:
@@ -159,6 +171,40 @@ def read(ring_path: str, since: float | None = None, until: float | None = None,
     if not win.entries and not win.error and view is not None and not view.segments:
         win.error = "the ring is empty: the recorder has not written a sample yet"
     return win
+
+
+def _read_journal(win: Window, last: tuple[ringmod.SegmentScan, ringmod.Decoder], path: str,
+                  since_ns: int | None, until_ns: int | None) -> list[bytes]:
+    """Records of the newest segment still in the recorder's journal (not written to the ring yet)."""
+    if not path:
+        return []
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(ringmod.MAX_SEG)
+    except OSError:
+        return []
+    scan, dec = last
+    after = max([r.seq for r in scan.records], default=scan.header.first_seq - 1)
+    raw, off = [], 0
+    while off < len(data):
+        rec, _ = ringmod.parse_record_at(data, off, len(data))
+        if rec is None:
+            break
+        off += len(rec.raw)
+        if rec.seq <= after:
+            continue
+        rec.boot = scan.header.boot
+        if (since_ns is not None and rec.wall_ns < since_ns) or (until_ns is not None and rec.wall_ns > until_ns):
+            if rec.flags & ringmod.F_DICT:
+                dec.decode(rec)
+                raw.append(rec.raw)
+            continue
+        e = _decode(rec, dec, win.problems, scan.header.seg_seq)
+        if e is not None:
+            win.entries.append(e)
+            win.pending += 1
+            raw.append(rec.raw)
+    return raw
 
 
 def read_slice(data: bytes) -> Window:

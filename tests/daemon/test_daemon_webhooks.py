@@ -71,6 +71,7 @@ def test_the_bundle_records_what_the_tracker_said(daemon):
     assert m["incident"]["severity"] == "P1"
     assert m["incident"]["services"] == ["API Service"]
     assert m["incident"]["url"].endswith("/incidents/PGR0VU2")
+    assert m["incident"]["started_at"] == "2020-04-09T15:16:27.000Z"      # the tracker's creation time: T0
     assert m["trigger"]["by"].startswith("pagerduty:")
     names = subprocess.run(["tar", "--zstd", "-tf", str(daemon.bundles("PDMETA1")[0])], capture_output=True,
                            text=True, check=True).stdout.split()

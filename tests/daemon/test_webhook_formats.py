@@ -200,3 +200,18 @@ def test_times_from_every_tracker_parse():
     assert parse_time(1420452191104) == pytest.approx(1420452191.104)          # Opsgenie ms
     assert parse_time(1420452193166002000) == pytest.approx(1420452193.166002)  # Opsgenie ns
     assert parse_time("yesterday") is None
+
+
+def test_every_tracker_says_when_the_incident_began():
+    """The flight recorder's window is cut from the incident's start (the history collector's T0)."""
+    [pd] = pagerduty.parse(json.loads(P.pagerduty_delivery("Q3F7KD2M9ZT0XB", "incident.triggered")[0]))
+    assert pd.started_at == parse_time("2020-04-09T15:16:27Z")
+    [iio] = incidentio.parse(json.loads(P.incidentio_delivery("INC-2187")[0]))
+    assert iio.started_at == parse_time("2021-08-17T13:28:57.801578Z")
+    am = alertmanager.parse(json.loads(P.alertmanager_delivery()[0]))
+    assert {e.started_at for e in am} == {parse_time("2026-11-23T10:15:00.000Z")}
+    [og] = opsgenie.parse(P.OG_EXAMPLE)
+    assert og.started_at == pytest.approx(1420452191.104)
+    [g] = generic.parse({"incident_id": "INC-9", "started_at": "2026-11-23T10:02:00Z"})
+    assert g.started_at == parse_time("2026-11-23T10:02:00Z")
+    assert generic.parse({"incident_id": "INC-9"})[0].started_at is None

@@ -65,28 +65,23 @@ def test_record_samples_every_signal_group_answers_its_socket_and_stops_cleanly(
     assert h["samples"] >= 8 and not [g for g in h["gaps"] if "before this" not in g["reason"]]
 
 
-def test_a_restart_resumes_and_a_kill_mid_write_leaves_a_stated_gap(rec_env):
+def test_a_recorder_killed_mid_write_loses_nothing_and_the_gap_is_stated(rec_env):
+    """SIGKILL: records not yet in the ring wait in the journal (beside the socket); the restart puts them back."""
     cfg, store, start = rec_env
     r = start()
-    r.wait_samples(5)
-    r.kill()                                   # SIGKILL: no stop event, no final sync
-    p = ring_of(store)
-    view = ring.open_view(str(p))
-    seg = view.segments[-1]
-    scan = ring.scan_segment(ring.read_segment(str(p), view.header, seg), seg)
-    last = scan.records[-1]
-    with open(p, "r+b") as fh:                 # and the record it was writing is torn
-        fh.seek(ring.FILE_HEADER_SIZE + seg.index * view.header.seg_size + scan.end - 10)
-        fh.write(b"\0" * 10)
+    st = r.wait_samples(25)
+    journal = Path(cfg.parent / "ring.pending")
+    assert journal.exists()
+    r.kill()                                   # no stop event, no final flush
+    before = window.read(str(ring_of(store)), pending_path="")      # the ring file alone
+    assert before.entries and max(e.seq for e in before.entries) < st["next_seq"] - 1 or journal.stat().st_size == 0
     time.sleep(1.0)                            # a gap of many intervals
     r2 = start()
     r2.wait_samples(5)
     assert r2.stop() == 0
-    win = window.read(str(p))
+    win = window.read(str(ring_of(store)))
     seqs = [e.seq for e in win.entries]
-    assert seqs == list(range(len(seqs)))      # nothing missing, nothing twice
-    # the torn record is gone: its sequence number went to the restarted recorder's first record
-    assert next(e for e in win.entries if e.seq == last.seq).data.get("ev") == "start"
+    assert seqs == list(range(len(seqs)))      # nothing lost, nothing twice
     starts = [e.data for e in win.events if e.data["ev"] == "start"]
     assert len(starts) == 2 and starts[1]["resumed"] and starts[1]["gap_s"] >= 1.0
     h = history(cfg, "--since", "10m")
@@ -97,6 +92,33 @@ def test_a_restart_resumes_and_a_kill_mid_write_leaves_a_stated_gap(rec_env):
     assert out["collectors"]["history"] == "ok"
     summary = _bundle_json(Path(out["bundle"]), "collectors/history/summary.json")
     assert any(g["reason"].startswith("recorder restarted") for g in summary["gaps"])
+
+
+def test_a_machine_crash_mid_write_loses_the_torn_record_only(rec_env):
+    """A crash loses the journal (a tmpfs) and may tear the last record written to the ring."""
+    cfg, store, start = rec_env
+    r = start()
+    r.wait_samples(40)
+    r.kill()
+    (cfg.parent / "ring.pending").unlink()
+    p = ring_of(store)
+    view = ring.open_view(str(p))
+    seg = view.segments[-1]
+    scan = ring.scan_segment(ring.read_segment(str(p), view.header, seg), seg)
+    last = scan.records[-1]
+    with open(p, "r+b") as fh:                 # the record it was writing is torn
+        fh.seek(ring.FILE_HEADER_SIZE + seg.index * view.header.seg_size + scan.end - 10)
+        fh.write(b"\0" * 10)
+    r2 = start()
+    r2.wait_samples(5)
+    assert r2.stop() == 0
+    win = window.read(str(p))
+    seqs = [e.seq for e in win.entries]
+    assert seqs == sorted(set(seqs))
+    # the torn record is gone: its sequence number went to the restarted recorder's first record
+    assert next(e for e in win.entries if e.seq == last.seq).data.get("ev") == "start"
+    h = history(cfg, "--since", "10m")
+    assert [g for g in h["gaps"] if g["reason"].startswith("recorder restarted")]
 
 
 def test_a_second_recorder_on_the_same_ring_is_refused(rec_env):

@@ -40,7 +40,7 @@ def write(path, n, payloads, *, size=64 * 1024, boot=BOOT_A, t0=None, step=1.0):
     for i in range(n):
         wall = int((t0 + i * step) * 1e9)
         d = dict(payloads[i % len(payloads)], v=1, t=wall / 1e9, m=i * step, boot=boot, i=i)
-        seqs.append(w.append(ring.SAMPLE, json.dumps(d).encode(), int(i * step * 1e9), wall))
+        seqs.append(w.append(ring.SAMPLE, json.dumps(d).encode(), int(i * step * 1e9), wall, keyframe=True))
     w.close()
     return info, seqs
 
