@@ -387,6 +387,23 @@ def iter_records(view: RingView, since_ns: int | None = None, until_ns: int | No
         yield scan, recs
 
 
+JOURNAL_MAGIC = b"GHJ1"
+
+
+def read_journal(path: str, ring_id: str) -> bytes:
+    """The records in a recorder's journal for the ring ``ring_id`` (b"" when none, or another ring's)."""
+    if not path:
+        return b""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(20 + MAX_SEG)
+    except OSError:
+        return b""
+    if data[:4] != JOURNAL_MAGIC or data[4:20].hex() != ring_id:
+        return b""
+    return data[20:]
+
+
 # -- writing ----------------------------------------------------------------------------------
 
 class RingWriter:
@@ -638,13 +655,9 @@ class RingWriter:
         """Put back into the ring what a killed recorder left in ``path``, then journal there."""
         out: dict[str, Any] = {}
         self.journal_path = path
-        if not path:
+        if not path or self.header is None:
             return out
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read(self.header.seg_size if self.header else MAX_SEG)
-        except OSError:
-            data = b""
+        data = read_journal(path, self.header.ring_id)
         recs, off = [], 0
         while off < len(data):
             rec, _ = parse_record_at(data, off, len(data))
@@ -671,8 +684,7 @@ class RingWriter:
             d = os.path.dirname(path) or "."
             os.makedirs(d, mode=0o700, exist_ok=True)
             self.journal_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            if self.jrecs:
-                os.write(self.journal_fd, b"".join(r for _, r in self.jrecs))
+            os.write(self.journal_fd, self._journal_head() + b"".join(r for _, r in self.jrecs))
         except OSError as exc:
             out["journal_error"] = exc.strerror or str(exc)
             self.journal_fd = -1
@@ -689,10 +701,13 @@ class RingWriter:
         try:
             os.ftruncate(self.journal_fd, 0)
             os.lseek(self.journal_fd, 0, os.SEEK_SET)
-            if keep:
-                os.write(self.journal_fd, b"".join(r for _, r in keep))
+            os.write(self.journal_fd, self._journal_head() + b"".join(r for _, r in keep))
         except OSError:
             self._close_journal()
+
+    def _journal_head(self) -> bytes:
+        assert self.header is not None
+        return JOURNAL_MAGIC + bytes.fromhex(self.header.ring_id)
 
     def _close_journal(self) -> None:
         if self.journal_fd >= 0:

@@ -426,11 +426,16 @@ class Recorder:
 
 
 def journal_path(st: Settings) -> str:
-    """Where records wait before they reach the ring: ``journal_path``, else beside the socket (the
-    unit's RuntimeDirectory, a tmpfs: no disk writes, and it outlives a killed recorder)."""
+    """Where records wait before they reach the ring: ``journal_path``, else the socket's path +
+    ``.pending`` (the unit's RuntimeDirectory, a tmpfs: no disk writes, and it outlives a killed
+    recorder; one socket, one recorder, one journal)."""
     if st.journal_path is not None:
         return st.journal_path
-    return os.path.join(os.path.dirname(st.socket_path), "ring.pending") if st.socket_path else ""
+    return pending_path(st.socket_path)
+
+
+def pending_path(socket_path: str) -> str:
+    return socket_path + ".pending" if socket_path else ""
 
 
 def _rss_kb() -> int:

@@ -15,7 +15,6 @@ corrupt or torn records skipped, gaps with their reason, clock steps, boot chang
 from __future__ import annotations
 
 import json
-import os
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -32,18 +31,27 @@ def iso(t: float | None) -> str | None:
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-@dataclass
 class Entry:
-    """One decoded record."""
+    """One decoded record: its sequence number, kind (sample, event, meta), CLOCK_REALTIME and
+    CLOCK_MONOTONIC (s), boot ID, and its JSON (parsed only when ``data`` is first read: writing
+    history.jsonl needs the bytes, not the objects)."""
 
-    seq: int
-    kind: str                 # sample | event
-    wall: float               # CLOCK_REALTIME, s
-    mono: float               # CLOCK_MONOTONIC, s
-    boot: str
-    data: dict[str, Any]
-    raw_json: bytes = b""
-    memory_only: bool = False
+    __slots__ = ("seq", "kind", "wall", "mono", "boot", "_data", "raw_json", "memory_only")
+
+    def __init__(self, seq: int, kind: str, wall: float, mono: float, boot: str, data: dict[str, Any] | None = None,
+                 raw_json: bytes = b"", memory_only: bool = False):
+        self.seq, self.kind, self.wall, self.mono, self.boot = seq, kind, wall, mono, boot
+        self._data, self.raw_json, self.memory_only = data, raw_json, memory_only
+
+    @property
+    def data(self) -> dict[str, Any]:
+        if self._data is None:
+            try:
+                d = json.loads(self.raw_json)
+            except ValueError:
+                d = None
+            self._data = d if isinstance(d, dict) else {}
+        return self._data
 
     def line(self) -> bytes:
         """The history.jsonl line: the recorded JSON with seq, kind and source in front."""
@@ -83,19 +91,15 @@ def _decode(rec: ringmod.Record, dec: ringmod.Decoder, problems: list[dict[str, 
                          "why": "undecodable (its segment's dictionary record is lost)" if dec.dict_missing
                          else "undecodable payload"})
         return None
-    try:
-        obj = json.loads(data)
-    except ValueError:
-        problems.append({"segment": seg, "from_seq": rec.seq, "to_seq": rec.seq, "records": 1, "why": "not JSON"})
-        return None
-    if not isinstance(obj, dict):
+    if not (data.startswith(b"{") and data.endswith(b"}")):
+        problems.append({"segment": seg, "from_seq": rec.seq, "to_seq": rec.seq, "records": 1,
+                         "why": "not a JSON object"})
         return None
     kind = ringmod.KIND_NAMES.get(rec.kind, str(rec.kind))
     if rec.kind == ringmod.META:        # a copy of the segment's dictionary: kept as a placeholder line
         return Entry(rec.seq, "meta", rec.wall_ns / 1e9, rec.mono_ns / 1e9, rec.boot, {"meta": "dictionary copy"},
                      raw_json=b'{"meta":"dictionary copy"}')
-    return Entry(rec.seq, kind, rec.wall_ns / 1e9, rec.mono_ns / 1e9, rec.boot or str(obj.get("boot") or ""),
-                 obj, raw_json=data)
+    return Entry(rec.seq, kind, rec.wall_ns / 1e9, rec.mono_ns / 1e9, rec.boot, raw_json=data)
 
 
 def read(ring_path: str, since: float | None = None, until: float | None = None, *,
@@ -147,7 +151,7 @@ def read(ring_path: str, since: float | None = None, until: float | None = None,
                 raw_parts.extend(r.raw for r in recs)
         if last is not None and last[0].header.seg_seq == view.segments[-1].seg_seq:
             raw_parts.extend(_read_journal(win, last, pending_path if pending_path is not None else (
-                os.path.join(os.path.dirname(socket_path), "ring.pending") if socket_path else ""), since_ns, until_ns))
+                socket_path + ".pending" if socket_path else ""), since_ns, until_ns, view.header.ring_id))
     win.raw = b"".join(raw_parts) if len(raw_parts) > 1 else b""
     # the recorder's memory: samples that never reached the ring, and its status
     if socket_path:
@@ -174,14 +178,10 @@ def read(ring_path: str, since: float | None = None, until: float | None = None,
 
 
 def _read_journal(win: Window, last: tuple[ringmod.SegmentScan, ringmod.Decoder], path: str,
-                  since_ns: int | None, until_ns: int | None) -> list[bytes]:
+                  since_ns: int | None, until_ns: int | None, ring_id: str) -> list[bytes]:
     """Records of the newest segment still in the recorder's journal (not written to the ring yet)."""
-    if not path:
-        return []
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(ringmod.MAX_SEG)
-    except OSError:
+    data = ringmod.read_journal(path, ring_id)
+    if not data:
         return []
     scan, dec = last
     after = max([r.seq for r in scan.records], default=scan.header.first_seq - 1)
@@ -264,7 +264,7 @@ def load_jsonl(lines: Iterable[str | bytes]) -> list[Entry]:
 # -- what the window says about itself ------------------------------------------------------
 
 def interval_of(samples: list[Entry]) -> float:
-    iv = [s.data.get("iv") for s in samples if isinstance(s.data.get("iv"), (int, float))]
+    iv = [s.data.get("iv") for s in samples[-5:] if isinstance(s.data.get("iv"), (int, float))]
     if iv:
         return float(statistics.median(iv))
     dts = [b.mono - a.mono for a, b in zip(samples, samples[1:]) if a.boot == b.boot and b.mono > a.mono]
@@ -353,6 +353,8 @@ def processes_in(samples: list[Entry], limit: int = 200) -> dict[str, Any]:
     started, exited = [], []
     over_started = over_exited = 0
     for s in samples:
+        if s.raw_json and b'"born"' not in s.raw_json and b'"exited"' not in s.raw_json:
+            continue                    # a sample without a process scan (or the first): nothing to parse
         p = s.data.get("proc")
         if not isinstance(p, dict):
             continue

@@ -25,12 +25,13 @@ from tests.helpers.recorder import RecorderProc  # noqa: E402
 cfg, hog_cg, mem_cg = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 
-WAITER = "import sys\nsys.stdin.readline()\n"
-hog = subprocess.Popen([sys.executable, "-c", WAITER + "import time\nt=time.time()\nwhile time.time()-t<120: pass"],
-                       stdin=subprocess.PIPE)
-grow = subprocess.Popen([sys.executable, "-c", WAITER + "import time\nb=[]\nfor i in range(16):\n"
+# each waits for "go", then says when it really began (under load that can be later than the "go")
+WAITER = "import sys, time\nsys.stdin.readline()\nprint(time.time(), flush=True)\n"
+hog = subprocess.Popen([sys.executable, "-c", WAITER + "t=time.time()\nwhile time.time()-t<120: pass"],
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+grow = subprocess.Popen([sys.executable, "-c", WAITER + "b=[]\nfor i in range(16):\n"
                          "    x=bytearray(25*2**20)\n    for j in range(0,len(x),4096): x[j]=1\n    b.append(x)\n"
-                         "    time.sleep(0.25)\ntime.sleep(120)"], stdin=subprocess.PIPE)
+                         "    time.sleep(0.25)\ntime.sleep(120)"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 for p, dirs in ((hog, [f"/sys/fs/cgroup/cpuacct/{hog_cg}", f"/sys/fs/cgroup/cpu/{hog_cg}"]),
                 (grow, [f"/sys/fs/cgroup/memory/{mem_cg}"])):
     for d in dirs:
@@ -54,15 +55,15 @@ def after_next_sample() -> float:
 
 times: dict[str, float] = {}
 after_next_sample()
-times["cpu_hog"] = time.time()
 hog.stdin.write(b"go\n")
 hog.stdin.flush()
+times["cpu_hog"] = float(hog.stdout.readline())
 time.sleep(5)
 
 after_next_sample()
-times["memory_growth"] = time.time()
 grow.stdin.write(b"go\n")
 grow.stdin.flush()
+times["memory_growth"] = float(grow.stdout.readline())
 time.sleep(5)
 
 # a listener that never accepts, with a backlog of 1: connections beyond it overflow the accept queue

@@ -70,7 +70,7 @@ def test_a_recorder_killed_mid_write_loses_nothing_and_the_gap_is_stated(rec_env
     cfg, store, start = rec_env
     r = start()
     st = r.wait_samples(25)
-    journal = Path(cfg.parent / "ring.pending")
+    journal = Path(cfg.parent / "rec.sock.pending")
     assert journal.exists()
     r.kill()                                   # no stop event, no final flush
     before = window.read(str(ring_of(store)), pending_path="")      # the ring file alone
@@ -100,7 +100,7 @@ def test_a_machine_crash_mid_write_loses_the_torn_record_only(rec_env):
     r = start()
     r.wait_samples(40)
     r.kill()
-    (cfg.parent / "ring.pending").unlink()
+    (cfg.parent / "rec.sock.pending").unlink()
     p = ring_of(store)
     view = ring.open_view(str(p))
     seg = view.segments[-1]
