@@ -609,6 +609,7 @@ class RingWriter:
             self.unsynced += n
             del self.pending[:n]
             self.pending_off = cut
+            self.pending_since = time.monotonic()    # what is left is the newest record's tail
             self._written_upto(cut)
 
     def _pack(self, kind: int, data: bytes, mono_ns: int, wall_ns: int, keyframe: bool) -> bytes:

@@ -10,8 +10,8 @@ conntrack count, max and drop/insert_failed stats, ``/proc/sys/fs/file-nr``.
 Processes and cgroups (every ``process_interval``): one read of ``/proc/PID/stat`` per
 process (about 5 µs each here); kept per sample: the top N by CPU over the last interval
 and the top N by resident memory, every process in D state (at most 20), each with its
-run-queue wait from ``schedstat``; processes started and exited since the last scan as
-(pid, start time, name), at most 50 each plus a count of the rest; totals. Names only: no
+run-queue wait from ``schedstat`` (its main thread's); processes started and exited since the last
+scan as (pid, name), at most 25 each plus a count of the rest; totals. Names only: no
 command line, no environment (``process_names = false`` leaves even the names out).
 Cgroup counters come from ``agent.recorder.cgroups``.
 
@@ -43,7 +43,7 @@ TCPEXT = ("ListenOverflows", "ListenDrops", "TCPTimeouts", "TCPSynRetrans", "TCP
 UDP = ("InDatagrams", "NoPorts", "InErrors", "OutDatagrams", "RcvbufErrors", "SndbufErrors")
 CT_STATS = ("drop", "early_drop", "insert_failed", "search_restart", "invalid")
 CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
-MAX_BORN = 50
+MAX_BORN = 25
 MAX_D = 20
 HZ = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -394,8 +394,8 @@ class Sampler:
         if not first:
             born = [k for k in cur if k not in self.prev and k[0] not in self.exclude]
             gone = [k for k in self.prev if k not in cur and k[0] not in self.exclude]
-            out["born"] = [[k[0], k[1], cur[k][0] if self.names else ""] for k in sorted(born)[:MAX_BORN]]
-            out["exited"] = [[k[0], k[1], self.prev[k][0] if self.names else ""] for k in sorted(gone)[:MAX_BORN]]
+            out["born"] = [[k[0], cur[k][0] if self.names else ""] for k in sorted(born)[:MAX_BORN]]
+            out["exited"] = [[k[0], self.prev[k][0] if self.names else ""] for k in sorted(gone)[:MAX_BORN]]
             out["born_n"], out["exited_n"] = len(born), len(gone)
             out["dt"] = round(dt, 3) if dt else None
         self.prev, self.prev_mono = cur, mono

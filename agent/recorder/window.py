@@ -358,10 +358,10 @@ def processes_in(samples: list[Entry], limit: int = 200) -> dict[str, Any]:
         p = s.data.get("proc")
         if not isinstance(p, dict):
             continue
-        for pid, start, comm in p.get("born") or []:
-            started.append({"t": iso(s.wall), "pid": pid, "comm": comm, "start_ticks": start})
-        for pid, start, comm in p.get("exited") or []:
-            exited.append({"t": iso(s.wall), "pid": pid, "comm": comm, "start_ticks": start})
+        for x in p.get("born") or []:
+            started.append({"t": iso(s.wall), "pid": x[0], "comm": x[-1]})
+        for x in p.get("exited") or []:
+            exited.append({"t": iso(s.wall), "pid": x[0], "comm": x[-1]})
         more_b = max(0, int(p.get("born_n") or 0) - len(p.get("born") or []))
         more_e = max(0, int(p.get("exited_n") or 0) - len(p.get("exited") or []))
         if more_b:                      # more than the sampler names per scan: counted, not named

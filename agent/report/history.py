@@ -179,7 +179,7 @@ def process_events(host: str, procs: dict[str, Any], bucket_s: int = 60) -> list
             more = len(names) - 12
             out.append(Event(t0, host, "history", f"{total} process{'es' if total != 1 else ''} {verb} from "
                              f"{t0:%H:%M:%S}: " + ", ".join(parts) + (f" and {more} other names" if more > 0 else "")
-                             + (f" and {unnamed} more, not named (over the recorder's 50 per scan)" if unnamed else ""),
+                             + (f" and {unnamed} more, not named (over the recorder's 25 per scan)" if unnamed else ""),
                              None, file=SUMMARY))
     return out
 
