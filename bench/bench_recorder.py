@@ -45,7 +45,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.helpers.recorder import RecorderProc, write_config  # noqa: E402
+from tests.helpers.recorder import RecorderProc, write_config
 
 DAY = 86400.0
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -179,7 +179,8 @@ def run(quick: bool = False) -> dict:
             ratio = (b_w1 - b_w0) / max(1, b_st1["bytes_written"] - b_st0["bytes_written"])
             # the history collector: one capture reads the 60-minute-sized window from B's ring
             cfg_c = write_config(d / "c.toml", d / "store-c", sock=d / "none.sock")
-            cfg_c.write_text(cfg_c.read_text().replace("[recorder]", f'[recorder]\npath = "{d / "store-b/recorder/ring"}"'))
+            ring_b = d / "store-b" / "recorder" / "ring"
+            cfg_c.write_text(cfg_c.read_text().replace("[recorder]", f'[recorder]\npath = "{ring_b}"'))
             times, sizes, cpus = [], [], []
             for _ in range(runs):
                 cp = subprocess.run([sys.executable, "-m", "agent", "--config", str(cfg_c), "snapshot", "--incident",

@@ -32,7 +32,8 @@ Exit: 0 stopped by SIGTERM/SIGINT, 2 bad option or config, 3 another recorder ho
               help="Size of a new ring (default recorder.ring_mib, 64); an existing ring keeps its size.")
 @click.option("--socket", "socket_path", metavar="PATH", help="Unix socket (default recorder.socket; '' for none).")
 @click.option("--store", metavar="DIR", envvar="GOLDENHOUR_STORE", help="Local store (default: store.path).")
-@click.option("--duration", type=click.FloatRange(0.1), metavar="SECONDS", help="Stop after this long (tests, benchmarks).")
+@click.option("--duration", type=click.FloatRange(0.1), metavar="SECONDS",
+              help="Stop after this long (tests, benchmarks).")
 @pass_app
 def record(app: App, interval: float | None, process_interval: float | None, ring: str | None, ring_mib: int | None,
            socket_path: str | None, store: str | None, duration: float | None) -> None:
@@ -63,11 +64,13 @@ TIME: 30m, 2h, 90s, 1d (ago), now, 2026-11-23T10:00:00Z (UTC unless it has an of
 seconds. Exit: 0 ok, 2 bad option, 4 no history (no ring, no recorder, or no such file).""")
 @click.option("--since", default="60m", show_default=True, metavar="TIME", help="Start of the window.")
 @click.option("--until", default="now", show_default=True, metavar="TIME", help="End of the window.")
-@click.option("--t0", metavar="TIME", help="When the incident began: the baseline ends 15 min before it (default: --until).")
+@click.option("--t0", metavar="TIME",
+              help="When the incident began: the baseline ends 15 min before it (default: --until).")
 @click.option("--signal", "signals", multiple=True, metavar="GLOB", help="Also print these series (repeatable).")
 @click.option("--file", metavar="PATH", help="Read a bundle's ring-slice.bin or history.jsonl (or its folder) instead.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: window, gaps, departures, processes, series.")
-@click.option("--csv", "as_csv", is_flag=True, help="CSV: a row per sample, a column per signal (--signal, default all).")
+@click.option("--csv", "as_csv", is_flag=True,
+              help="CSV: a row per sample, a column per signal (--signal, default all).")
 @click.option("--jsonl", "as_jsonl", is_flag=True, help="The decoded records, one JSON object per line.")
 @click.option("--store", metavar="DIR", envvar="GOLDENHOUR_STORE", help="Local store (default: store.path).")
 @pass_app

@@ -77,8 +77,10 @@ class Departure:
             what = f"{self.label}: {fmt(self.value, self.unit)} (none before)"
             head = f"{what} at {when}"
         else:
-            head = (f"{self.label} {verb} from {fmt(self.baseline, self.unit)} to {fmt(self.value, self.unit)} at {when}"
-                    + (f" (peak {fmt(self.peak, self.unit)} at {_hms(self.peak_t)})" if self.peak != self.value else ""))
+            head = (f"{self.label} {verb} from {fmt(self.baseline, self.unit)} to {fmt(self.value, self.unit)} "
+                    f"at {when}"
+                    + (f" (peak {fmt(self.peak, self.unit)} at {_hms(self.peak_t)})" if self.peak != self.value
+                       else ""))
         if self.already:
             head = f"{self.label} was already {fmt(self.value, self.unit)} when the window began ({when})"
         if t0 is not None and not self.already:

@@ -110,7 +110,8 @@ def load(cfg, since: float | None, until: float | None, file: str | None):
             win.entries = window.load_jsonl(data.splitlines())
             if not win.entries:
                 raise UsageError(f"{file} is neither a ring slice nor a history.jsonl with records")
-        win.entries = [e for e in win.entries if (since is None or e.wall >= since) and (until is None or e.wall <= until)]
+        win.entries = [e for e in win.entries
+                       if (since is None or e.wall >= since) and (until is None or e.wall <= until)]
         win.since, win.until = since, until
         return win
     path = recorder.ring_path(cfg)
@@ -150,7 +151,8 @@ def render_table(d: dict[str, Any], t0: float | None) -> str:
     w = out.write
     ring, rec = d.get("ring") or {}, d.get("recorder")
     if ring:
-        w(f"ring      {ring.get('path')} ({_mib(int(ring.get('size', 0)))}, since {_short(ring.get('oldest_segment'))})\n")
+        w(f"ring      {ring.get('path')} ({_mib(int(ring.get('size', 0)))}, "
+          f"since {_short(ring.get('oldest_segment'))})\n")
     w("recorder  " + (f"running, pid {rec.get('pid')}, every {rec.get('interval_s')} s, ring {rec.get('ring_state')}"
                       + (f" ({rec.get('ring_error')})" if rec.get("ring_error") else "") if rec else
                       "not answering on its socket (not running?)") + "\n")
@@ -163,7 +165,8 @@ def render_table(d: dict[str, Any], t0: float | None) -> str:
         if c.get("direction") == "suspend":
             w(f"suspend   {_short(c['at'])}: the machine slept {c.get('suspend_s')} s\n")
         else:
-            w(f"clock     {_short(c['at'])}: wall clock stepped {c.get('direction')} by {abs(c.get('step_s') or 0):g} s\n")
+            w(f"clock     {_short(c['at'])}: wall clock stepped {c.get('direction')} "
+              f"by {abs(c.get('step_s') or 0):g} s\n")
     if len(d["boots"]) > 1:
         for b in d["boots"]:
             w(f"boot      {b['boot']}: {_short(b['first'])} .. {_short(b['last'])} ({b['samples']} samples)\n")

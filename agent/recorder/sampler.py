@@ -65,7 +65,7 @@ def parse_stat(data: bytes) -> dict[str, Any]:
     n = 0
     for line in data.split(b"\n"):
         if line.startswith(b"cpu "):
-            cpu = dict(zip(CPU_FIELDS, _ints(line.split()[1:9])))
+            cpu = dict(zip(CPU_FIELDS, _ints(line.split()[1:9]), strict=False))
         elif line.startswith(b"cpu"):
             n += 1
         elif line.startswith((b"ctxt ", b"processes ", b"procs_running ", b"procs_blocked ")):
@@ -94,14 +94,14 @@ def parse_snmp(data: bytes, sections: dict[bytes, tuple[str, ...]]) -> dict[str,
     """/proc/net/snmp and /proc/net/netstat: pairs of lines (names, values) per protocol."""
     out: dict[str, dict[str, int]] = {}
     lines = data.split(b"\n")
-    for names, values in zip(lines[::2], lines[1::2]):
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
         proto, _, rest = names.partition(b":")
         want = sections.get(proto)
         if want is None:
             continue
         vals = values.partition(b":")[2].split()
         d = {}
-        for k, v in zip(rest.split(), vals):
+        for k, v in zip(rest.split(), vals, strict=False):
             ks = k.decode()
             if ks in want:
                 try:
@@ -118,7 +118,7 @@ def parse_sockstat(data: bytes) -> dict[str, int]:
         proto, _, rest = line.partition(b":")
         parts = rest.split()
         p = proto.decode().lower()
-        for k, v in zip(parts[::2], parts[1::2]):
+        for k, v in zip(parts[::2], parts[1::2], strict=False):
             key = "sockets_used" if p == "sockets" else f"{p}_{k.decode()}"
             if p in ("sockets", "tcp", "udp"):
                 try:
@@ -167,7 +167,7 @@ def parse_conntrack_stat(data: bytes) -> dict[str, int]:
     names = lines[0].split()
     out: dict[str, int] = {}
     for line in lines[1:]:
-        for k, v in zip(names, line.split()):
+        for k, v in zip(names, line.split(), strict=False):
             ks = k.decode()
             if ks in CT_STATS:
                 try:

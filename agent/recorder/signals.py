@@ -206,7 +206,7 @@ def _disk_calc(dev: str, what: str) -> Calc:
         x, y = _get(a, "disk", dev), _get(b, "disk", dev)
         if not isinstance(x, list) or not isinstance(y, list) or len(x) < 9 or len(y) < 9 or dt <= 0:
             return None
-        d = [j - i for i, j in zip(x, y)]
+        d = [j - i for i, j in zip(x, y, strict=False)]
         if any(v < 0 for i, v in enumerate(d) if i != 6):
             return None
         if what == "util":
@@ -370,7 +370,7 @@ def _run(calcs: dict[str, tuple[Spec, Calc]], samples: list[Entry], out: dict[st
         pair = prev is not None and prev.boot == e.boot and e.mono > prev.mono
         dt = e.mono - prev.mono if pair and prev is not None else 0.0
         a = prev.data if pair and prev is not None else None
-        for name, (spec, calc) in calcs.items():
+        for name, (_, calc) in calcs.items():
             try:
                 v = calc(a if a is not None else {}, e.data, dt)   # rates need a; gauges do not
             except (TypeError, ValueError, ZeroDivisionError, KeyError, AttributeError):

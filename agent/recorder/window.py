@@ -15,6 +15,7 @@ corrupt or torn records skipped, gaps with their reason, clock steps, boot chang
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -267,7 +268,7 @@ def interval_of(samples: list[Entry]) -> float:
     iv = [s.data.get("iv") for s in samples[-5:] if isinstance(s.data.get("iv"), (int, float))]
     if iv:
         return float(statistics.median(iv))
-    dts = [b.mono - a.mono for a, b in zip(samples, samples[1:]) if a.boot == b.boot and b.mono > a.mono]
+    dts = [b.mono - a.mono for a, b in pairwise(samples) if a.boot == b.boot and b.mono > a.mono]
     return float(statistics.median(dts)) if dts else 5.0
 
 
@@ -306,14 +307,14 @@ def analyse_continuity(win: Window | list[Entry], since: float | None = None, un
         boots[-1]["last"] = iso(e.wall)
         boots[-1]["samples"] += 1
     # clock steps visible in the data even without an event (an older recorder, a lost event)
-    for a, b in zip(samples, samples[1:]):
+    for a, b in pairwise(samples):
         if a.boot == b.boot and b.mono > a.mono:
             step = (b.wall - a.wall) - (b.mono - a.mono)
             if abs(step) > 1.0 and not any(a.seq < int(s["seq"]) < b.seq for s in steps if "seq" in s):
                 steps.append({"at": iso(b.wall), "seq": b.seq, "step_s": round(step, 3),
                               "direction": "backwards" if step < 0 else "forwards", "seen_in": "samples"})
     between = {e.seq: e for e in entries if e.kind != "sample"}
-    for a, b in zip(samples, samples[1:]):
+    for a, b in pairwise(samples):
         same_boot = a.boot == b.boot
         span = (b.mono - a.mono) if same_boot and b.mono >= a.mono else (b.wall - a.wall)
         missing = [s for s in range(a.seq + 1, b.seq) if s not in between]
@@ -329,7 +330,7 @@ def analyse_continuity(win: Window | list[Entry], since: float | None = None, un
         elif "start" in names:
             reason = "recorder restarted (it had not stopped cleanly: killed or crashed)"
         elif n_lost:
-            reason = f"{n_lost} record(s) lost: {sorted(set(lost[s] for s in range(a.seq + 1, b.seq) if s in lost))[0]}"
+            reason = f"{n_lost} record(s) lost: {sorted({lost[s] for s in range(a.seq + 1, b.seq) if s in lost})[0]}"
         elif "late" in names:
             reason = "recorder starved or stopped (a sample came late)"
         elif missing:

@@ -170,7 +170,8 @@ def process_events(host: str, procs: dict[str, Any], bucket_s: int = 60) -> list
             buckets.setdefault(k, {}).setdefault(str(p.get("comm") or "?"), []).append(p)
         for k, names in sorted(buckets.items()):
             first_unnamed, unnamed = unnamed_in.get(k, (None, 0))
-            t0 = min([parse_iso(p["t"]) for ps in names.values() for p in ps] + ([first_unnamed] if first_unnamed else []))
+            t0 = min([parse_iso(p["t"]) for ps in names.values() for p in ps]
+                     + ([first_unnamed] if first_unnamed else []))
             total = sum(len(ps) for ps in names.values()) + unnamed
             parts = []
             for comm, ps in sorted(names.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:12]:
@@ -327,8 +328,8 @@ def line_plot(s: "Series", d: "Departure | None", v: View, width: int = 540, hei
                    f'stroke-width="1.5" stroke-dasharray="5,3"><title>T0: {svg.esc(v.t0_words())}</title></line>')
     if d is not None:
         out.append(f'<line x1="{x(d.onset):.1f}" x2="{x(d.onset):.1f}" y1="{mt}" y2="{mt + ph}" stroke="#C0392B" '
-                   f'stroke-width="1.5" stroke-dasharray="2,2"><title>onset {svg.esc(_dt(d.onset).strftime("%H:%M:%S"))}'
-                   f'</title></line>')
+                   f'stroke-width="1.5" stroke-dasharray="2,2"><title>onset '
+                   f'{svg.esc(_dt(d.onset).strftime("%H:%M:%S"))}</title></line>')
     for tt in svg._time_ticks(_dt(t_lo), _dt(t_lo + span), 5):
         out.append(f'<text x="{x(tt.timestamp()):.1f}" y="{mt + ph + 16}" text-anchor="middle" fill="#4d5656" '
                    f'font-size="11">{tt.strftime("%H:%M:%S" if span < 600 else "%H:%M")}</text>')

@@ -10,7 +10,6 @@ the bundle, and what the capture printed.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers.recorder import RecorderProc  # noqa: E402
+from tests.helpers.recorder import RecorderProc  # noqa: E402 - after the sys.path line above
 
 cfg, hog_cg, mem_cg = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)

@@ -208,7 +208,7 @@ def test_a_full_disk_leaves_history_in_memory_and_a_capture_gets_it(tmp_path):
         # a capture into another store (this one is full) gets the samples from the recorder's memory
         other = tmp_path / "other"
         cfg2 = write_config(tmp_path / "config2.toml", other, sock=sock)
-        cfg2.write_text(cfg2.read_text().replace(f'[recorder]', f'[recorder]\npath = "{mnt / "store/recorder/ring"}"'))
+        cfg2.write_text(cfg2.read_text().replace('[recorder]', f'[recorder]\npath = "{mnt / "store/recorder/ring"}"'))
         out = gh_json(cfg2, "snapshot", "--incident", "REC-FULL", "--profile", "quick", "-c", "history", "--json")
         assert out["collectors"]["history"] == "partial"
         summary = _bundle_json(Path(out["bundle"]), "collectors/history/summary.json")
@@ -247,9 +247,11 @@ def test_the_ring_comes_back_when_it_can_be_written_again(tmp_path):
         (d / "ring" / "x").write_text("x")
         rec = Recorder(st)
 
-        def unblock(sample, n=[0]):
-            n[0] += 1
-            if n[0] == 5:
+        seen = [0]
+
+        def unblock(sample):
+            seen[0] += 1
+            if seen[0] == 5:
                 (d / "ring" / "x").unlink()
                 (d / "ring").rmdir()
         rec.on_sample = unblock

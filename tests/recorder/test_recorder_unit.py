@@ -44,8 +44,9 @@ def test_unit_is_its_own_capped_notify_service_with_no_capabilities():
 
 @needs_analyze
 def test_installed_recorder_unit_verifies_and_its_exposure_is_at_most_2(tmp_path):
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PREFIX": str(tmp_path / "usr"), "SYSCONFDIR": str(tmp_path / "etc"),
-           "UNITDIR": str(tmp_path / "units"), "STATEDIR": str(tmp_path / "lib"), "VENV": sys.prefix}
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PREFIX": str(tmp_path / "usr"),
+           "SYSCONFDIR": str(tmp_path / "etc"), "UNITDIR": str(tmp_path / "units"), "STATEDIR": str(tmp_path / "lib"),
+           "VENV": sys.prefix}
     cp = subprocess.run(["bash", str(ROOT / "scripts" / "install.sh")], capture_output=True, text=True, env=env,
                         timeout=60)
     assert cp.returncode == 0, cp.stderr

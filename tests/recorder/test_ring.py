@@ -10,6 +10,7 @@ import json
 import os
 import stat
 import time
+from itertools import pairwise
 
 import pytest
 
@@ -25,7 +26,7 @@ BOOT_B = "66666666-7777-8888-9999-aaaaaaaaaaaa"
 def payloads():
     s = Sampler()
     out = []
-    for i in range(8):
+    for _i in range(8):
         d = s.host()
         out.append(d)
     s.close()
@@ -247,7 +248,7 @@ def test_a_backwards_clock_step_is_recorded_and_never_reorders_samples(tmp_path)
     steps = [e.data for e in win.events if e.data.get("ev") == "clock_step"]
     assert len(steps) == 1 and steps[0]["direction"] == "backwards" and -3601 < steps[0]["step_s"] < -3599
     walls = [e.wall for e in win.samples]
-    assert min(b - a for a, b in zip(walls, walls[1:])) < -3500     # the wall clock really went back
+    assert min(b - a for a, b in pairwise(walls)) < -3500     # the wall clock really went back
     cont = window.analyse_continuity(win)
     assert [c["direction"] for c in cont["clock_steps"]] == ["backwards"]
     assert not cont["gaps"]                                      # monotonic time says no sample was missed

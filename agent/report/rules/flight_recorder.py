@@ -65,9 +65,9 @@ def evaluate(b) -> Iterator[Finding]:
                             "interval_s": v.interval})
     elif v.samples:
         yield Finding(INFO, "Flight recorder: no signal left its baseline before the capture",
-                      f"{v.samples} samples every {v.interval:g} s from before {words} to the capture show no sustained "
-                      "departure from their baselines: the host's counters were steady, so look at what the capture "
-                      "saw in the targets themselves.", rule="flight_recorder", host=b.host,
+                      f"{v.samples} samples every {v.interval:g} s from before {words} to the capture show no "
+                      "sustained departure from their baselines: the host's counters were steady, so look at what "
+                      "the capture saw in the targets themselves.", rule="flight_recorder", host=b.host,
                       evidence=[Evidence(b.host, history.SUMMARY)])
     already = [d for d in v.departures if d.already]
     if already:
