@@ -7,9 +7,9 @@ the top processes and the processes that started and exited.
 Why: by the time an incident is declared, the moment it began is minutes in the past; a
 capture of the present cannot say when it started or what moved first. This can.
 Window: from ``recorder.history_before_min`` (60) minutes before T0 to the capture, where T0
-is the incident's start as the tracker gave it (``started_at``: PagerDuty/incident.io
-creation time, Alertmanager's ``startsAt``, Opsgenie's ``createdAt``, ``snapshot
---started-at``), else the trigger's time, else the capture's start. ``[collectors.history]
+is the incident's start as the tracker gave it (the manifest's ``incident.started_at``: an
+incident's creation or start time, an alert's ``startsAt``/``createdAt``, ``snapshot
+--started-at``; README lists each tracker's), else the trigger's time, else the capture's start. ``[collectors.history]
 before_min`` overrides the length.
 Produces: ``ring-slice.bin`` (the window's records exactly as stored, with their CRCs, plus
 the segment headers and dictionary records needed to decode them; ``goldenhour history

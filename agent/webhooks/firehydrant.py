@@ -46,7 +46,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from agent.webhooks import (ACK, IGNORE, RESOLVE, TRIGGER, Event, Forbidden, Malformed, Unauthorized, any_equal,
-                            header, hex_digest, hmac_sha256, incident_id, obj, strs, tag_targets)
+                            header, hex_digest, hmac_sha256, incident_id, obj, parse_time, strs, tag_targets)
 
 NAME = "firehydrant"
 SIGNATURE_HEADER = "fh-signature"
@@ -126,7 +126,8 @@ def _incident(inc: dict[str, Any], kind: str) -> Event:
     e = Event(IGNORE, incident_id=incident_id(inc.get("id"), "fh"), source=NAME, kind=kind,
               title=str(inc.get("name") or "").strip(), url=str(inc.get("incident_url") or ""),
               severity=_slug(inc.get("severity")) or _slug(inc.get("priority")),
-              services=services, hosts=hosts, labels=labels, tags=tags)
+              services=services, hosts=hosts, labels=labels, tags=tags,
+              started_at=parse_time(inc.get("started_at")) or parse_time(inc.get("created_at")))
     if milestone in OPEN:
         e.action = TRIGGER
     elif milestone in CLOSED:
@@ -154,7 +155,8 @@ def parse(body: Any, *, opts: dict[str, Any] | None = None) -> list[Event]:
             raise Malformed("data.alert.id is missing")
         status = str(alert.get("status") or "").lower()
         e = Event(IGNORE, incident_id=incident_id(alert.get("id"), "fh"), source=NAME, kind=f"{kind} {status}",
-                  title=str(alert.get("summary") or "").strip(), labels={"status": status} if status else {})
+                  title=str(alert.get("summary") or "").strip(), labels={"status": status} if status else {},
+                  started_at=parse_time(alert.get("starts_at")))
         if status == "opened":
             e.action = TRIGGER
         elif status == "resolved":

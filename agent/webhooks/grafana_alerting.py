@@ -50,7 +50,7 @@ import time
 from typing import Any, Mapping
 
 from agent.webhooks import (IGNORE, PING, RESOLVE, TRIGGER, Event, Forbidden, Malformed, Unauthorized, any_equal,
-                            check_authorization, header, hex_digest, hmac_sha256, label_targets, obj)
+                            check_authorization, header, hex_digest, hmac_sha256, label_targets, obj, parse_time)
 
 NAME = "grafana_alerting"
 SIGNATURE_HEADERS = ("X-Grafana-Alerting-Signature", "X-Grafana-Alert-Signature")
@@ -138,7 +138,7 @@ def parse(body: Any, *, opts: dict[str, Any] | None = None) -> list[Event]:
         e = Event(IGNORE, incident_id=inc, source=NAME, kind=f"alert {a.get('status', '')}",
                   title=str(ann.get("summary") or common_ann.get("summary") or labels.get("alertname") or ""),
                   url=str(a.get("generatorURL") or url), severity=labels.get("severity", ""),
-                  hosts=hosts, services=services, labels=labels, reopen=True)
+                  hosts=hosts, services=services, labels=labels, reopen=True, started_at=parse_time(a.get("startsAt")))
         if a.get("status") == "firing":
             e.action = TRIGGER
         else:

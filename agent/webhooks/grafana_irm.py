@@ -142,7 +142,7 @@ def parse(body: Any, *, opts: dict[str, Any] | None = None) -> list[Event]:
     e = Event(IGNORE, incident_id=incident_id(raw_id, "irm"), source=NAME, kind=etype,
               title=str(ag.get("title") or labels.get("alertname") or "").strip(),
               url=str(permalinks.get("web") or ""), severity=labels.get("severity", ""),
-              services=services, hosts=hosts, labels=labels)
+              services=services, hosts=hosts, labels=labels, started_at=parse_time(ag.get("created_at")))
     if etype in CAPTURE:
         e.action = TRIGGER
         if etype == "alert group created":

@@ -125,7 +125,8 @@ def _jira(b: dict[str, Any], etype: str) -> list[Event]:
             labels.setdefault(k, v)
     e = Event(IGNORE, incident_id=incident_id(key, "jira"), source=NAME, kind=etype,
               title=str(fields.get("summary") or "").strip(), url=_browse_url(issue),
-              severity=_name(fields.get("priority")), services=services, hosts=hosts, labels=labels, tags=tags)
+              severity=_name(fields.get("priority")), services=services, hosts=hosts, labels=labels, tags=tags,
+              started_at=parse_time(fields.get("created")))
     if etype == "jira:issue_created":
         e.action, e.occurred_at = TRIGGER, parse_time(b.get("timestamp"))
     elif etype == "jira:issue_deleted":

@@ -45,7 +45,7 @@ import time
 from typing import Any, Mapping
 
 from agent.webhooks import (ACK, IGNORE, RESOLVE, TRIGGER, Event, Forbidden, Malformed, Unauthorized, any_equal,
-                            header, hmac_sha256, incident_id, label_targets, names, obj)
+                            header, hmac_sha256, incident_id, label_targets, names, obj, parse_time)
 
 NAME = "rootly"
 SIGNATURE_HEADER = "X-Rootly-Signature"
@@ -124,7 +124,8 @@ def _incident(data: dict[str, Any], etype: str) -> Event:
     return Event(IGNORE, incident_id=incident_id(data.get("id"), "rootly"), source=NAME, kind=etype,
                  title=str(data.get("title") or "").strip(), url=str(data.get("url") or data.get("short_url") or ""),
                  severity=severity, services=services, hosts=hosts, labels=labels,
-                 tags=names(data.get("groups"), "name", "slug"))
+                 tags=names(data.get("groups"), "name", "slug"),
+                 started_at=parse_time(data.get("started_at")) or parse_time(data.get("created_at")))
 
 
 def _alert(data: dict[str, Any], etype: str) -> Event:
@@ -140,7 +141,8 @@ def _alert(data: dict[str, Any], etype: str) -> Event:
         labels.setdefault("source", str(data["source"]))
     return Event(TRIGGER, incident_id=incident_id(data.get("id"), "rootly"), source=NAME, kind=etype,
                  title=str(data.get("summary") or "").strip(), url=str(data.get("external_url") or ""),
-                 severity=labels.get("severity", ""), services=services, hosts=hosts, labels=labels)
+                 severity=labels.get("severity", ""), services=services, hosts=hosts, labels=labels,
+                 started_at=parse_time(data.get("started_at")) or parse_time(data.get("created_at")))
 
 
 def parse(body: Any, *, opts: dict[str, Any] | None = None) -> list[Event]:

@@ -294,3 +294,28 @@ def test_datadog_template_with_the_docs_variable_examples():
                 {**body, "alert_cycle_key": "", "aggreg_key": "$AGGREG_KEY"}):
         with pytest.raises(Malformed):
             datadog.parse(bad)
+
+
+def test_the_later_trackers_say_when_the_incident_began():
+    """Each documented example's own start time: the flight recorder's window is cut from before it."""
+    got = {
+        "grafana_irm": grafana_irm.parse(T.example("grafana_irm_forward_all.json"))[0].started_at,
+        "grafana_alerting": grafana_alerting.parse(T.example("grafana_alerting_webhook.json"))[0].started_at,
+        "firehydrant": firehydrant.parse(T.example("firehydrant_incident.json"))[0].started_at,
+        "firehydrant_alert": firehydrant.parse(T.example("firehydrant_signals_alert.json"))[0].started_at,
+        "rootly": rootly.parse(T.example("rootly_incident.json"))[0].started_at,
+        "rootly_alert": rootly.parse(T.example("rootly_alert.json"))[0].started_at,
+        "jira": jsm.parse(T.example("jira_issue_webhook.json"))[0].started_at,
+        "jsm_alert": jsm.parse(T.example("jsm_alert_create.json"))[0].started_at,
+    }
+    assert got == {
+        "grafana_irm": parse_time("2023-04-19T21:53:48.231148Z"),
+        "grafana_alerting": parse_time("2021-10-12T09:51:03.157076+02:00"),
+        "firehydrant": parse_time("2023-07-25 13:34:49 UTC"),
+        "firehydrant_alert": parse_time("2024-03-29 22:50:07 UTC"),
+        "rootly": parse_time("2022-11-27T19:36:00.000-08:00"),
+        "rootly_alert": parse_time("2022-11-27T19:15:29.546-08:00"),
+        "jira": parse_time("2009-12-16T23:46:10.612-0600"),
+        "jsm_alert": pytest.approx(1420452191.104),
+    }
+    assert all(v is not None for v in got.values())
