@@ -14,7 +14,7 @@ Schema v1, the keys every goldenhour writes (the reader requires the starred one
 checks the type of every other one that is present)::
 
     schema* (1)  bundle*  bundle_id  profile
-    incident*  {id*, source, title, url, severity, services}
+    incident*  {id*, source, title, url, severity, services, started_at}
     trigger    {kind, reason, by, at, payload_sha256}
     host*      {hostname*, nodename, machine_id, boot_id, kernel, kernel_version, arch, os,
                 cpus, memory_bytes, uptime_s, addresses, tags}
@@ -273,7 +273,8 @@ def _incident(f: _Fields) -> Incident:
     ident = f.text("id", True)
     try:
         return Incident(id=ident, source=f.text("source"), title=f.text("title"), url=f.text("url"),
-                        severity=f.text("severity"), services=f.items("services", str))
+                        severity=f.text("severity"), services=f.items("services", str),
+                        started_at=f.text("started_at"))
     except IncidentIdError:
         raise ManifestError(f.source, f"is not a valid incident ID ({ident!r})", f.name("id")) from None
 

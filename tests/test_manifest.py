@@ -28,7 +28,8 @@ def captured(tmp_path_factory):
     cfg = store.parent / "manifest-config.toml"
     cfg.write_text(f'[store]\npath = "{store}"\n[host]\nname = "web-7"\n')
     cp = subprocess.run([sys.executable, "-m", "agent", "snapshot", "--json", "--incident", "MAN-1", "--collector",
-                         "host", "--collector", "process", "--pid", str(os.getpid())], capture_output=True, text=True,
+                         "host", "--collector", "process", "--pid", str(os.getpid()), "--started-at",
+                         "2026-11-23T10:02:00Z"], capture_output=True, text=True,
                         env={**os.environ, "GOLDENHOUR_CONFIG": str(cfg)}, cwd=root, timeout=300)
     assert cp.returncode == 0, cp.stderr
     out = json.loads(cp.stdout)
@@ -42,6 +43,7 @@ def test_a_captured_manifest_reads_back_as_it_was_written(captured):
     assert m.to_json() == raw and list(m.to_json()) == list(raw)      # same keys, same order, same values
     assert m.raw == raw and m.schema == mf.SCHEMA_VERSION == 1
     assert m.incident.id == "MAN-1" and m.host.hostname == "web-7" and m.trigger and m.trigger.kind == "manual"
+    assert m.incident.started_at == "2026-11-23T10:02:00Z"
     assert m.clocks.start_utc <= m.clocks.end_utc and m.clocks.duration_s > 0
     assert {c.name for c in m.collectors} == {"host", "process"} and m.statuses == raw["summary"]["collectors"]
     proc = m.entries("process")[0]
