@@ -298,7 +298,10 @@ def line_plot(s: "Series", d: "Departure | None", v: View, width: int = 540, hei
     title = f"{s.spec.label}" + (f" ({s.spec.unit})" if s.spec.unit else "")
     desc = d.sentence(v.t0, v.t0_words()) if d else title
     head, tail = svg._open(width, height, title, desc)
-    out = [head, f'<text x="{ml}" y="17" font-size="13" font-weight="600" fill="#1b2631">{svg.esc(title)}</text>']
+    fit = int((width - ml) / 7.2)                    # characters that fit beside the axis at 13 px
+    shown = title if len(title) <= fit else "…" + title[-(fit - 1):]     # a long cgroup path: keep its end
+    out = [head, f'<text x="{ml}" y="17" font-size="13" font-weight="600" fill="#1b2631">{svg.esc(shown)}'
+                 f'<title>{svg.esc(title)}</title></text>']
     val = lo_t
     while val <= hi_t + 1e-9:
         out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{y(val):.1f}" y2="{y(val):.1f}" stroke="#e5e8e8"/>'

@@ -90,7 +90,7 @@ time.sleep(5)
 
 started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(times["cpu_hog"]))
 cap = subprocess.run([sys.executable, "-m", "agent", "--config", str(cfg), "snapshot", "--incident", "E2E-REC",
-                      "--profile", "quick", "-c", "history", "--started-at", started, "--json"],
+                      "--profile", "quick", "-c", "history", "-c", "sockets", "--started-at", started, "--json"],
                      capture_output=True, text=True, cwd=ROOT, timeout=300)
 rec.stop()
 for p in burst + [hog, grow]:

@@ -91,6 +91,12 @@ def test_the_report_names_each_change_within_one_interval_of_its_start(tmp_path,
         assert before - 0.01 <= began <= onset + 0.01, (change, d, began)
         assert onset - began <= 2 * INTERVAL, (change, d, began)      # (an interval stretched by a late sample)
         assert not d["already_abnormal"] and d["direction"] == "up"
+    # the finding the overflow supports (the sockets collector saw the full accept queue) says since when
+    lq = [f for f in report["findings"] if f["rule"] == "listen_queue" and f["data"].get("since")]
+    assert lq, [f["title"] for f in report["findings"]]
+    since = parse_iso(lq[0]["data"]["since"]).timestamp()
+    assert abs(since - times["listen_overflow"]) <= INTERVAL + 1.0          # "since" is to the second
+    assert lq[0]["data"]["since_signal"].startswith("tcpext.") and "per the flight recorder" in lq[0]["explanation"]
     # and they are on the timeline, in order
     rows = [e for e in report["timeline"] if e["source"] == "history"]
     order = [next(i for i, e in enumerate(rows) if e["event"].startswith(label)) for label in (
