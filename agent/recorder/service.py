@@ -124,6 +124,8 @@ class Recorder:
         self.on_sample = on_sample
         self.last_sample_ms = 0.0
         self.started_wall = 0
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
 
     # -- ring ---------------------------------------------------------------------------
     def _ring_size(self) -> int:
@@ -373,14 +375,13 @@ class Recorder:
         return 0
 
     def _wait(self, timeout: float) -> None:
-        if self.server is None:
-            time.sleep(min(timeout, 1.0))
-            return
+        """Sleep until the next sample (at most 5 s: the watchdog), serving the socket; a stop signal wakes it."""
+        fds: list[Any] = [self._wake_r] + ([self.server] if self.server is not None else [])
         try:
-            r, _, _ = select.select([self.server], [], [], min(timeout, 1.0))
+            r, _, _ = select.select(fds, [], [], min(timeout, 5.0))
         except InterruptedError:
             return
-        if r:
+        if self.server is not None and self.server in r:
             self._serve_one()
 
     def _maybe_sync(self) -> None:
@@ -400,6 +401,10 @@ class Recorder:
     def _install_signals(self) -> None:
         def stop(signum: int, frame: Any) -> None:
             self.stopping = True
+            try:
+                os.write(self._wake_w, b"x")      # wake the select() at once
+            except OSError:
+                pass
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 signal.signal(sig, stop)
@@ -423,6 +428,11 @@ class Recorder:
                 pass
             self.server = None
         self.sampler.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def journal_path(st: Settings) -> str:
