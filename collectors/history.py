@@ -20,7 +20,9 @@ gaps with their reasons, clock steps, boots, recorder restarts, records skipped 
 corrupt or torn, processes started and exited, the recorder's state).
 Overhead: reads a few segments of the ring file (about 1 MiB per 2 hours at the default
 interval) and asks the recorder's socket twice with a 0.25 s timeout; it never waits for
-the recorder. It also tells the recorder a capture started, so the capture's own load is
+the recorder. About 0.05 s of CPU for an hour's window (bench/README.md: recorder), so it runs
+at normal CPU and I/O priority rather than the capture's low one: on a saturated host a niced
+collector waited seconds for that CPU, and this is the evidence nothing else can replace. It also tells the recorder a capture started, so the capture's own load is
 labelled in the history.
 Caveats: without a running recorder or a ring file the collector is ``skipped`` with that
 reason (the report then says the pre-trigger window is unknown). Samples the recorder kept
@@ -48,8 +50,10 @@ def t0_of(capture: dict[str, Any], now: float) -> tuple[float, str]:
 
 
 def collect(ctx) -> None:
+    from agent.priority import normal_priority
     from agent.recorder import window
     from agent.recorder.service import ask
+    normal_priority()
     rec = ctx.capture.get("recorder") or {}
     ring_path = str(ctx.options.get("ring") or rec.get("ring") or "")
     sock = str(ctx.options.get("socket") or rec.get("socket") or "")
