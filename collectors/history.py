@@ -91,7 +91,7 @@ def collect(ctx) -> None:
         "interval_s": cont["interval_s"],
         "gaps": cont["gaps"], "clock_steps": cont["clock_steps"], "boots": cont["boots"],
         "restarts": cont["restarts"], "skipped_records": win.problems,
-        "memory_only_records": mem_only,
+        "memory_only_records": mem_only, "journal_records": win.pending,
         "processes": window.processes_in(samples),
         "ring": win.ring or {"error": win.error},
         "recorder": win.recorder or {"running": False, "socket": sock},
