@@ -89,7 +89,7 @@ KEYS: dict[str, Key] = {
     "recorder.process_interval_s": Key(10.0, (int, float), "How often it scans processes and cgroups (grows on its own, up to 60 s, if a scan costs over 2 % of it)."),
     "recorder.ring_mib": Key(64, int, "Size of the ring file (MiB), fixed when it is created; about 5 days at the default intervals. Never grows."),
     "recorder.path": Key("", str, "The ring file (default: <store>/recorder/ring). Root-only (0600)."),
-    "recorder.socket": Key("/run/goldenhour-recorder/recorder.sock", str, "Unix socket of the running recorder (status, samples kept in memory); beside it, <socket>.pending holds records not yet in the ring. Root-only; \"\" for neither."),
+    "recorder.socket": Key("/run/goldenhour-recorder/recorder.sock", str, "Unix socket of the running recorder (status, samples kept in memory); beside it, the same path + .pending holds records not yet in the ring. Root-only; \"\" for neither."),
     "recorder.sync_s": Key(60, (int, float), "The ring's tail is written and synced at least this often: a machine crash loses at most this much (a recorder crash nothing: unwritten records wait on the runtime tmpfs)."),
     "recorder.top_n": Key(10, int, "Processes kept per scan: the top N by CPU and the top N by memory (plus every one in D state)."),
     "recorder.process_names": Key(True, bool, "Record process names (comm); false keeps only PIDs. Command lines and environments are never recorded."),

@@ -22,8 +22,9 @@ Overhead: reads a few segments of the ring file (about 1 MiB per 2 hours at the 
 interval) and asks the recorder's socket twice with a 0.25 s timeout; it never waits for
 the recorder. About 0.05 s of CPU for an hour's window (bench/README.md: recorder), so it runs
 at normal CPU and I/O priority rather than the capture's low one: on a saturated host a niced
-collector waited seconds for that CPU, and this is the evidence nothing else can replace. It also tells the recorder a capture started, so the capture's own load is
-labelled in the history.
+collector waited seconds for that CPU, and this is the evidence nothing else can replace.
+It also tells the recorder a capture started, so the capture's own load is labelled in the
+history.
 Caveats: without a running recorder or a ring file the collector is ``skipped`` with that
 reason (the report then says the pre-trigger window is unknown). Samples the recorder kept
 only in memory (ring not writable) are included and marked ``memory_only``. A wall-clock
