@@ -237,8 +237,8 @@ def run(quick: bool = False) -> dict:
          "median": round(statistics.median(times), 3), "min": round(min(times), 3), "max": round(max(times), 3),
          "runs": runs, "target": "< 0.3 s", "met": statistics.median(times) < 0.3,
          "notes": f"wall time in the manifest (the collector runs at normal priority), the machine's load "
-                  f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; its own CPU time {statistics.median(cpus):.3f} s (median of {runs}, "
-                  f"through the runner); its files in the bundle "
+                  f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; its own CPU time "
+                  f"{statistics.median(cpus):.3f} s (median of {runs}, through the runner); its files in the bundle "
                   f"{statistics.median(sizes) / 1e6:.2f} MB uncompressed"},
     ]
     out["commands"] = ["goldenhour record (defaults, 64 MiB ring) with ~550 processes",
