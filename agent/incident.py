@@ -41,6 +41,13 @@ def iso(dt: datetime) -> str:
     return dt.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def iso_epoch(epoch: Any) -> str:
+    """Epoch seconds as ISO UTC, "" for anything else (a tracker's time kept in the daemon's state)."""
+    if not isinstance(epoch, (int, float)) or isinstance(epoch, bool):
+        return ""
+    return iso(datetime.fromtimestamp(epoch, timezone.utc))
+
+
 def parse_iso(text: Any) -> datetime | None:
     """ISO 8601 / RFC 3339 text (``Z`` or an offset; no offset = UTC) to an aware UTC datetime, else None.
 
@@ -69,6 +76,13 @@ class Incident:
 
     def __post_init__(self) -> None:
         check_id(self.id)
+
+    @classmethod
+    def from_record(cls, inc_id: str, source: str, rec: dict[str, Any]) -> "Incident":
+        """The incident a daemon state record describes (its ``started_at`` is epoch seconds there)."""
+        return cls(id=inc_id, source=source, title=rec.get("title", ""), url=rec.get("url", ""),
+                   severity=rec.get("severity", ""), services=list(rec.get("services") or []),
+                   started_at=iso_epoch(rec.get("started_at")))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

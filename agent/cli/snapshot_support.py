@@ -55,9 +55,7 @@ def pre_restart_incident(app: App, units: tuple[str, ...]) -> tuple[Any, str]:
                "no incident is open for this host (daemon.pre_restart = incident): nothing captured")
         return None, why
     others = [r["id"] for r in state.open_incidents() if r["id"] != chosen["id"]]
-    inc = Incident(id=chosen["id"], source=chosen.get("source", "manual") or "manual",
-                   title=chosen.get("title", ""), url=chosen.get("url", ""), severity=chosen.get("severity", ""),
-                   services=list(chosen.get("services") or []), started_at=_iso(chosen.get("started_at")))
+    inc = Incident.from_record(chosen["id"], chosen.get("source", "manual") or "manual", chosen)
     msg = f"incident {inc.id} is open for this host" + (f" (also open: {', '.join(others)})" if others else "")
     return inc, msg
 
@@ -91,12 +89,3 @@ def snapshot_via_daemon(app: App, body: dict[str, Any], as_json: bool) -> None:
     if not as_json:
         click.echo(f"goldenhour: error: the daemon did not capture: {msg}", err=True)
     sys.exit(code)
-
-
-def _iso(epoch: Any) -> str:
-    """An incident record's start time (epoch s, from the tracker) as ISO UTC; "" when unknown."""
-    if not isinstance(epoch, (int, float)) or isinstance(epoch, bool):
-        return ""
-    from datetime import datetime, timezone
-    from agent.incident import iso
-    return iso(datetime.fromtimestamp(epoch, timezone.utc))

@@ -40,8 +40,8 @@ from agent import webhooks as wh
 from agent.config import Config, ConfigError, read_secret
 from agent.daemon.kvlog import kv
 from agent.daemon.request import CaptureRequest, RequestError
-from agent.daemon.state import State, pre_restart_choice
-from agent.incident import Incident, IncidentIdError, Trigger, iso, parse_iso
+from agent.daemon.state import State, note_start, pre_restart_choice
+from agent.incident import Incident, IncidentIdError, Trigger
 
 if TYPE_CHECKING:
     from agent.daemon.jobs import Job
@@ -226,10 +226,7 @@ class Intake:
         for f in ("title", "url", "severity"):
             if getattr(e, f):
                 rec[f] = getattr(e, f)
-        starts = [x.started_at for x, _ in concerned if x.started_at] + (
-            [rec["started_at"]] if isinstance(rec.get("started_at"), (int, float)) else [])
-        if starts:                      # the incident's start per the tracker: the history window's T0
-            rec["started_at"] = min(starts)
+        note_start(rec, [x.started_at for x, _ in concerned])        # the history window's T0
         rec["services"] = sorted({s for x, _ in concerned for s in x.services})
         rec["hosts"] = sorted({h for x, _ in concerned for h in x.hosts})
         rec["concerns"], rec["updated_at"], rec["deliveries"] = why, now, int(rec.get("deliveries", 0)) + 1
@@ -243,9 +240,7 @@ class Intake:
             return {**res, "outcome": "duplicate", "reason": f"capture {rec.get('capture')} for this incident",
                     "job": rec.get("job", "")}
         request = CaptureRequest(
-            incident=Incident(id=inc_id, source=source, title=rec.get("title", ""), url=rec.get("url", ""),
-                              severity=rec.get("severity", ""), services=rec["services"],
-                              started_at=started_iso(rec.get("started_at"))),
+            incident=Incident.from_record(inc_id, source, rec),
             trigger=Trigger(kind="webhook", reason=f"{source} {e.kind}; concerns this host: {why}", by=by,
                             at="", payload_sha256=payload_sha256),
             profile=self.cfg["daemon.profile"], collectors=list(self.cfg["daemon.collectors"]))
@@ -259,9 +254,6 @@ class Intake:
     def snapshot(self, body: dict[str, Any]) -> tuple["Job | None", Answer]:
         reason = str(body.get("reason") or "")
         incident, source, title = body.get("incident"), "manual", str(body.get("title") or "")
-        started = body.get("started_at") or ""
-        if started and (not isinstance(started, str) or parse_iso(started) is None):
-            return None, _error(400, "started_at must be an ISO 8601 time")
         if not incident:
             if reason != "pre-restart":
                 return None, _error(400, "incident is required (optional only with reason pre-restart)")
@@ -271,13 +263,12 @@ class Intake:
                     "status": "skipped", "reason": "no incident open for this host "
                                                    f"(daemon.pre_restart = {self.cfg['daemon.pre_restart']})"})
             incident, source, title = found["id"], found.get("source", "manual"), found.get("title", title)
-            started = started or started_iso(found.get("started_at"))
         kind = "pre-restart" if reason == "pre-restart" else "daemon-api"
         if kind == "pre-restart" and not body.get("time_budget_s"):
             body = {**body, "time_budget_s": float(self.cfg["daemon.pre_restart_budget_s"])}
         try:
             request = CaptureRequest.from_api(
-                body, incident=Incident(id=str(incident), source=source, title=title, started_at=started),
+                body, incident=Incident(id=str(incident), source=source, title=title),
                 trigger=Trigger(kind=kind, reason=reason, by=str(body.get("by") or "local API"), at=""),
                 default_profile=self.cfg["capture.profile"])
         except (IncidentIdError, RequestError) as exc:
@@ -307,11 +298,3 @@ class Intake:
 
 def _error(status: int, message: str) -> Answer:
     return Answer(status, "error", {"status": "error", "error": message})
-
-
-def started_iso(epoch: Any) -> str:
-    """An incident record's start time (epoch s, from the tracker) as ISO UTC; "" when unknown."""
-    if not isinstance(epoch, (int, float)) or isinstance(epoch, bool):
-        return ""
-    from datetime import datetime, timezone
-    return iso(datetime.fromtimestamp(epoch, timezone.utc))

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from agent.incident import Incident, IncidentIdError, Trigger
+from agent.incident import Incident, IncidentIdError, Trigger, parse_iso
 
 PROFILES = ("quick", "standard", "full")
 KINDS = ("capture", "upload", "salvage", "sweep")
@@ -102,6 +102,11 @@ class CaptureRequest:
         profile = body.get("profile") or default_profile
         if profile not in PROFILES:
             raise RequestError("profile must be quick, standard or full")
+        started = body.get("started_at")
+        if started:                     # when the incident began (snapshot --started-at): the history's T0
+            if not isinstance(started, str) or parse_iso(started) is None:
+                raise RequestError("started_at must be an ISO 8601 time")
+            incident.started_at = started
         names = {"collectors": "collectors", "skip": "skip", "processes": "processes", "units": "units",
                  "logs": "log_paths", "pids": "pids"}
         scope = _scope(body, names)

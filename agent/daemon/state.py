@@ -10,7 +10,8 @@ after each change, so a reader never sees half a file and a daemon restart
 finds what it knew:
 
 - ``incidents``: ``"<source>/<id>"`` → id, source, title, url, severity,
-  services, hosts, ``status`` (open/resolved), times, ``capture`` (""/queued/
+  services, hosts, ``started_at`` (the earliest start time a tracker gave, epoch s: the
+  flight recorder's T0), ``status`` (open/resolved), times, ``capture`` (""/queued/
   running/done/failed/interrupted), ``captures`` (bundle, sha256, when, by
   which job), and while a capture is queued ``job_request``: the
   ``agent.daemon.request.CaptureRequest`` it runs, so a restarted daemon
@@ -132,3 +133,10 @@ def pre_restart_choice(cfg, state: State, unit: str = "") -> dict[str, Any] | No
         return {"id": f"restart-{safe_component(unit or 'host', 60)}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}",
                 "source": "pre-restart", "title": f"restart of {unit}" if unit else "restart"}
     return None
+
+
+def note_start(rec: dict[str, Any], starts: list[float | None]) -> None:
+    """Keep in ``rec`` the earliest start time the tracker gave for this incident (``started_at``)."""
+    known = [s for s in starts if s] + ([rec["started_at"]] if isinstance(rec.get("started_at"), (int, float)) else [])
+    if known:
+        rec["started_at"] = min(known)

@@ -34,6 +34,11 @@ def test_snapshot_via_daemon_captures_in_the_daemons_queue(daemon):
     m = _manifest(bundle)
     assert m["trigger"]["kind"] == "daemon-api"
     assert daemon.gh("verify", str(bundle)).returncode == 0
+    # when the incident began travels to the capture (the flight recorder's T0)
+    cp = daemon.gh("snapshot", "--via-daemon", "--incident", "MAN-VIA-T0", "--collector", "host", "--started-at",
+                   "2026-11-23T10:02:00Z", "--json")
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert _manifest(Path(json.loads(cp.stdout)["bundle"]))["incident"]["started_at"] == "2026-11-23T10:02:00Z"
     # human output, and a second manual request captures again (a person asked for it)
     cp = daemon.gh("snapshot", "--via-daemon", "--incident", "MAN-VIA-1", "--collector", "host")
     assert cp.returncode == 0 and cp.stdout.startswith("bundle  "), cp.stdout + cp.stderr
@@ -71,6 +76,9 @@ def test_http_local_api_needs_the_bearer_token(daemon):
     r = httpx.post(url, json={"incident": "MAN-HTTP-2", "profile": "huge"},
                    headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
     assert r.status_code == 400 and "profile" in r.json()["error"]
+    r = httpx.post(url, json={"incident": "MAN-HTTP-2", "started_at": "yesterday"},
+                   headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    assert r.status_code == 400 and "started_at" in r.json()["error"]
     # the Unix socket needs no token: its file mode is the access control
     assert oct(daemon.socket.stat().st_mode & 0o777) == "0o660"
     with httpx.Client(transport=httpx.HTTPTransport(uds=str(daemon.socket)), timeout=10) as c:
