@@ -35,6 +35,7 @@ def test_unit_is_its_own_capped_notify_service_with_no_capabilities():
     assert k["CapabilityBoundingSet"] == [""] and k["AmbientCapabilities"] == [""] and k["NoNewPrivileges"] == ["yes"]
     assert k["MemoryMax"] and k["CPUQuota"] and k["TasksMax"]
     assert "PrivateNetwork" not in k            # /proc/net must be the host's
+    assert k["RuntimeDirectoryPreserve"] == ["restart"]           # the journal outlives a crash and restart
     assert k["RuntimeDirectory"] == ["goldenhour-recorder"]       # not the daemon's: stopping one never removes
     daemon = (ROOT / "systemd" / "goldenhour.service").read_text()  # the other's socket
     assert "RuntimeDirectory=goldenhour\n" in daemon
