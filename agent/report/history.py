@@ -49,13 +49,18 @@ class View:
     samples: int
     first_seq: dict[float, int] = field(default_factory=dict)     # wall time -> seq (evidence locator)
 
+    capture_start: float | None = None                            # goldenhour's own load from here on
+
     @property
     def live(self) -> list["Departure"]:
-        return [d for d in self.departures if not d.already]
+        """Departures with an onset, before the capture began (after it, the capture's own load is in
+        the samples: those are not the incident's)."""
+        return [d for d in self.departures if not d.already and
+                (self.capture_start is None or d.onset < self.capture_start)]
 
     def first(self) -> list["Departure"]:
         from agent.recorder.analysis import first_movers
-        return first_movers(self.departures, self.interval)
+        return first_movers([d for d in self.departures if d.already or d in self.live], self.interval)
 
     def t0_words(self) -> str:
         return "the incident's start" if self.t0_source.startswith("incident") else (
@@ -89,8 +94,9 @@ def _build(b: "Bundle") -> View | None:
     interval = float(summ.get("interval_s") or window.interval_of(samples))
     series = signals.build(samples)
     deps = analysis.departures(series, t0, interval)
+    cap = parse_iso(b.manifest.clocks.start_utc) if b.manifest is not None else None
     return View(t0, str(win.get("t0_source") or ""), interval, {s.name: s for s in series}, deps, summ,
-                len(samples), {e.wall: e.seq for e in samples})
+                len(samples), {e.wall: e.seq for e in samples}, cap.timestamp() if cap else None)
 
 
 def _dt(t: float) -> datetime:

@@ -15,11 +15,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_config(path: Path, store: Path, *, interval: float = 0.1, process_interval: float | None = None,
-                 ring_mib: int = 2, sock: Path | None = None, extra: str = "") -> Path:
+                 ring_mib: int = 2, sock: Path | None = None, extra: str = "", sync_s: float = 1) -> Path:
     """A config with the store at ``store``, no free-space reserve, and a fast recorder."""
     path.write_text(f'[store]\npath = "{store}"\nreserve_bytes = 0\nreserve_percent = 0.0\n'
                     f'[recorder]\ninterval_s = {interval}\nprocess_interval_s = {process_interval or interval}\n'
-                    f'ring_mib = {ring_mib}\nsocket = "{sock or ""}"\nsync_s = 1\n{extra}')
+                    f'ring_mib = {ring_mib}\nsocket = "{sock or ""}"\nsync_s = {sync_s}\n{extra}')
     return path
 
 

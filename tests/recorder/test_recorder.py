@@ -68,13 +68,17 @@ def test_record_samples_every_signal_group_answers_its_socket_and_stops_cleanly(
 def test_a_recorder_killed_mid_write_loses_nothing_and_the_gap_is_stated(rec_env):
     """SIGKILL: records not yet in the ring wait in the journal (beside the socket); the restart puts them back."""
     cfg, store, start = rec_env
+    write_config(cfg, store, interval=0.1, sock=cfg.parent / "rec.sock", sync_s=600)    # the tail waits for a page
     r = start()
-    st = r.wait_samples(25)
+    r.wait_samples(25)
     journal = Path(cfg.parent / "rec.sock.pending")
-    assert journal.exists()
     r.kill()                                   # no stop event, no final flush
     before = window.read(str(ring_of(store)), pending_path="")      # the ring file alone
-    assert before.entries and max(e.seq for e in before.entries) < st["next_seq"] - 1 or journal.stat().st_size == 0
+    with_journal = window.read(str(ring_of(store)), pending_path=str(journal))
+    if journal.stat().st_size > 20:            # records were waiting (20 bytes: the journal's own header; a record
+        extra = [e.seq for e in with_journal.entries      # ending exactly on a page leaves none)
+                 if e.seq > max(x.seq for x in before.entries)]
+        assert extra and with_journal.pending == len(extra)         # ...and the ring alone lacks them
     time.sleep(1.0)                            # a gap of many intervals
     r2 = start()
     r2.wait_samples(5)

@@ -12,6 +12,8 @@ Triggers (``collectors/history/``, see ``agent.report.history``):
 - no history in the bundle (no recorder ran, or its ring holds nothing from then): info,
   "the minutes before the incident are unknown".
 Evidence: ``history.jsonl`` (the samples, by sequence number) and ``summary.json``.
+Departures that begin once the capture has started are left out (the capture's own load is
+in those samples; the finding's data keeps them, marked ``during_capture``).
 Method: ``agent.recorder.analysis`` (median/MAD baseline ending 15 min before T0, 3 of 4
 points beyond max(6 sd, floor, 20 % of the baseline), onset walked back to where the
 signal left the noise). Order is correlation, not cause.
@@ -60,7 +62,9 @@ def evaluate(b) -> Iterator[Finding]:
                       f"First to move: {lead.sentence(v.t0, words)}" + (f" (and {len(first) - 1} more at the same time)"
                                                                        if len(first) > 1 else ""),
                       expl, rule="flight_recorder", host=b.host, evidence=ev, time=history._dt(lead.onset),
-                      data={"departures": [d.to_json(v.t0) for d in v.departures], "first": [d.signal for d in first],
+                      data={"departures": [{**d.to_json(v.t0), **({"during_capture": True} if not d.already
+                                                                      and d not in v.live else {})}
+                                           for d in v.departures], "first": [d.signal for d in first],
                             "t0": v.summary.get("window", {}).get("t0"), "t0_source": v.t0_source,
                             "interval_s": v.interval})
     elif v.samples:
