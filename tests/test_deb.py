@@ -41,7 +41,8 @@ APT = ["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=600", "-o", "Dpkg::Use-
        "-o", "Dpkg::Options::=--force-unsafe-io"]      # no fsync per file: the test purges it anyway
 # Everything the package (or its scripts) can put on the machine: none may exist before the test.
 OURS = [Path(p) for p in ("/opt/goldenhour", "/usr/bin/goldenhour", "/etc/goldenhour", "/var/lib/goldenhour",
-                          "/lib/systemd/system/goldenhour.service", "/usr/share/goldenhour",
+                          "/lib/systemd/system/goldenhour.service", "/lib/systemd/system/goldenhour-recorder.service",
+                          "/usr/share/goldenhour",
                           "/usr/share/doc/goldenhour", "/usr/share/man/man1/goldenhour.1.gz",
                           "/usr/share/lintian/overrides/goldenhour",
                           "/etc/systemd/system/multi-user.target.wants/goldenhour.service")]
@@ -108,6 +109,7 @@ def test_package_holds_the_venv_command_units_and_conffiles_with_debian_relation
     assert got["etc/goldenhour"].mode == 0o750 and got["etc/goldenhour/config.example.toml"].mode == 0o640
     assert "etc/goldenhour/config.toml" not in got       # the admin's file: postinst makes it once
     assert "lib/systemd/system/goldenhour.service" in got and "usr/share/goldenhour/goldenhour-pre-restart.conf" in got
+    assert "lib/systemd/system/goldenhour-recorder.service" in got
     assert any(n.startswith(f"{SITE[1:]}/agent/") for n in got)
     # every module and data file of the checkout (pyproject.toml lists the packages one by one: a new
     # subpackage left out of that list would be missing here)
@@ -141,6 +143,8 @@ def test_package_names_no_build_path_and_points_units_at_usr_bin(deb, tmp_path):
         (tree / "opt/goldenhour/pyvenv.cfg").read_text()
     unit = (tree / "lib/systemd/system/goldenhour.service").read_text()
     assert "ExecStart=/usr/bin/goldenhour daemon" in unit and "/usr/local" not in unit
+    rec = (tree / "lib/systemd/system/goldenhour-recorder.service").read_text()
+    assert "ExecStart=/usr/bin/goldenhour record" in rec and "/usr/local" not in rec
     dropin = (tree / "usr/share/goldenhour/goldenhour-pre-restart.conf").read_text()
     assert "ExecStop=-+/usr/bin/goldenhour snapshot --unit %n --reason pre-restart" in dropin
     cp = sh(["grep", "-rlF", "-e", str(ROOT), "-e", "/tmp/goldenhour-deb.", str(tree)], check=False)
@@ -238,8 +242,9 @@ def test_installs_runs_and_removes_cleanly(deb, tmp_path, machine_lock):
 
         # the installed units verify; the drop-in example on a unit with its own ExecStop= too
         if shutil.which("systemd-analyze"):
-            cp = sh(["systemd-analyze", "verify", "/lib/systemd/system/goldenhour.service"], check=False)
-            assert cp.returncode == 0 and cp.stderr.strip() == "", cp.stderr
+            for unit in ("goldenhour.service", "goldenhour-recorder.service"):
+                cp = sh(["systemd-analyze", "verify", f"/lib/systemd/system/{unit}"], check=False)
+                assert cp.returncode == 0 and cp.stderr.strip() == "", cp.stderr
             units = tmp_path / "units"
             (units / "demo.service.d").mkdir(parents=True)
             (units / "demo.service").write_text("[Unit]\nDescription=demo\n[Service]\nExecStart=/bin/sleep infinity\n"
@@ -273,6 +278,7 @@ def test_installs_runs_and_removes_cleanly(deb, tmp_path, machine_lock):
         assert dpkg_status() == "rc"
         assert not Path("/opt/goldenhour").exists() and not Path(gh).is_symlink()
         assert not Path("/lib/systemd/system/goldenhour.service").exists()
+        assert not Path("/lib/systemd/system/goldenhour-recorder.service").exists()
         assert conf.read_text() == edited and evidence.exists()
 
         # purge: config gone, enablement gone; the store stays while it holds evidence, and says so
@@ -285,8 +291,11 @@ def test_installs_runs_and_removes_cleanly(deb, tmp_path, machine_lock):
         assert not [p for p in owned if p.startswith(("/opt/goldenhour", "/etc/goldenhour", "/usr/share/goldenhour",
                                                       "/usr/share/doc/goldenhour")) and os.path.lexists(p)]
 
-        # without evidence (only the daemon's state/), the same purge script removes the store
+        # without evidence (only the daemon's state/ and the flight recorder's ring, which is not a
+        # capture's evidence), the same purge script removes the store
         evidence.unlink()
+        (Path("/var/lib/goldenhour/recorder")).mkdir(mode=0o700)
+        Path("/var/lib/goldenhour/recorder/ring").write_bytes(b"ring")
         postrm = tmp_path / "control"
         sh(["dpkg-deb", "-e", str(deb), str(postrm)])
         sh(["sh", str(postrm / "postrm"), "purge"])

@@ -7,6 +7,7 @@ What the package holds (the maintainer scripts beside this file set up the rest)
                                     pinned by packaging/deb/constraints.txt; no pip, no bytecode
   /usr/bin/goldenhour               -> /opt/goldenhour/bin/goldenhour
   /lib/systemd/system/goldenhour.service            systemd/goldenhour.service, running /usr/bin/goldenhour
+  /lib/systemd/system/goldenhour-recorder.service   systemd/goldenhour-recorder.service (the flight recorder)
   /usr/share/goldenhour/goldenhour-pre-restart.conf the pre-restart drop-in example (same substitution)
   /etc/goldenhour/config.example.toml               the conffile, 0640 in a 0750 directory (as scripts/install.sh);
                                     postinst makes config.toml from it once (the admin's file from then on)
@@ -394,6 +395,8 @@ def lay_out(stage: Path, meta: dict, dists: list[dict], man: str, sde: int, revi
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(f"{PREFIX}/bin/goldenhour")
     put(stage, "/lib/systemd/system/goldenhour.service", unit_text(ROOT / "systemd" / "goldenhour.service"))
+    put(stage, "/lib/systemd/system/goldenhour-recorder.service",
+        unit_text(ROOT / "systemd" / "goldenhour-recorder.service"))
     put(stage, "/usr/share/goldenhour/goldenhour-pre-restart.conf",
         unit_text(ROOT / "systemd" / "goldenhour-pre-restart.conf"))
     example = (ROOT / "config" / "goldenhour.example.toml").read_bytes()
@@ -494,6 +497,9 @@ def man_page(py: str, work: Path, meta: dict, sde: int) -> str:
               ".TP", "/etc/goldenhour/config.toml", "The configuration (every key listed, commented out).",
               ".TP", "/var/lib/goldenhour", "The local store: bundles, upload receipts, daemon state.",
               ".TP", "/lib/systemd/system/goldenhour.service", "The daemon's unit.",
+              ".TP", "/lib/systemd/system/goldenhour-recorder.service",
+              "The flight recorder's unit (goldenhour record).",
+              ".TP", "/var/lib/goldenhour/recorder/ring", "The flight recorder's ring: days of host samples.",
               ".TP", "/usr/share/goldenhour/goldenhour-pre-restart.conf",
               "A drop-in that captures a unit's evidence before it stops.",
               ".SH SEE ALSO", "/usr/share/doc/goldenhour/README.md.gz"]

@@ -132,3 +132,38 @@ def test_v1_live_groups_memory_and_cpu():
                     break
                 except OSError:
                     time.sleep(0.1)
+
+
+GUEST = FIX / "debian12-6.1"          # a real cgroup v2 kernel's files (its README.md says how they were made)
+
+
+def _guest_sample(reading: str) -> Entry:
+    root = GUEST / reading / "sys" / "fs" / "cgroup"
+    # the guest's /proc/self/mountinfo says where its cgroup2 hierarchy is mounted
+    assert " - cgroup2 " in (GUEST / reading / "proc/self/mountinfo").read_text()
+    up = float((GUEST / reading / "uptime").read_text().split()[0])        # the guest's clock at the reading
+    cg = cgroups.CgroupSampler(str(root), version=2).sample()
+    return Entry(0 if reading == "a" else 1, "sample", 1000 + up, up, "guest", {"t": 1000 + up, "m": up, "cg": cg})
+
+
+def test_v2_sampler_and_signals_on_a_real_v2_guest_recording():
+    """Two readings of Debian 12's 6.1 kernel (cpu, io, memory, pids controllers): a service two levels down
+    at its CPU quota, with an OOM kill between the readings."""
+    a, b = _guest_sample("a"), _guest_sample("b")
+    g = b.data["cg"]["g"]
+    assert set(g) == {"gh.slice", "gh.slice/app.service"}
+    app = g["gh.slice/app.service"]
+    assert app["cpu"] == {"usage_usec": 3764981, "user_usec": 2354687, "system_usec": 1410294, "nr_periods": 187,
+                          "nr_throttled": 187, "throttled_usec": 25924272}
+    assert app["mem"] == 49242112 and "mem_max" not in app          # memory.max "max": no limit
+    assert app["mem_events"]["oom_kill"] == 1 and a.data["cg"]["g"]["gh.slice/app.service"]["mem_events"]["oom_kill"] == 0
+    assert app["io"] == {"rbytes": 33554432, "wbytes": 33554432, "rios": 32, "wios": 32} and app["pids"] == 12
+    assert app["psi"]["cpu"] == {"some": 13875685, "full": 13799394}
+    s = signals.by_name(signals.build([a, b]))
+    dt = b.mono - a.mono
+    assert s["cgroup.gh.slice/app.service.cpu_pct"].points == [
+        (b.wall, pytest.approx((3764981 - 2847643) / 1e6 / dt * 100))]
+    assert s["cgroup.gh.slice/app.service.throttled_pct"].points[0][1] == pytest.approx(
+        (25924272 - 20588939) / 1e6 / dt * 100)
+    assert s["cgroup.gh.slice/app.service.oom_kill"].points == [(b.wall, 1.0)]     # the OOM kill, dated
+    assert s["cgroup.gh.slice/app.service.psi_memory_some_pct"].points[0][1] == pytest.approx(43567 / 1e6 / dt * 100)
