@@ -11,7 +11,9 @@ A capture names its targets (``--pid``, ``--process``, ``--unit``, the configure
 - ``elsewhere`` ("also on this host"): it concerns other processes or cgroups while the capture
   named its targets explicitly, or it is older than the incident (before its start, or more
   than ``OLD_S`` before the trigger) and concerns no target: context, not the cause;
-- ``host``: the rest (host-wide conditions now: pressure, a full table, the kernel's errors).
+- ``host``: the rest (host-wide conditions now: pressure, a full table, the kernel's errors), and
+  the flight recorder's first departures (``data.precursor``), which are older than the incident
+  by design: when the trouble began is the point.
 
 Ranking (``rank``): evidence that fails its hashes first; then critical findings about targets,
 critical host-wide ones, warnings about targets, host warnings, the same for info; then
@@ -167,6 +169,8 @@ def scope_of(f: Finding, fo: Focus) -> tuple[str, list[int]]:
         return TARGET, hits
     if fo.services and _service_hit(fo.services, " ".join([f.title, " ".join(memcgs)])):
         return TARGET, []
+    if f.data.get("precursor"):        # what moved before the incident (flight recorder): early by design
+        return HOST, []
     specific = bool(pids) or bool(memcgs) or ino is not None
     if fo.explicit and specific and not f.data.get("global"):
         return ELSEWHERE, []

@@ -76,7 +76,7 @@ def test_the_report_names_each_change_within_one_interval_of_its_start(tmp_path,
     assert rep.returncode == 0, rep.stderr
     report = json.loads(rep.stdout)
     fr = [f for f in report["findings"] if f["rule"] == "flight_recorder" and f["data"].get("departures")]
-    assert len(fr) == 1
+    assert len(fr) == 1 and fr[0]["scope"] != "elsewhere"     # early by design, never "context"
     deps = {d["signal"]: d for d in fr[0]["data"]["departures"]}
     expect = {"cpu_hog": f"cgroup.{hog}.cpu_pct", "memory_growth": f"cgroup.{mem}.mem_mib",
               "listen_overflow": "tcpext.listen_overflows", "process_burst": "proc.count"}

@@ -20,12 +20,15 @@ signal left the noise). Order is correlation, not cause.
 """
 from __future__ import annotations
 
+import re
 from typing import Iterator
 
 from agent.report import history
 from agent.report.model import INFO, WARNING, Evidence, Finding
 from agent.report.rules import Rule
 from agent.report.rules._util import status_of
+
+_PID = re.compile(r"\[(\d+)\]$")
 
 
 def evaluate(b) -> Iterator[Finding]:
@@ -65,6 +68,7 @@ def evaluate(b) -> Iterator[Finding]:
                       data={"departures": [{**d.to_json(v.t0), **({"during_capture": True} if not d.already
                                                                       and d not in v.live else {})}
                                            for d in v.departures], "first": [d.signal for d in first],
+                            "precursor": True, **_about(first),
                             "t0": v.summary.get("window", {}).get("t0"), "t0_source": v.t0_source,
                             "interval_s": v.interval})
     elif v.samples:
@@ -104,6 +108,13 @@ def evaluate(b) -> Iterator[Finding]:
                       "one may be dated late: " + "; ".join(issues[:10]) + ("; …" if len(issues) > 10 else "") + ".",
                       rule="flight_recorder", host=b.host, evidence=[Evidence(b.host, history.SUMMARY)],
                       data={"gaps": s.get("gaps"), "clock_steps": s.get("clock_steps"), "boots": s.get("boots")})
+
+
+def _about(deps: list) -> dict:
+    """The processes and cgroups among the first movers, so the report can tie the finding to a target."""
+    pids = [int(m.group(1)) for d in deps if d.signal.startswith("process.") and (m := _PID.search(d.label))]
+    cgs = ["/" + d.signal[len("cgroup."):].rsplit(".", 1)[0] for d in deps if d.signal.startswith("cgroup.")]
+    return {**({"pids": pids} if pids else {}), **({"cgroups": cgs} if cgs else {})}
 
 
 RULE = Rule(name="flight_recorder", summary="when it started and what moved first (the flight recorder's window)",
