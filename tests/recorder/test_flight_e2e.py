@@ -64,10 +64,11 @@ def test_the_report_names_each_change_within_one_interval_of_its_start(tmp_path,
     from agent.report.loader import load_archive
     b = load_archive(Path(cap["bundle"]))
     summary = b.json("collectors/history/summary.json")
-    assert summary["samples"] >= 24 + 4 * 10 and summary["interval_s"] == INTERVAL
+    assert summary["samples"] >= 30 and summary["interval_s"] == INTERVAL
     assert summary["window"]["t0_source"].startswith("incident start")
     lines = (b.text("collectors/history/history.jsonl") or "").splitlines()
     assert len(lines) >= summary["samples"] and b.has("collectors/history/ring-slice.bin")
+    sample_times = sorted(json.loads(x)["t"] for x in lines if json.loads(x)["kind"] == "sample")
     started = {p["comm"] for p in summary["processes"]["started"]}
     assert "sleep" in started and summary["processes"]["started_total"] >= 300
 
@@ -87,9 +88,14 @@ def test_the_report_names_each_change_within_one_interval_of_its_start(tmp_path,
         onset = parse_iso(d["onset"]).timestamp()
         before = parse_iso(d["onset_after"]).timestamp()
         began = times[change]
-        # the change began inside the sampling interval that ends at the onset: within one interval
-        assert before - 0.01 <= began <= onset + 0.01, (change, d, began)
-        assert onset - began <= 2 * INTERVAL, (change, d, began)      # (an interval stretched by a late sample)
+        # the change began inside the sampling interval that ends at the onset: within one interval. (A change
+        # that began in the last fifth of an interval had only a sliver of it to show in, and may show first
+        # in the next sample: also within one interval of its start, plus that sliver.)
+        after = [t for t in sample_times if t > began]
+        s1 = after[0]
+        allowed = s1 if s1 - began >= 0.2 * INTERVAL else after[1]
+        assert began <= onset + 0.01 and onset <= allowed + 0.01, (change, d, began, after[:3])
+        assert before - 0.01 <= began or abs(onset - after[1]) < 0.01, (change, d, began)
         assert not d["already_abnormal"] and d["direction"] == "up"
     # the finding the overflow supports (the sockets collector saw the full accept queue) says since when
     lq = [f for f in report["findings"] if f["rule"] == "listen_queue" and f["data"].get("since")]
