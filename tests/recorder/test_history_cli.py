@@ -44,7 +44,7 @@ def test_history_prints_the_window_and_what_moved(recorded):
     assert "window" in out and "samples every 0.1 s" in out and "not answering on its socket" in out
     assert "load.1 (load average (1 min), count):" in out
     j = gh_json(cfg, "history", "--since", "10m", "--json")
-    assert j["samples"] >= 20 and j["interval_s"] == 0.1 and isinstance(j["departures"], list)
+    assert j["samples"] >= 10 and j["interval_s"] == 0.1 and isinstance(j["departures"], list)
     assert {"gaps", "clock_steps", "boots", "processes", "ring"} <= set(j)
     assert j["ring"]["path"].endswith("store/recorder/ring")
 
@@ -59,7 +59,7 @@ def test_history_csv_and_jsonl(recorded):
     recs = [json.loads(line) for line in cp.stdout.splitlines()]
     assert recs[0]["kind"] == "event" and recs[0]["ev"] == "start" and recs[-1]["ev"] == "stop"
     assert [r["seq"] for r in recs] == list(range(recs[0]["seq"], recs[0]["seq"] + len(recs)))
-    assert sum(r["kind"] == "sample" for r in recs) >= 20
+    assert sum(r["kind"] == "sample" for r in recs) >= 10
 
 
 def test_history_reads_a_bundles_ring_slice(recorded, tmp_path):

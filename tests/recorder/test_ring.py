@@ -251,7 +251,8 @@ def test_a_backwards_clock_step_is_recorded_and_never_reorders_samples(tmp_path)
     assert min(b - a for a, b in pairwise(walls)) < -3500     # the wall clock really went back
     cont = window.analyse_continuity(win)
     assert [c["direction"] for c in cont["clock_steps"]] == ["backwards"]
-    assert not cont["gaps"]                                      # monotonic time says no sample was missed
+    # monotonic time says no hour went missing (a loaded machine may still starve the recorder briefly)
+    assert all(g["seconds"] < 60 for g in cont["gaps"]), cont["gaps"]
     assert sum(1 for e in win.samples) == 20
 
 
