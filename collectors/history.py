@@ -9,8 +9,9 @@ capture of the present cannot say when it started or what moved first. This can.
 Window: from ``recorder.history_before_min`` (60) minutes before T0 to the capture, where T0
 is the incident's start as the tracker gave it (the manifest's ``incident.started_at``: an
 incident's creation or start time, an alert's ``startsAt``/``createdAt``, ``snapshot
---started-at``; README lists each tracker's), else the trigger's time, else the capture's start. ``[collectors.history]
-before_min`` overrides the length.
+--started-at``; README lists each tracker's), else the trigger's time, else the capture's start. The
+ring, the recorder's socket and the window's length come from the ``[recorder]`` config
+(``path``, ``socket``, ``history_before_min``); the collector has no options of its own.
 Produces: ``ring-slice.bin`` (the window's records exactly as stored, with their CRCs, plus
 the segment headers and dictionary records needed to decode them; ``goldenhour history
 --file`` reads it), ``history.jsonl`` (one decoded record per line, in recording order:
@@ -56,10 +57,9 @@ def collect(ctx) -> None:
     from agent.recorder.service import ask
     normal_priority()
     rec = ctx.capture.get("recorder") or {}
-    ring_path = str(ctx.options.get("ring") or rec.get("ring") or "")
-    sock = str(ctx.options.get("socket") or rec.get("socket") or "")
-    before_s = float(ctx.options["before_min"]) * 60 if "before_min" in ctx.options else float(
-        rec.get("before_s", 3600))
+    ring_path = str(rec.get("ring") or "")
+    sock = str(rec.get("socket") or "")
+    before_s = float(rec.get("before_s", 3600))
     now = time.time()
     t0, t0_source = t0_of(ctx.capture, now)
     since = t0 - before_s

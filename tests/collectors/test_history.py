@@ -35,10 +35,9 @@ def ring(tmp_path_factory):
 
 def test_the_window_runs_from_before_t0_to_the_capture(run_collector, ring):
     path, t_mid = ring
-    res = run_collector("history", capture={"recorder": {"ring": path, "socket": "", "before_s": 3600},
+    res = run_collector("history", capture={"recorder": {"ring": path, "socket": "", "before_s": 3.0},  # 3 s before T0
                                             "incident_started_at": _iso(t_mid), "trigger_at": _iso(time.time()),
-                                            "incident": "INC-H"},
-                        options={"before_min": 0.05})          # 3 s before T0
+                                            "incident": "INC-H"})
     assert res.status == "ok", res.reason
     s = json.loads((res.out / "summary.json").read_text())
     assert s["window"]["t0_source"].startswith("incident start") and s["window"]["before_s"] == 3.0

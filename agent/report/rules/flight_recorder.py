@@ -83,7 +83,7 @@ def evaluate(b) -> Iterator[Finding]:
                       + (f" and {len(already) - 1} more" if len(already) > 1 else ""),
                       "These signals were away from their baseline from the window's first sample, so the window "
                       "began inside the problem and no onset is given for them: " + "; ".join(
-                          d.sentence() for d in already[:8]) + ". A longer window ([collectors.history] before_min) "
+                          d.sentence() for d in already[:8]) + ". A longer window (recorder.history_before_min) "
                       "may show when they began.", rule="flight_recorder", host=b.host,
                       evidence=[Evidence(b.host, history.JSONL)], data={"signals": [d.signal for d in already]})
     s = v.summary
