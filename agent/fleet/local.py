@@ -1,0 +1,159 @@
+"""What a daemon remembers about fleet incidents, and how its status records reach NATS.
+
+Where it sits: ``agent.fleet.watcher`` owns both.
+
+``FleetState`` is ``<state>/fleet-state.json`` (next to the daemon's own state file),
+rewritten by atomic rename after each change, like ``agent.daemon_state``: per incident
+the capture revision this host acted on and how far it got (``queued``, ``running``,
+``captured``, ``uploaded``, ``failed``, ``done`` for "nothing to do at this revision"),
+the bundle once there is one, and the times of recent fleet captures (the hourly cap).
+A revision is recorded *before* its capture is queued, so a restart, a reconnect or a
+replayed watch never captures it twice. Entries are forgotten ``keep_days`` after their
+last change (incidents outlive no deadline that long).
+
+``StatusWriter`` coalesces: only a host's latest status per incident matters, so it keeps
+the latest record per key and one task puts them, retrying (backoff, then again after
+each reconnect) until NATS has taken them. A status is never lost to an outage, and never
+overtaken by an older one.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from agent.fleet.records import StatusRecord
+
+log = logging.getLogger("goldenhour.fleet")
+FILENAME = "fleet-state.json"
+
+
+class FleetState:
+    def __init__(self, directory: Path | None, keep_days: float = 30):
+        self.dir = Path(directory) if directory else None
+        self.path = self.dir / FILENAME if self.dir else None
+        self.keep_s = keep_days * 86400
+        self.incidents: dict[str, dict[str, Any]] = {}
+        self.captures: list[float] = []        # epoch times fleet captures were queued (hourly cap)
+        self.existed = False                   # False: a new host or a wiped disk (ask NATS what we did)
+        self.problem = ""
+
+    def load(self) -> "FleetState":
+        if self.path is None:
+            return self
+        try:
+            data = json.loads(self.path.read_text())
+            self.incidents = {str(k): dict(v) for k, v in (data.get("incidents") or {}).items()}
+            self.captures = [float(t) for t in data.get("captures") or []]
+            self.existed = True
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, AttributeError, TypeError) as exc:
+            self.problem = f"fleet state {self.path} is unreadable ({exc}); asking NATS what this host did instead"
+            aside = self.path.with_name(f"{FILENAME}.unreadable-{int(time.time())}")
+            try:
+                os.replace(self.path, aside)
+            except OSError:
+                pass
+        return self
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        assert self.dir is not None
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        tmp = self.path.with_name(f".{FILENAME}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"version": 1, "saved_at": time.time(), "incidents": self.incidents,
+                                   "captures": self.captures}, indent=1, sort_keys=True))
+        os.replace(tmp, self.path)
+
+    def prune(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        self.captures = [t for t in self.captures if now - t < 3600]
+        for k in [k for k, r in self.incidents.items()
+                  if now - float(r.get("updated_at", 0)) > self.keep_s and r.get("phase") not in ("queued", "running")]:
+            del self.incidents[k]
+
+    def get(self, incident: str) -> dict[str, Any] | None:
+        return self.incidents.get(incident)
+
+    def set(self, incident: str, **fields: Any) -> dict[str, Any]:
+        rec = self.incidents.setdefault(incident, {})
+        rec.update(fields)
+        rec["updated_at"] = time.time()
+        return rec
+
+    def captures_last_hour(self, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        return sum(1 for t in self.captures if now - t < 3600)
+
+
+class StatusWriter:
+    """Puts the latest ``StatusRecord`` per key; retries until NATS takes it (see module docstring)."""
+
+    def __init__(self, put: Callable[[str, bytes], Any], retry_s: float = 2.0):
+        self._put = put                          # async (key, value) -> revision
+        self._pending: dict[str, StatusRecord] = {}
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.retry_s = retry_s
+        self.written = 0
+        self.failures = 0
+        self.last_error = ""
+
+    def submit(self, rec: StatusRecord) -> None:
+        self._pending[rec.key] = rec
+        self._idle.clear()
+        self._wake.set()
+
+    def kick(self) -> None:
+        """Try the pending records now (after a reconnect)."""
+        self._wake.set()
+
+    async def flushed(self, timeout: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def run(self) -> None:
+        delay = self.retry_s
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            failed = False
+            while self._pending:
+                key, rec = next(iter(self._pending.items()))
+                try:
+                    await self._put(key, rec.encode())
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # any NATS error: keep the record, try again later
+                    self.failures += 1
+                    text = str(exc) or type(exc).__name__
+                    if text != self.last_error:
+                        log.warning("", extra={"kv": {"event": "fleet_status_put", "key": key,
+                                                      "error": text, "retry_s": round(delay, 1)}})
+                    self.last_error = text
+                    failed = True
+                    break
+                if self._pending.get(key) is rec:     # not replaced by a newer one meanwhile
+                    del self._pending[key]
+                self.written += 1
+                self.last_error = ""
+                delay = self.retry_s
+            if failed:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
+                delay = min(delay * 2, 30.0)
+                self._wake.set()
+            elif not self._pending:
+                self._idle.set()
