@@ -28,12 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from agent.errors import GoldenhourError
+from agent.errors import EXIT_FLEET, GoldenhourError
 from agent.fleet import keys
 
 log = logging.getLogger("goldenhour.fleet")
 
-EXIT_FLEET = 20            # README "Exit codes": the fleet's NATS servers are unreachable or refuse us
 MAX_VALUE = 64 * 1024
 DAY = 86400.0
 # bucket -> (history, max age s): incidents outlive any deadline; status and heartbeats a month
@@ -105,6 +104,34 @@ class Settings:
         if self.creds_file:
             return {"user_credentials": self.creds_file}
         return {}
+
+
+def public_key(s: Settings) -> str:
+    """The public nkey (``U...``) of our own credentials: relays and commanders derive their inbox from it."""
+    import nkeys
+    try:
+        if s.seed_file:
+            raw = Path(s.seed_file).read_bytes().strip()
+        elif s.creds_file:
+            text = Path(s.creds_file).read_text()
+            raw = text.split("-----BEGIN USER NKEY SEED-----", 1)[1].split("------END", 1)[0].strip().encode()
+        else:
+            return ""
+        kp = nkeys.from_seed(bytearray(raw))
+        pub = kp.public_key.decode()
+        kp.wipe()
+        return pub
+    except (OSError, IndexError, ValueError, nkeys.NkeysError) as exc:
+        raise FleetError(f"cannot read the fleet credentials: {type(exc).__name__}") from None
+
+
+def inbox_for(s: Settings, kind: str, host: str = "") -> str:
+    """Our inbox prefix as ``agent.fleet.enroll`` allowed it (a host by name, others by public key)."""
+    from agent.fleet.enroll import inbox_prefix
+    if kind == "host":
+        return inbox_prefix("host", s.fleet, host)
+    pub = public_key(s)
+    return inbox_prefix(kind, s.fleet, pub) if pub else ""
 
 
 def backoff(attempt: int, jitter_s: float) -> float:
@@ -191,16 +218,31 @@ async def connect(s: Settings, *, name: str, inbox_prefix: str | None = None, fo
             return srv, backoff(srv.reconnects, s.jitter_s)
         opts.update(allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=2,
                     reconnect_to_server_handler=choose)
-    else:
-        opts.update(allow_reconnect=False, max_reconnect_attempts=0)
+    else:       # nats-py reads 0 as "unlimited": 1 means each server is tried twice, half a second apart
+        opts.update(allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.5)
     try:
         nc = await nats.connect(**opts)
     except Exception as exc:  # nats-py raises several unrelated types; all mean "not connected"
-        raise FleetError(f"cannot connect to the fleet's NATS servers ({', '.join(s.servers)}): "
-                         f"{_describe(exc)}") from None
+        why = rep.last_error or _describe(exc)
+        raise FleetError(f"cannot connect to the fleet's NATS servers ({', '.join(s.servers)}): {why}") from None
     rep.connected = True
     nc.gh_reporter = rep
     return nc
+
+
+async def guarded(coro):
+    """Run a one-shot fleet operation; NATS errors become one-line ``FleetError``s (exit 20)."""
+    import nats.errors
+    import nats.js.errors
+    try:
+        return await coro
+    except GoldenhourError:
+        raise
+    except (nats.errors.TimeoutError, TimeoutError):
+        raise FleetError("NATS did not answer in time (fleet.timeout_s): the server is overloaded, or these "
+                         "credentials lack a permission (the server's log names the refused subject)") from None
+    except (nats.errors.Error, nats.js.errors.Error) as exc:
+        raise FleetError(f"NATS refused the request: {_describe(exc)}") from None
 
 
 async def open_buckets(js, names: tuple[str, ...] = keys.BUCKETS) -> dict[str, Any]:

@@ -47,9 +47,13 @@ KINDS = ("host", "relay", "commander")
 JS = "$JS.API"
 
 
-def inbox_prefix(kind: str, fleet: str, name: str) -> str:
-    """The principal's private reply subjects; its credential may subscribe to nothing else."""
-    token = keys.host_token(name) if kind == "host" else keys.encode(name)
+def inbox_prefix(kind: str, fleet: str, who: str) -> str:
+    """The principal's private reply subjects; its credential may subscribe to nothing else.
+
+    ``who`` is the host name for a host, the public key (``U...``) for a relay or a
+    commander: those processes find it in their own seed, so they need no name in the config.
+    """
+    token = keys.host_token(who) if kind == "host" else keys.encode(who)
     return f"_GH.{keys.check_fleet(fleet)}.{kind}.{token}"
 
 
@@ -61,7 +65,7 @@ def _bucket_read(bucket: str, key_filter: str) -> list[str]:
             f"{JS}.DIRECT.GET.{s}.{keys.subject(bucket, key_filter)}"]
 
 
-def permissions(kind: str, fleet: str, name: str) -> dict[str, Any]:
+def permissions(kind: str, fleet: str, name: str, public_key: str = "") -> dict[str, Any]:
     """The allow-lists of one principal: ``{"publish": {"allow": [...]}, "subscribe": {"allow": [...]}}``."""
     keys.check_fleet(fleet)
     f = fleet
@@ -84,7 +88,7 @@ def permissions(kind: str, fleet: str, name: str) -> dict[str, Any]:
                *_bucket_read(keys.STATUS, f"{f}.*.*"), "$JS.FC.>"]
     else:
         raise UsageError(f"unknown principal kind {kind!r}; one of {', '.join(KINDS)}")
-    sub = [f"{inbox_prefix(kind, fleet, name)}.>"]
+    sub = [f"{inbox_prefix(kind, fleet, name if kind == 'host' else public_key)}.>"]
     return {"publish": {"allow": sorted(set(pub))}, "subscribe": {"allow": sub}}
 
 
@@ -121,7 +125,7 @@ def make(kind: str, name: str, fleet: str) -> tuple[Principal, bytes]:
     elif not name or not keys.FLEET_RE.fullmatch(name):
         raise UsageError(f"invalid {kind} name {name!r}: use 1-32 letters, digits, '_' or '-'")
     seed, public = new_seed()
-    return Principal(kind, name, fleet, public, permissions(kind, fleet, name)), seed
+    return Principal(kind, name, fleet, public, permissions(kind, fleet, name, public)), seed
 
 
 def render_users(principals: list[Principal]) -> str:
@@ -176,7 +180,8 @@ def enroll(directory: Path, kind: str, name: str, fleet: str, *, rotate: bool = 
     users = directory / "nats-users.conf"
     _write(users, render_users(load_principals(directory)).encode(), 0o644)
     return {"kind": p.kind, "name": p.name, "fleet": fleet, "public_key": p.public_key, "seed_file": str(seed_file),
-            "users_file": str(users), "inbox_prefix": inbox_prefix(p.kind, fleet, p.name),
+            "users_file": str(users),
+            "inbox_prefix": inbox_prefix(p.kind, fleet, p.name if p.kind == "host" else p.public_key),
             "permissions": p.permissions}
 
 

@@ -125,7 +125,3 @@ def subject(bucket: str, key: str) -> str:
 def stream(bucket: str) -> str:
     return f"KV_{bucket}"
 
-
-def inbox_prefix(host: str) -> str:
-    """A host's private reply subjects: ``_INBOX_<token>`` (its credential may subscribe to nothing else)."""
-    return f"_INBOX_{host_token(host)}"

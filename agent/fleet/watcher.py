@@ -222,9 +222,8 @@ class FleetAgent:
             self._lost.set()
 
     async def _main(self) -> None:
-        from agent.fleet.enroll import inbox_prefix
         self.nc = await conn.connect(self.settings, name=f"goldenhour {self.host}",
-                                     inbox_prefix=inbox_prefix("host", self.fleet, self.host),
+                                     inbox_prefix=conn.inbox_for(self.settings, "host", self.host),
                                      forever=True, on_change=self._on_change)
         self.connected.set()
         kv(logging.INFO, "fleet_connected", fleet=self.fleet, host=self.host)

@@ -94,3 +94,24 @@ async def start_agent(env: FleetEnv, host: str, state_dir: Path, *, services=(),
     await agent.start()
     await until(lambda: agent.ready.is_set(), what=f"{host} watching")
     return agent
+
+
+def commander_config(env: FleetEnv, d: Path, **extra) -> Path:
+    """A config file for `goldenhour fleet ...` with the commander's credentials."""
+    d.mkdir(parents=True, exist_ok=True)
+    lines = ["[fleet]", f'servers = ["{env.server.url}"]', f'name = "{env.fleet}"',
+             f'nkey_seed_file = "{env.seed("commander")}"', "timeout_s = 3"]
+    lines += [f"{k} = {v!r}".replace("'", '"') for k, v in extra.items()]
+    p = d / "commander.toml"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+async def gh(cfg: Path, *args: str, timeout: float = 120) -> tuple[int, str, str]:
+    """Run the real CLI (`python -m agent --config cfg ...`) without blocking the test's event loop."""
+    import sys
+    root = Path(__file__).resolve().parents[2]
+    p = await asyncio.create_subprocess_exec(sys.executable, "-m", "agent", "--config", str(cfg), *args, cwd=root,
+                                             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(p.communicate(), timeout)
+    return p.returncode, out.decode(), err.decode()
