@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from agent.errors import NotFoundError, UsageError
 from agent.fleet import conn, incidents, keys, overview
+from agent.fleet.local import cancel_all, wait_event
 from agent.fleet.records import RecordError, Scope, parse_incident
 
 
@@ -117,7 +118,8 @@ async def follow(s: conn.Settings, incident: str, *, offline_after_s: float, sta
              asyncio.create_task(pump(b[keys.STATUS], f"{s.fleet}.{keys.encode(incident)}.*", "status", on_status))]
     start = time.monotonic()
     try:
-        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in ready.values())), max(5.0, s.timeout_s * 2))
+        async with asyncio.timeout(max(5.0, s.timeout_s * 2)):
+            await asyncio.gather(*(e.wait() for e in ready.values()))
         if view["rec"] is None:
             raise NotFoundError(f"no incident {incident} in fleet {s.fleet}")
         while True:
@@ -131,17 +133,12 @@ async def follow(s: conn.Settings, incident: str, *, offline_after_s: float, sta
             if left is not None and left <= 0:
                 return summary, True
             changed.clear()
-            try:
-                await asyncio.wait_for(changed.wait(), min(1.0, left) if left is not None else 1.0)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(changed, min(1.0, left) if left is not None else 1.0)
             await asyncio.sleep(0.05)             # gather a burst of updates into one render
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise conn.FleetError("the fleet's buckets did not answer in time") from None
     finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(tasks)
         await nc.close()
 
 

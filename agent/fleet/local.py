@@ -32,6 +32,29 @@ log = logging.getLogger("goldenhour.fleet")
 FILENAME = "fleet-state.json"
 
 
+async def wait_event(ev: asyncio.Event, timeout: float | None) -> bool:
+    """``ev.wait()`` with a timeout; True if set. ``asyncio.timeout``, not ``wait_for``: on Python
+    3.11 ``wait_for`` can swallow a cancellation that races the event, leaving a stopped task running."""
+    try:
+        async with asyncio.timeout(timeout):
+            await ev.wait()
+        return True
+    except TimeoutError:
+        return False
+
+
+async def cancel_all(tasks: list[asyncio.Task], timeout: float = 10.0) -> None:
+    """Cancel ``tasks`` and wait for them, cancelling again any that swallowed it (nats-py's requests
+    use ``wait_for``, which can), for at most ``timeout`` seconds."""
+    pending = {t for t in tasks if not t.done()}
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while pending and loop.time() < end:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+
+
 class FleetState:
     def __init__(self, directory: Path | None, keep_days: float = 30):
         self.dir = Path(directory) if directory else None
@@ -68,7 +91,7 @@ class FleetState:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         tmp = self.path.with_name(f".{FILENAME}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"version": 1, "saved_at": time.time(), "incidents": self.incidents,
-                                   "captures": self.captures}, indent=1, sort_keys=True))
+                                   "captures": self.captures}, separators=(",", ":")))
         os.replace(tmp, self.path)
 
     def prune(self, now: float | None = None) -> None:
@@ -116,11 +139,7 @@ class StatusWriter:
         self._wake.set()
 
     async def flushed(self, timeout: float | None = None) -> bool:
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
+        return await wait_event(self._idle, timeout)
 
     async def run(self) -> None:
         delay = self.retry_s
@@ -149,10 +168,7 @@ class StatusWriter:
                 self.last_error = ""
                 delay = self.retry_s
             if failed:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), delay)
-                except asyncio.TimeoutError:
-                    pass
+                await wait_event(self._wake, delay)
                 delay = min(delay * 2, 30.0)
                 self._wake.set()
             elif not self._pending:

@@ -228,5 +228,5 @@ class HostMirror:
 
     async def stop(self) -> None:
         if self.task:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+            from agent.fleet.local import cancel_all
+            await cancel_all([self.task])

@@ -9,8 +9,8 @@ next to its webhook server; the fleet benchmark runs hundreds of them with a stu
    ``fleet.heartbeat_s`` and right after each reconnect.
 3. **Watch** ``GH_INCIDENTS`` (``<fleet>.*``). A watch first replays the current record of
    every incident, then streams changes. After a reconnect the watch is re-created after a
-   random delay (jitter), so an incident written while this host was away arrives in the
-   replay: such records are marked **late**. For each record, in order:
+   random delay (jitter, ``fleet.reconnect_jitter_s``), so an incident written while this
+   host was away arrives in the replay: such records are marked **late**. For each record, in order:
 
    * it does not parse (``records.RecordError``: bad JSON, wrong schema, path-like ID, a
      key naming another incident) -> refused, logged with the reason;
@@ -51,7 +51,7 @@ from typing import Any, Callable, Protocol
 
 from agent import __version__
 from agent.fleet import conn, keys
-from agent.fleet.local import FleetState, StatusWriter
+from agent.fleet.local import FleetState, StatusWriter, cancel_all, wait_event
 from agent.fleet.records import (PROFILES, Bundle, HostRecord, IncidentRecord, RecordError, StatusRecord,
                                  parse_incident, parse_status)
 from agent.incident import iso, utcnow
@@ -182,16 +182,15 @@ class FleetAgent:
         self.tasks.append(asyncio.create_task(self._main(), name="fleet"))
 
     async def stop(self) -> None:
-        for t in list(self.jobs.values()) + self.tasks:
-            t.cancel()
-        await asyncio.gather(*self.jobs.values(), *self.tasks, return_exceptions=True)
+        await cancel_all(list(self.jobs.values()) + self.tasks)
         try:
             self.state.save()
         except OSError:
             pass
         if self.nc is not None:
             try:
-                await asyncio.wait_for(self.nc.close(), 5)
+                async with asyncio.timeout(5):
+                    await self.nc.close()
             except Exception:  # closing a dead connection: nothing left to do
                 pass
 
@@ -275,20 +274,12 @@ class FleetAgent:
                     kv(logging.WARNING, "fleet_heartbeat", text, key=key)
                 last_err = text
             self._beat.clear()
-            try:
-                await asyncio.wait_for(self._beat.wait(), self.opt.heartbeat_s)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self._beat, self.opt.heartbeat_s)
 
     # -- watch ----------------------------------------------------------------------------------
     async def _watch_forever(self) -> None:
-        first = True
         while True:
-            await self.connected.wait()
-            if not first:
-                await asyncio.sleep(conn.backoff(0, self.opt.jitter_s))
-                if not self.connected.is_set():
-                    continue
+            await self.connected.wait()       # reconnects are jittered already (conn.backoff)
             self._lost.clear()
             try:
                 w = await self.kv[keys.INCIDENTS].watch(f"{self.fleet}.*")
@@ -298,7 +289,6 @@ class FleetAgent:
                 kv(logging.WARNING, "fleet_watch", conn._describe(exc))
                 await asyncio.sleep(conn.backoff(1, self.opt.jitter_s))
                 continue
-            first = False
             self.watching = True
             try:
                 await self._consume(w)
@@ -307,7 +297,8 @@ class FleetAgent:
             finally:
                 self.watching = False
                 try:
-                    await asyncio.wait_for(w.stop(), 2)
+                    async with asyncio.timeout(2):
+                        await w.stop()
                 except Exception:  # a watch on a dead connection: nothing to stop
                     pass
 
