@@ -42,9 +42,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.fleet import conn, enroll, incidents, keys  # noqa: E402
-from agent.fleet.records import Scope  # noqa: E402
-from tests.helpers.nats_server import NatsServer  # noqa: E402
+from agent.fleet import conn, enroll, incidents, keys
+from agent.fleet.records import Scope
+from tests.helpers.nats_server import NatsServer
 
 FLEET = "bench"
 PER_WORKER = 250
@@ -251,12 +251,12 @@ def _away_and_back(fl: Fleet, n: int) -> list[dict[str, Any]]:
     """One agent away while an incident is declared; on return: connect, replay, late capture."""
     host = fl.hosts[0]
     w0 = fl.workers[:1]
-    costs, records = [], []
+    costs = []
     for i in range(3):
         fl.ask({"cmd": "away", "hosts": [host]}, w0)
         inc = f"AWAY-{n}-{i}"
 
-        async def declare():
+        async def declare(inc: str = inc):
             nc, b = await fl.session("relay-bench")
             await incidents.declare(b[keys.INCIDENTS], incidents.new_record(
                 FLEET, inc, scope=Scope(services=[SERVICE]), profile="quick", deadline_s=3600))

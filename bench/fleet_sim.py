@@ -34,11 +34,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.fleet.conn import Settings  # noqa: E402
-from agent.fleet.local import FleetState  # noqa: E402
-from agent.fleet.watcher import FleetAgent, Options  # noqa: E402
-from agent.targeting import Identity, _names  # noqa: E402
-from tests.helpers.fleet_stub import StubRunner  # noqa: E402
+from agent.fleet.conn import Settings
+from agent.fleet.local import FleetState
+from agent.fleet.watcher import FleetAgent, Options
+from agent.targeting import Identity, _names
+from tests.helpers.fleet_stub import StubRunner
 
 
 def rss_kb() -> int:

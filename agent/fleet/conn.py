@@ -97,7 +97,7 @@ class Settings:
                 raise FleetError("the nkeys package is missing (pip install nkeys)") from None
             except OSError as exc:
                 raise FleetError(f"cannot read {self.seed_file}: {exc.strerror}") from None
-            except Exception:  # nkeys raises its own error types on a bad seed
+            except Exception:  # noqa: BLE001 - nkeys raises its own error types on a bad seed
                 raise FleetError(f"{self.seed_file} does not hold an nkey seed (expected one line "
                                  "starting with S, as `goldenhour fleet enroll` writes)") from None
             return {"nkeys_seed": self.seed_file}
@@ -222,7 +222,7 @@ async def connect(s: Settings, *, name: str, inbox_prefix: str | None = None, fo
         opts.update(allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.5)
     try:
         nc = await nats.connect(**opts)
-    except Exception as exc:  # nats-py raises several unrelated types; all mean "not connected"
+    except Exception as exc:  # noqa: BLE001 - nats-py raises several unrelated types; all mean "not connected"
         why = rep.last_error or _describe(exc)
         raise FleetError(f"cannot connect to the fleet's NATS servers ({', '.join(s.servers)}): {why}") from None
     rep.connected = True

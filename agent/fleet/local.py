@@ -153,7 +153,7 @@ class StatusWriter:
                     await self._put(key, rec.encode())
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # any NATS error: keep the record, try again later
+                except Exception as exc:  # noqa: BLE001 - any NATS error: keep the record, try again later
                     self.failures += 1
                     text = str(exc) or type(exc).__name__
                     if text != self.last_error:

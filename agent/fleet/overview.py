@@ -54,7 +54,7 @@ async def read_bucket(kv, key_filter: str, timeout: float = 10.0) -> list[Any]:
     finally:
         try:
             await w.stop()
-        except Exception:  # the watch's consumer goes away on its own after inactivity
+        except Exception:  # noqa: BLE001 - the watch's consumer goes away on its own after inactivity
             pass
     return out
 
@@ -220,7 +220,7 @@ class HostMirror:
                     self.hosts[h.host] = (h, _aware(e.created))
             except asyncio.CancelledError:
                 raise
-            except Exception:  # server away: try again shortly; the mirror keeps what it had
+            except Exception:  # noqa: BLE001 - server away: try again shortly; the mirror keeps what it had
                 await asyncio.sleep(5)
 
     def count_for(self, rec: IncidentRecord) -> int:

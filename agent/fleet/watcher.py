@@ -128,8 +128,10 @@ class Options:
     def from_config(cls, cfg) -> "Options":
         return cls(heartbeat_s=float(cfg["fleet.heartbeat_s"]), max_profile=cfg["fleet.max_profile"],
                    max_captures_per_hour=int(cfg["fleet.max_captures_per_hour"]), late_join=cfg["fleet.late_join"],
-                   jitter_s=float(cfg["fleet.reconnect_jitter_s"]), spread_max_s=float(cfg["fleet.upload_spread_max_s"]),
-                   upload_retry_s=float(cfg["upload.retry_initial_s"]), upload_retry_max_s=float(cfg["upload.retry_max_s"]))
+                   jitter_s=float(cfg["fleet.reconnect_jitter_s"]),
+                   spread_max_s=float(cfg["fleet.upload_spread_max_s"]),
+                   upload_retry_s=float(cfg["upload.retry_initial_s"]),
+                   upload_retry_max_s=float(cfg["upload.retry_max_s"]))
 
 
 class _Lost(Exception):
@@ -191,7 +193,7 @@ class FleetAgent:
             try:
                 async with asyncio.timeout(5):
                     await self.nc.close()
-            except Exception:  # closing a dead connection: nothing left to do
+            except Exception:  # noqa: BLE001 - closing a dead connection: nothing left to do
                 pass
 
     def healthy(self) -> tuple[bool, str]:
@@ -234,7 +236,7 @@ class FleetAgent:
                 break
             except conn.FleetError as exc:
                 kv(logging.ERROR, "fleet_buckets", str(exc), retry_s=round(delay))
-            except Exception as exc:  # timeouts while the server is away
+            except Exception as exc:  # noqa: BLE001 - timeouts while the server is away
                 kv(logging.WARNING, "fleet_buckets", conn._describe(exc), retry_s=round(delay))
             await asyncio.sleep(delay)
             delay = min(delay * 2, 60)
@@ -268,7 +270,7 @@ class FleetAgent:
                 last_err = ""
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # NATS away or a permission problem: say so once, keep trying
+            except Exception as exc:  # noqa: BLE001 - NATS away or a permission problem: say so once, keep trying
                 text = conn._describe(exc)
                 if text != last_err:
                     kv(logging.WARNING, "fleet_heartbeat", text, key=key)
@@ -285,7 +287,7 @@ class FleetAgent:
                 w = await self.kv[keys.INCIDENTS].watch(f"{self.fleet}.*")
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the server is not back yet, or the watch was refused
+            except Exception as exc:  # noqa: BLE001 - the server is not back yet, or the watch was refused
                 kv(logging.WARNING, "fleet_watch", conn._describe(exc))
                 await asyncio.sleep(conn.backoff(1, self.opt.jitter_s))
                 continue
@@ -299,7 +301,7 @@ class FleetAgent:
                 try:
                     async with asyncio.timeout(2):
                         await w.stop()
-                except Exception:  # a watch on a dead connection: nothing to stop
+                except Exception:  # noqa: BLE001 - a watch on a dead connection: nothing to stop
                     pass
 
     async def _consume(self, w) -> None:
@@ -326,7 +328,7 @@ class FleetAgent:
                     await self.on_entry(entry, late=replay)
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # one bad record never stops the watch
+                except Exception as exc:  # noqa: BLE001 - one bad record never stops the watch
                     kv(logging.ERROR, "fleet_record", f"{type(exc).__name__}: {exc}", key=entry.key)
         finally:
             lost.cancel()
@@ -414,7 +416,7 @@ class FleetAgent:
         try:
             e = await self.kv[keys.STATUS].get(keys.status_key(self.fleet, rec.incident_id, self.host))
             st = parse_status(e.value or b"")
-        except Exception:  # not found, or unreadable: act
+        except Exception:  # noqa: BLE001 - not found, or unreadable: act
             return False
         return st.capture_rev >= rec.capture_rev and st.state not in ("seen", "not_matched")
 
@@ -479,7 +481,7 @@ class FleetAgent:
 
     async def _run_job(self, job: FleetJob) -> None:
         rec, inc = job.record, job.record.incident_id
-        base = dict(matched_by=job.matched_by, late=job.late, profile=job.profile)
+        base = {"matched_by": job.matched_by, "late": job.late, "profile": job.profile}
         seen_at = iso(utcnow())
         cap = asyncio.ensure_future(self.runner.capture(job))
         self._status(rec, "seen", seen_at=seen_at, **base)
@@ -495,7 +497,7 @@ class FleetAgent:
         except asyncio.CancelledError:
             cap.cancel()
             raise
-        except Exception as exc:  # CaptureFailed, or anything the runner did not expect
+        except Exception as exc:  # noqa: BLE001 - CaptureFailed, or anything the runner did not expect
             self.queued.pop(inc, None)
             err = str(exc) if isinstance(exc, CaptureFailed) else f"{type(exc).__name__}: {exc}"
             self._mark(inc, rec, "failed", error=err)
@@ -548,9 +550,9 @@ class FleetAgent:
         captured = Captured(bundle=j["bundle"], sha256=j["sha256"], size=int(j.get("size", 0)),
                             collectors=dict(j.get("collectors") or {}))
         bundle = Bundle(name=Path(captured.bundle).name, sha256=captured.sha256, bytes=captured.size)
-        common = dict(seen_at=j.get("seen_at", ""), capture_started_at=j.get("started_at", ""),
-                      captured_at=j.get("captured_at", ""), collectors=dict(captured.collectors),
-                      matched_by=job.matched_by, late=job.late, profile=job.profile)
+        common = {"seen_at": j.get("seen_at", ""), "capture_started_at": j.get("started_at", ""),
+                      "captured_at": j.get("captured_at", ""), "collectors": dict(captured.collectors),
+                      "matched_by": job.matched_by, "late": job.late, "profile": job.profile}
         if self.runner.uploads:
             self.jobs[inc] = asyncio.create_task(self._upload(job, captured, bundle, common), name=f"fleet-up-{inc}")
 
