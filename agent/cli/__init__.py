@@ -17,7 +17,7 @@ from __future__ import annotations
 import click
 
 from agent import __version__
-from agent.cli import capture, daemon, fleet, prune, report, storage, verify
+from agent.cli import capture, daemon, fleet, prune, relay, report, storage, verify
 from agent.cli.app import CONTEXT, App, Group
 
 
@@ -62,7 +62,8 @@ main.add_command(storage.bundles)
 main.add_command(storage.fetch)
 # The local store.
 main.add_command(prune.prune)
-# The fleet: the incident commander's commands.
+# The fleet: the central relay and the incident commander's commands.
+main.add_command(relay.relay)
 main.add_command(fleet.fleet)
 
 

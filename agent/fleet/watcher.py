@@ -143,7 +143,8 @@ class _Lost(Exception):
 class FleetAgent:
     def __init__(self, settings: conn.Settings, host: str, identity: Identity, runner: Runner,
                  state: FleetState, options: Options | None = None, *,
-                 on_seen: Callable[[IncidentRecord, str], None] | None = None):
+                 on_seen: Callable[[IncidentRecord, str], None] | None = None,
+                 on_closed: Callable[[IncidentRecord], None] | None = None):
         self.settings = settings
         self.fleet = settings.fleet
         self.host = keys.check_host(host)
@@ -152,6 +153,7 @@ class FleetAgent:
         self.state = state
         self.opt = options or Options()
         self.on_seen = on_seen                  # the daemon remembers fleet incidents as open (pre-restart hook)
+        self.on_closed = on_closed              # ... and as resolved
         self.nc = None
         self.kv: dict[str, Any] = {}
         self.writer: StatusWriter | None = None
@@ -351,6 +353,8 @@ class FleetAgent:
         inc = rec.incident_id
         if rec.state != "open":
             self._cancel_queued(inc, f"the incident was {rec.state} before its capture started")
+            if self.on_closed:
+                self.on_closed(rec)
             return
         why = "scope: all hosts" if rec.scope.all else concerns(rec.event(), self.identity)
         named = self._named(rec)

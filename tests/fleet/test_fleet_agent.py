@@ -14,7 +14,7 @@ import shutil
 from agent.fleet import incidents, keys
 from agent.fleet.records import Scope, make_incident
 from agent.fleet.overview import read_bucket
-from conftest import FLEET, start_agent, until
+from fleetlib import FLEET, start_agent, until
 
 
 def declare(b, inc: str, deadline_s: float = 3600, delivery: str = "", **scope):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from conftest import commander_config, gh, start_agent, until
+from fleetlib import commander_config, gh, start_agent, until
 from tests.helpers.fleet_stub import StubRunner
 
 

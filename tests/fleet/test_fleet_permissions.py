@@ -10,7 +10,7 @@ import asyncio
 import nats.errors
 from agent.fleet import conn, incidents, keys
 from agent.fleet.records import Scope, StatusRecord
-from conftest import FLEET, start_agent, until
+from fleetlib import FLEET, start_agent, until
 
 
 class Refusals:
