@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs goldenhour as a service on this host (`make install` runs it after `make setup`):
 #   - the `goldenhour` command: $PREFIX/bin/goldenhour, a link to the checkout's venv
-#   - the systemd unit:         $UNITDIR/goldenhour.service
+#   - the systemd units:        $UNITDIR/goldenhour.service, and goldenhour-relay.service (the fleet's
+#                               central webhook relay: enable it only on the relay's machine)
 #   - the pre-restart drop-in:  $PREFIX/share/goldenhour/goldenhour-pre-restart.conf (an example to
 #                               copy into /etc/systemd/system/<unit>.d/, see the file)
 #   - the config:               $SYSCONFDIR/goldenhour/config.example.toml (every key, commented), and
@@ -40,6 +41,9 @@ ln -sfn "$VENV/bin/goldenhour" "$DESTDIR$bin"
 install -d -m 0755 "$DESTDIR$UNITDIR" "$DESTDIR$PREFIX/share/goldenhour"
 sed "s#/usr/local/bin/goldenhour#$bin#g" "$root/systemd/goldenhour.service" > "$DESTDIR$UNITDIR/goldenhour.service"
 chmod 0644 "$DESTDIR$UNITDIR/goldenhour.service"
+sed "s#/usr/local/bin/goldenhour#$bin#g" "$root/systemd/goldenhour-relay.service" \
+  > "$DESTDIR$UNITDIR/goldenhour-relay.service"
+chmod 0644 "$DESTDIR$UNITDIR/goldenhour-relay.service"
 sed "s#/usr/local/bin/goldenhour#$bin#g" "$root/systemd/goldenhour-pre-restart.conf" \
   > "$DESTDIR$PREFIX/share/goldenhour/goldenhour-pre-restart.conf"
 chmod 0644 "$DESTDIR$PREFIX/share/goldenhour/goldenhour-pre-restart.conf"
@@ -61,6 +65,7 @@ cat <<MSG
 goldenhour installed:
   command   $bin -> $VENV/bin/goldenhour
   unit      $UNITDIR/goldenhour.service
+  relay     $UNITDIR/goldenhour-relay.service (only for the fleet's relay machine; README "Fleet")
   drop-in   $PREFIX/share/goldenhour/goldenhour-pre-restart.conf (example for the services to protect)
   config    $SYSCONFDIR/goldenhour/config.toml (all commented; see config.example.toml)
   store     $STATEDIR

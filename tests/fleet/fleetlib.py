@@ -321,8 +321,11 @@ reconnect_jitter_s = 0.5
         import httpx
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if httpx.get(f"{self.url}/healthz", timeout=10).status_code == 200:
-                return
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=10).status_code == 200:
+                    return
+            except httpx.TransportError:        # not listening yet
+                pass
             time.sleep(0.05)
         raise AssertionError("relay not connected to NATS:\n" + "\n".join(self.lines[-20:]))
 
