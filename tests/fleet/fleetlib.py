@@ -128,7 +128,7 @@ class FleetDaemon:
 
     def __init__(self, env: FleetEnv, host: str, d: Path, *, services=(), tags=(), s3=None, seed: str = "",
                  servers: list[str] | None = None, fleet_extra: str = "", extra: str = "", netns: str = "",
-                 collectors=("host",), environ: dict | None = None):
+                 collectors=("host",), environ: dict | None = None, listen: str = "127.0.0.1:0"):
         self.env, self.host, self.dir, self.netns = env, host, d, netns
         self.environ = environ or {}
         d.mkdir(parents=True, exist_ok=True)
@@ -151,7 +151,7 @@ time_budget_s = 30
 name = "{host}"
 tags = {json.dumps(list(tags))}
 [daemon]
-listen = "127.0.0.1:0"
+listen = "{listen}"
 socket = "{d / 'api.sock'}"
 profile = "quick"
 collectors = {json.dumps(list(collectors))}
