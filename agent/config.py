@@ -120,6 +120,7 @@ KEYS: dict[str, Key] = {
     "fleet.late_join": Key("capture", str, "An incident already open when the daemon starts or returns: capture (its status says late) or skip."),
     "fleet.reconnect_jitter_s": Key(5.0, (int, float), "Longest random delay before reconnecting and re-watching after the connection to NATS drops (a server restart does not bring every host back at once)."),
     "fleet.timeout_s": Key(5.0, (int, float), "Timeout of one request to NATS; the relay answers 503 when a record cannot be written within it."),
+    "fleet.max_hosts": Key(10000, int, "Hosts the fleet's buckets are sized for when `goldenhour fleet init` or the relay creates or checks them: every watching host holds a consumer on the incidents bucket, and nats-server 2.15 allows a stream 1,000 unless it says otherwise; the bucket allows twice this plus 100."),
     "fleet.replicas": Key(1, int, "Replicas of the fleet's buckets when `goldenhour fleet init` or the relay creates them (3 on a three-node cluster)."),
     # -- relay --------------------------------------------------------------------------
     "relay.listen": Key("127.0.0.1:8788", str, "HTTP listen address of `goldenhour relay` (webhooks, /healthz, /metrics); put the TLS proxy in front of it."),
@@ -238,8 +239,9 @@ class Config:
                 raise ConfigError(f"{k} must be more than 0{where}")
         if v["fleet.offline_after_s"] < v["fleet.heartbeat_s"]:
             raise ConfigError(f"fleet.offline_after_s must be at least fleet.heartbeat_s{where}")
-        if v["fleet.deadline_minutes"] < 1 or v["fleet.max_captures_per_hour"] < 0 or v["fleet.replicas"] < 1:
-            raise ConfigError(f"fleet.deadline_minutes and fleet.replicas must be at least 1, "
+        if v["fleet.deadline_minutes"] < 1 or v["fleet.max_captures_per_hour"] < 0 or v["fleet.replicas"] < 1 \
+                or v["fleet.max_hosts"] < 1:
+            raise ConfigError(f"fleet.deadline_minutes, fleet.replicas and fleet.max_hosts must be at least 1, "
                               f"fleet.max_captures_per_hour at least 0{where}")
 
     @property

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import resource
 import signal
@@ -50,10 +51,11 @@ def rss_kb() -> int:
 
 
 def dump_tasks() -> None:
-    """SIGUSR1: every asyncio task's stack on stderr (a stuck benchmark says where)."""
-    for t in asyncio.all_tasks():
-        print(f"task {t.get_name()}:", file=sys.stderr)
-        t.print_stack(limit=8, file=sys.stderr)
+    """SIGUSR1: every asyncio task's stack into <spec>.tasks (a stuck benchmark says where)."""
+    with open(f"{sys.argv[1]}.tasks", "w") as fh:
+        for t in asyncio.all_tasks():
+            print(f"task {t.get_name()}:", file=fh)
+            t.print_stack(limit=8, file=fh)
 
 
 def raise_nofile() -> None:
@@ -85,7 +87,11 @@ class Worker:
                 ag = self.make(a)
                 self.agents[a["host"]] = ag
                 await ag.start()
-                await asyncio.wait_for(ag.ready.wait(), 300)
+                try:
+                    await asyncio.wait_for(ag.ready.wait(), 30)
+                except asyncio.TimeoutError:
+                    print("DEBUG", a["host"], ag.summary(), ag.watching, file=sys.stderr, flush=True)
+                    raise
         await asyncio.gather(*(one(a) for a in hosts))
         return time.monotonic() - t0
 
@@ -124,6 +130,7 @@ class Worker:
             elif c == "back":
                 t = {}
                 for h in cmd["hosts"]:
+                    self.back = h
                     t0 = time.monotonic_ns()
                     await self.start([by_host[h]])
                     t[h] = [t0, time.monotonic_ns()]
@@ -144,6 +151,13 @@ class Worker:
 
 def main() -> int:
     raise_nofile()
+    if os.environ.get("GH_SIM_LOG"):                # the agents' log lines, e.g. GH_SIM_LOG=INFO
+        from agent.daemon.kvlog import KVFormatter
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(KVFormatter())
+        lg = logging.getLogger("goldenhour")
+        lg.addHandler(h)
+        lg.setLevel(os.environ["GH_SIM_LOG"])
     spec = json.loads(Path(sys.argv[1]).read_text())
     prof = os.environ.get("GH_SIM_PROFILE")       # a profile of the worker, for looking into the harness
     if prof:

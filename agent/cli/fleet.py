@@ -223,7 +223,9 @@ def init(app: App, as_json: bool) -> None:
         emit_json(v)
         return
     for name, b in v["buckets"].items():
-        click.echo(f"{name:<13} history {b['history']}, max age {b['max_age_s'] / 86400:.0f} d, {b['values']} values")
+        lim = f", up to {b['max_consumers']} consumers" if (b.get("max_consumers") or 0) > 0 else ""
+        click.echo(f"{name:<13} history {b['history']}, max age {b['max_age_s'] / 86400:.0f} d, {b['values']} values"
+                   + lim)
 
 
 @fleet.command(context_settings=CONTEXT, epilog="""\b

@@ -29,7 +29,7 @@ async def session(s: conn.Settings, create: bool = False):
                             forever=False)
     try:
         js = nc.jetstream(timeout=s.timeout_s)
-        b = await (conn.ensure_buckets(js, s.replicas) if create else conn.open_buckets(js))
+        b = await (conn.ensure_buckets(js, s.replicas, s.max_hosts) if create else conn.open_buckets(js))
     except BaseException:
         await nc.close()
         raise
@@ -49,7 +49,8 @@ async def init(s: conn.Settings) -> dict[str, Any]:
     out = {}
     for name, kv in b.items():
         st = await kv.status()
-        out[name] = {"history": st.history, "max_age_s": st.ttl, "values": st.values}
+        out[name] = {"history": st.history, "max_age_s": st.ttl, "values": st.values,
+                     "max_consumers": st.stream_info.config.max_consumers}
     await nc.close()
     return {"fleet": s.fleet, "buckets": out}
 

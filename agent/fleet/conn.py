@@ -61,6 +61,7 @@ class Settings:
     timeout_s: float = 5.0
     jitter_s: float = 5.0
     replicas: int = 1
+    max_hosts: int = 10000
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -71,7 +72,8 @@ class Settings:
                    seed_file=cfg["fleet.nkey_seed_file"], creds_file=cfg["fleet.creds_file"],
                    tls_ca=cfg["fleet.tls_ca_file"], tls_cert=cfg["fleet.tls_cert_file"],
                    tls_key=cfg["fleet.tls_key_file"], timeout_s=float(cfg["fleet.timeout_s"]),
-                   jitter_s=float(cfg["fleet.reconnect_jitter_s"]), replicas=int(cfg["fleet.replicas"]))
+                   jitter_s=float(cfg["fleet.reconnect_jitter_s"]), replicas=int(cfg["fleet.replicas"]),
+                   max_hosts=int(cfg["fleet.max_hosts"]))
 
     def tls_context(self) -> ssl.SSLContext | None:
         wants = self.tls_ca or self.tls_cert or any(s.startswith(("tls://", "wss://")) for s in self.servers)
@@ -260,23 +262,37 @@ async def open_buckets(js, names: tuple[str, ...] = keys.BUCKETS) -> dict[str, A
     return out
 
 
-async def ensure_buckets(js, replicas: int = 1) -> dict[str, Any]:
-    """Create the missing buckets (existing ones are left exactly as they are)."""
+def max_consumers(max_hosts: int) -> int:
+    """Consumers the incidents bucket allows: every watching host holds one, and a host that
+    reconnects holds a second until its old one times out (``watcher.WATCH_INACTIVE_S``)."""
+    return 2 * max_hosts + 100
+
+
+async def ensure_buckets(js, replicas: int = 1, max_hosts: int = 10000) -> dict[str, Any]:
+    """Create the missing buckets (existing ones keep their settings), and make sure the incidents
+    bucket allows a consumer per host: nats-server 2.15 gives a stream 1,000 consumers unless the
+    stream names its own limit (nats-server PR 8337), and a fleet of 1,000 hosts would hit it."""
     import nats.js.errors as jse
     from nats.js.api import KeyValueConfig, StorageType
     out = {}
     for b in keys.BUCKETS:
         try:
             out[b] = await js.key_value(b)
-            continue
         except jse.BucketNotFoundError:
-            pass
-        history, ttl = BUCKET_LIMITS[b]
-        cfg = KeyValueConfig(bucket=b, history=history, ttl=ttl, storage=StorageType.FILE, replicas=replicas,
-                             max_value_size=MAX_VALUE, direct=True,
-                             description=f"goldenhour fleet: {b.split('_', 1)[1].lower()}")
+            history, ttl = BUCKET_LIMITS[b]
+            cfg = KeyValueConfig(bucket=b, history=history, ttl=ttl, storage=StorageType.FILE, replicas=replicas,
+                                 max_value_size=MAX_VALUE, direct=True,
+                                 description=f"goldenhour fleet: {b.split('_', 1)[1].lower()}")
+            try:
+                out[b] = await js.create_key_value(cfg)
+            except jse.APIError as exc:
+                raise FleetError(f"cannot create bucket {b}: {exc.description or exc}") from None
+    info = await js.stream_info(keys.stream(keys.INCIDENTS))
+    want = max_consumers(max_hosts)
+    if (info.config.max_consumers or 0) < want:
         try:
-            out[b] = await js.create_key_value(cfg)
+            await js.update_stream(info.config, max_consumers=want)
         except jse.APIError as exc:
-            raise FleetError(f"cannot create bucket {b}: {exc.description or exc}") from None
+            raise FleetError(f"cannot let bucket {keys.INCIDENTS} hold {want} consumers: "
+                             f"{exc.description or exc}") from None
     return out

@@ -65,6 +65,12 @@ def _bucket_read(bucket: str, key_filter: str) -> list[str]:
             f"{JS}.DIRECT.GET.{s}.{keys.subject(bucket, key_filter)}"]
 
 
+def _manage() -> list[str]:
+    """Create the buckets, and raise the incidents bucket's consumer limit (``conn.ensure_buckets``)."""
+    return [*[f"{JS}.STREAM.CREATE.{keys.stream(b)}" for b in keys.BUCKETS],
+            f"{JS}.STREAM.UPDATE.{keys.stream(keys.INCIDENTS)}"]
+
+
 def permissions(kind: str, fleet: str, name: str, public_key: str = "") -> dict[str, Any]:
     """The allow-lists of one principal: ``{"publish": {"allow": [...]}, "subscribe": {"allow": [...]}}``."""
     keys.check_fleet(fleet)
@@ -77,13 +83,11 @@ def permissions(kind: str, fleet: str, name: str, public_key: str = "") -> dict[
                *[p for p in _bucket_read(keys.INCIDENTS, f"{f}.*") if ".DIRECT.GET." not in p],
                "$JS.FC.>"]
     elif kind == "relay":
-        pub = [keys.subject(keys.INCIDENTS, f"{f}.*"), f"{JS}.INFO",
-               *[f"{JS}.STREAM.CREATE.{keys.stream(b)}" for b in keys.BUCKETS],
+        pub = [keys.subject(keys.INCIDENTS, f"{f}.*"), f"{JS}.INFO", *_manage(),
                *_bucket_read(keys.INCIDENTS, f"{f}.*"), *_bucket_read(keys.HOSTS, f"{f}.*"),
                f"{JS}.STREAM.INFO.{keys.stream(keys.STATUS)}", "$JS.FC.>"]
     elif kind == "commander":
-        pub = [keys.subject(keys.INCIDENTS, f"{f}.*"), f"{JS}.INFO",
-               *[f"{JS}.STREAM.CREATE.{keys.stream(b)}" for b in keys.BUCKETS],
+        pub = [keys.subject(keys.INCIDENTS, f"{f}.*"), f"{JS}.INFO", *_manage(),
                *_bucket_read(keys.INCIDENTS, f"{f}.*"), *_bucket_read(keys.HOSTS, f"{f}.*"),
                *_bucket_read(keys.STATUS, f"{f}.*.*"), "$JS.FC.>"]
     else:

@@ -88,7 +88,7 @@ class Relay:
         delay = 1.0
         while not self.kv:
             try:
-                self.kv = await conn.ensure_buckets(js, self.settings.replicas)
+                self.kv = await conn.ensure_buckets(js, self.settings.replicas, self.settings.max_hosts)
             except Exception as exc:  # noqa: BLE001 - not yet (server away, or a permission): say so, retry
                 kv(logging.ERROR, "relay_buckets", conn._describe(exc), retry_s=delay)
                 await asyncio.sleep(delay)

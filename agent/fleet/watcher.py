@@ -58,6 +58,9 @@ from agent.incident import iso, utcnow
 from agent.targeting import Identity, concerns
 
 log = logging.getLogger("goldenhour.fleet")
+# the watch's consumer outlives its connection this long: a host that reconnects makes a new one
+# anyway, and a departed host's should not count against the bucket's consumer limit for long
+WATCH_INACTIVE_S = 60.0
 
 
 def kv(level: int, event: str, msg: str = "", **fields: Any) -> None:
@@ -286,7 +289,7 @@ class FleetAgent:
             await self.connected.wait()       # reconnects are jittered already (conn.backoff)
             self._lost.clear()
             try:
-                w = await self.kv[keys.INCIDENTS].watch(f"{self.fleet}.*")
+                w = await self.kv[keys.INCIDENTS].watch(f"{self.fleet}.*", inactive_threshold=WATCH_INACTIVE_S)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the server is not back yet, or the watch was refused

@@ -31,7 +31,7 @@ HOSTS = ("web-1", "web-2", "db-1.example.com")
 
 
 class FleetEnv:
-    def __init__(self, d: Path, hosts=HOSTS, fleet: str = FLEET):
+    def __init__(self, d: Path, hosts=HOSTS, fleet: str = FLEET, js_limits: str = ""):
         self.dir = d
         self.fleet = fleet
         self.enroll_dir = d / "enroll"
@@ -40,7 +40,7 @@ class FleetEnv:
             self.principals[f"host-{h}"] = enroll.enroll(self.enroll_dir, "host", h, fleet)
         self.principals["relay"] = enroll.enroll(self.enroll_dir, "relay", "r1", fleet)
         self.principals["commander"] = enroll.enroll(self.enroll_dir, "commander", "ic", fleet)
-        self.server = NatsServer(d / "nats", (self.enroll_dir / "nats-users.conf").read_text())
+        self.server = NatsServer(d / "nats", (self.enroll_dir / "nats-users.conf").read_text(), js_limits=js_limits)
 
     def seed(self, who: str) -> str:
         return self.principals[who]["seed_file"]
@@ -54,10 +54,10 @@ class FleetEnv:
         p = self.principals[who]
         return await conn.connect(self.settings(who), name=who, inbox_prefix=p["inbox_prefix"], forever=False, **kw)
 
-    async def buckets(self, who: str = "commander", create: bool = False):
+    async def buckets(self, who: str = "commander", create: bool = False, max_hosts: int = 10000):
         nc = await self.connect(who)
         js = nc.jetstream(timeout=3)
-        b = await (conn.ensure_buckets(js) if create else conn.open_buckets(js))
+        b = await (conn.ensure_buckets(js, max_hosts=max_hosts) if create else conn.open_buckets(js))
         return nc, b
 
 

@@ -175,3 +175,27 @@ def test_bad_records_are_refused_and_the_cap_holds(fleet, tmp_path):
         await w1.stop()
         await nc.close()
     asyncio.run(body())
+
+
+def test_the_incidents_bucket_holds_a_consumer_per_host(tmp_path):
+    """nats-server 2.15 allows a stream 1,000 consumers unless it names its own limit: the buckets name theirs.
+
+    The server here defaults to 2 per stream; three hosts and a commander's watch still work."""
+    from fleetlib import FleetEnv
+    env = FleetEnv(tmp_path / "env", js_limits="default_max_consumers: 2")
+    env.server.start()
+
+    async def body():
+        nc, b = await env.buckets("commander", create=True, max_hosts=3)
+        info = await nc.jetstream().stream_info(keys.stream(keys.INCIDENTS))
+        assert info.config.max_consumers == 106
+        agents = [await start_agent(env, h, tmp_path / h) for h in ("web-1", "web-2", "db-1.example.com")]
+        await declare(b, "INC-8", all=True)
+        await until(lambda: all(a.runner.captures for a in agents))
+        for a in agents:
+            await a.stop()
+        await nc.close()
+    try:
+        asyncio.run(body())
+    finally:
+        env.server.stop()

@@ -34,7 +34,7 @@ def binary() -> str:
 
 class NatsServer:
     def __init__(self, directory: Path, users_conf: str = "", *, tls: tuple[str, str] | None = None,
-                 extra: str = "", host: str = "127.0.0.1"):
+                 extra: str = "", host: str = "127.0.0.1", js_limits: str = ""):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.users_conf = users_conf
@@ -43,6 +43,7 @@ class NatsServer:
         self.tls = tls
         self.extra = extra
         self.host = host
+        self.js_limits = js_limits            # e.g. "default_max_consumers: 3" (jetstream { limits { ... } })
         self.proc: subprocess.Popen | None = None
         self.config = self.dir / "nats-server.conf"
         self.log = self.dir / "nats-server.log"
@@ -59,7 +60,8 @@ class NatsServer:
         self.config.write_text(
             f"listen: {self.host}:{self.port}\nhttp: 127.0.0.1:{self.mport}\nserver_name: gh_test\n"
             f"max_connections: 5000\n"
-            f'jetstream {{ store_dir: "{self.dir / "js"}", max_memory_store: 256MB, max_file_store: 1GB }}\n'
+            f'jetstream {{ store_dir: "{self.dir / "js"}", max_memory_store: 256MB, max_file_store: 1GB'
+            + (f", limits {{ {self.js_limits} }}" if self.js_limits else "") + " }\n"
             f"{tls}include ./nats-users.conf\n{self.extra}\n")
 
     def start(self, timeout: float = 30) -> "NatsServer":
