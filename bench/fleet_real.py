@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "fleet"))
 
-from agent.fleet import keys  # noqa: E402
-from agent.fleet.overview import read_bucket  # noqa: E402
-from fleetlib import FleetDaemon, FleetEnv, RelayProc, generic_delivery  # noqa: E402
+from agent.fleet import keys
+from agent.fleet.overview import read_bucket
+from fleetlib import FleetDaemon, FleetEnv, RelayProc, generic_delivery
 
 SERVICE = "checkout"
 
@@ -211,7 +211,7 @@ def _bucket(s3: tuple[str, str]) -> None:
             boto3.client("s3", endpoint_url=s3[0], region_name="us-east-1", aws_access_key_id="testing",
                          aws_secret_access_key="testing").create_bucket(Bucket=s3[1])
             return
-        except Exception:  # noqa: BLE001 - moto still starting
+        except Exception:  # moto still starting
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
