@@ -198,10 +198,12 @@ async def _fanout(fl: Fleet, n: int, inc: str, timeout: float = 120) -> dict[str
     caps = [c for r in fl.ask({"cmd": "report", "incident": inc}) for c in r["captures"]]
     say(f"{inc}: {len(caps)} captures, {len(uploaded)} uploaded statuses, record {(t_rec - t0) / 1e6:.1f} ms")
     per_host: dict[str, int] = {}
-    for host, _rev, _late, _ns in caps:
-        per_host[host] = per_host.get(host, 0) + 1
-    lat = [(ns - t0) / 1e6 for _h, _r, _l, ns in caps if ns]
-    return {"lat_ms": lat, "record_ms": (t_rec - t0) / 1e6, "all_status_s": (t_all - t0) / 1e9 if t_all else None,
+    for c in caps:
+        per_host[c[0]] = per_host.get(c[0], 0) + 1
+    lat = [(c[3] - t0) / 1e6 for c in caps if c[3]]
+    delivered = [(c[4] - t0) / 1e6 for c in caps if c[4]]
+    return {"lat_ms": lat, "delivered_ms": delivered, "record_ms": (t_rec - t0) / 1e6,
+            "all_status_s": (t_all - t0) / 1e9 if t_all else None,
             "dups": sum(c - 1 for c in per_host.values()), "missed": n - len(per_host), "server_cpu_s": cpu1 - cpu0}
 
 

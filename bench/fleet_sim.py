@@ -12,7 +12,7 @@ Protocol (one JSON object per line): the driver writes commands on stdin, the wo
 answers on stdout.
 
     {"cmd": "start"}                     -> {"ready": N, "rss_kb": .., "rss0_kb": .., "setup_s": ..}
-    {"cmd": "report", "incident": ID}    -> {"captures": [[host, rev, late, started_ns], ...], "statuses": ..}
+    {"cmd": "report", "incident": ID}    -> {"captures": [[host, rev, late, started_ns, delivered_ns], ...]}
     {"cmd": "away", "hosts": [...]}      -> {"away": n}          (stop those agents: connection closed)
     {"cmd": "back", "hosts": [...]}      -> {"back": n, "ready_ns": {...}}  (start them again, same state)
     {"cmd": "watching"}                  -> {"watching": n, "connected": n}
@@ -76,7 +76,16 @@ class Worker:
                          tags=set(a.get("tags", [])))
         opt = Options(heartbeat_s=float(self.spec.get("heartbeat_s", 30)), jitter_s=float(self.spec.get("jitter_s", 5)),
                       max_captures_per_hour=1000, max_profile="quick")
-        return FleetAgent(s, a["host"], ident, StubRunner(None), FleetState(Path(a["state"])), opt)
+        ag = FleetAgent(s, a["host"], ident, StubRunner(None), FleetState(Path(a["state"])), opt)
+        # measurement only: when each record reached the agent's code (splits NATS delivery from our decision)
+        ag.seen_ns = {}
+        inner = ag.on_entry
+
+        async def on_entry(entry, late, _inner=inner, _seen=ag.seen_ns):
+            _seen.setdefault(entry.key, time.monotonic_ns())
+            await _inner(entry, late)
+        ag.on_entry = on_entry
+        return ag
 
     async def start(self, hosts: list[dict], limit: int = 64) -> float:
         sem = asyncio.Semaphore(limit)
@@ -99,9 +108,11 @@ class Worker:
         caps = []
         for host, ag in self.agents.items():
             r: StubRunner = ag.runner  # type: ignore[assignment]
+            key = f"{self.spec['fleet']}.{incident}"
             for c in r.captures:
                 if c["incident"] == incident:
-                    caps.append([host, c["rev"], c["late"], r.started_ns.get((incident, c["rev"]))])
+                    caps.append([host, c["rev"], c["late"], r.started_ns.get((incident, c["rev"])),
+                                 ag.seen_ns.get(key)])
         return {"captures": caps, "pending_status": sum(len(a.writer._pending) if a.writer else 0
                                                         for a in self.agents.values())}
 

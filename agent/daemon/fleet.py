@@ -7,10 +7,10 @@ agent connects out to NATS.
 
 ``DaemonRunner`` is the watcher's ``Runner`` on this daemon:
 
-- ``capture(job)`` queues a ``CaptureRequest`` (the incident's own ID, source and title; a
+- ``start(job)`` queues a ``CaptureRequest`` (the incident's own ID, source and title; a
   trigger of kind ``fleet`` saying why this host is concerned, the capture revision and
-  whether it is late) on the daemon's one capture queue, as a webhook would, and waits
-  for its result; ``job.mark_started`` runs when the worker starts it (status
+  whether it is late) on the daemon's one capture queue at once, as a webhook would, and
+  returns a future of its result; ``job.mark_started`` runs when the worker starts it (status
   ``capturing``). A full queue is waited out (the capture is still wanted); a job not
   started yet when the incident is resolved is dropped by the worker.
 - ``upload(job, captured)`` kicks the daemon's uploader (one child uploads every pending
@@ -70,12 +70,15 @@ class DaemonRunner:
             r["status"], r["resolved_at"], r["updated_at"] = "resolved", time.time(), time.time()
             self.save_state()
 
-    async def capture(self, job: FleetJob) -> Captured:
+    def start(self, job: FleetJob) -> asyncio.Future:
+        """Queue the capture now (the worker starts it at its next turn); the future gives its result."""
         rec = job.record
         done = self._captured_here(rec)
         if done is not None:            # this host's own webhook captured it already: report that bundle
             job.mark_started()
-            return done
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(done)
+            return fut
         request = CaptureRequest(
             incident=Incident(id=rec.incident_id, source=rec.source or "fleet", title=rec.title, url=rec.url,
                               severity=rec.severity, services=list(rec.scope.services)),
@@ -84,11 +87,20 @@ class DaemonRunner:
                                    f"{', late (this host was away when it was declared)' if job.late else ''}; "
                                    f"concerns this host: {job.matched_by}"),
             profile=job.profile, collectors=list(self.cfg["daemon.collectors"]))
-        key = self.key(rec)
-        while (queued := self.jobs.submit("fleet", key, request)) is None:
-            await asyncio.sleep(0.5)                 # the queue is full: wait for room
-        queued.on_start = job.mark_started
-        queued.future = asyncio.get_running_loop().create_future()
+        return asyncio.ensure_future(self._run(job, request, self._submit(job, request)))
+
+    def _submit(self, job: FleetJob, request: CaptureRequest):
+        queued = self.jobs.submit("fleet", self.key(job.record), request)
+        if queued is not None:                       # before the worker can take it (its next turn)
+            queued.on_start = job.mark_started
+            queued.future = asyncio.get_running_loop().create_future()
+        return queued
+
+    async def _run(self, job: FleetJob, request: CaptureRequest, queued) -> Captured:
+        key = self.key(job.record)
+        while queued is None:                        # the queue is full: wait for room
+            await asyncio.sleep(0.5)
+            queued = self._submit(job, request)
         r = self.state.incidents.get(key)
         if r is not None:
             r["capture"], r["job"], r["updated_at"] = "queued", queued.id, time.time()

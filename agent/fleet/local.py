@@ -12,7 +12,9 @@ replayed watch never captures it twice. Entries are forgotten ``keep_days`` afte
 last change (incidents outlive no deadline that long).
 
 ``StatusWriter`` coalesces: only a host's latest status per incident matters, so it keeps
-the latest record per key and one task puts them, retrying (backoff, then again after
+the latest record per key and one task puts them, after lingering 0.2-0.4 s (statuses that
+follow each other closely become one write, and a thousand hosts do not all write while the
+server is still delivering the record to the others), retrying (backoff, then again after
 each reconnect) until NATS has taken them. A status is never lost to an outage, and never
 overtaken by an older one.
 """
@@ -22,6 +24,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -118,8 +121,9 @@ class FleetState:
 class StatusWriter:
     """Puts the latest ``StatusRecord`` per key; retries until NATS takes it (see module docstring)."""
 
-    def __init__(self, put: Callable[[str, bytes], Any], retry_s: float = 2.0):
+    def __init__(self, put: Callable[[str, bytes], Any], retry_s: float = 2.0, linger_s: float = 0.2):
         self._put = put                          # async (key, value) -> revision
+        self.linger_s = linger_s                 # wait this long (plus up to as much again) before writing
         self._pending: dict[str, StatusRecord] = {}
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -145,6 +149,10 @@ class StatusWriter:
         delay = self.retry_s
         while True:
             await self._wake.wait()
+            if self.linger_s > 0:
+                # linger: statuses that follow each other closely (seen, capturing...) become one write,
+                # and a thousand hosts do not all write while the server is still fanning the record out
+                await asyncio.sleep(self.linger_s * (1 + random.random()))
             self._wake.clear()
             failed = False
             while self._pending:

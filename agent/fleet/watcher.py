@@ -34,9 +34,10 @@ next to its webhook server; the fleet benchmark runs hundreds of them with a stu
    (interrupted; the daemon salvages its evidence), a captured bundle not yet uploaded is
    uploaded.
 
-The ``Runner`` is what the host provides: ``capture(job)`` runs one capture (the daemon
-queues it to its worker and child process) and ``upload(job, captured)`` uploads its
-bundle and returns the receipt.
+The ``Runner`` is what the host provides: ``start(job)`` queues one capture synchronously
+(the daemon puts it on its worker's queue; its child process runs it) and returns what to
+await for the result, and ``upload(job, captured)`` uploads the bundle and returns the
+receipt.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from agent import __version__
 from agent.fleet import conn, keys
@@ -105,7 +106,10 @@ class UploadFailed(Exception):
 class Runner(Protocol):
     uploads: bool
 
-    async def capture(self, job: FleetJob) -> Captured: ...
+    def start(self, job: FleetJob) -> Awaitable[Captured]:
+        """Queue (or begin) the capture *now*, synchronously, and return what to await for its result;
+        ``job.mark_started()`` when it really starts. Cancelling the awaitable before that drops it."""
+        ...
 
     async def upload(self, job: FleetJob, captured: Captured) -> dict[str, Any]: ...
 
@@ -462,7 +466,8 @@ class FleetAgent:
         self.state.captures.append(now)
         self._mark(inc, rec, "queued", late=late, matched_by=why, queued_at=now, error="")
         self.queued[inc] = job
-        self.jobs[inc] = asyncio.create_task(self._run_job(job), name=f"fleet-job-{inc}")
+        cap = self.runner.start(job)              # at once: nothing is awaited between the record and this
+        self.jobs[inc] = asyncio.create_task(self._run_job(job, cap), name=f"fleet-job-{inc}")
         self._count("captures")
         kv(logging.INFO, "fleet_capture", incident=inc, rev=rec.capture_rev, matched_by=why, late=late,
            profile=job.profile, resumed=resumed)
@@ -486,11 +491,11 @@ class FleetAgent:
             return
         self._cancel_queued(inc, why)
 
-    async def _run_job(self, job: FleetJob) -> None:
+    async def _run_job(self, job: FleetJob, started_capture: Awaitable[Captured]) -> None:
         rec, inc = job.record, job.record.incident_id
         base = {"matched_by": job.matched_by, "late": job.late, "profile": job.profile}
         seen_at = iso(utcnow())
-        cap = asyncio.ensure_future(self.runner.capture(job))
+        cap = asyncio.ensure_future(started_capture)
         self._status(rec, "seen", seen_at=seen_at, **base)
         try:
             started = asyncio.ensure_future(job.started.wait())

@@ -27,9 +27,23 @@ class StubRunner:
         self.fail = ""
         self.started_ns: dict[tuple[str, int], int] = {}
 
-    async def capture(self, job: FleetJob) -> Captured:
-        if self.gate is not None:
-            await self.gate.wait()
+    def start(self, job: FleetJob):
+        """The capture starts now (synchronously, as the daemon queues it); gated ones wait for the gate."""
+        if self.gate is not None and not self.gate.is_set():
+            return asyncio.ensure_future(self._gated(job))
+        fut = asyncio.get_running_loop().create_future()
+        try:
+            fut.set_result(self._capture(job))
+        except CaptureFailed as exc:
+            fut.set_exception(exc)
+        return fut
+
+    async def _gated(self, job: FleetJob) -> Captured:
+        assert self.gate is not None
+        await self.gate.wait()
+        return self._capture(job)
+
+    def _capture(self, job: FleetJob) -> Captured:
         self.started_ns[(job.record.incident_id, job.record.capture_rev)] = time.monotonic_ns()
         job.mark_started()
         self.captures.append({"incident": job.record.incident_id, "rev": job.record.capture_rev, "late": job.late,
