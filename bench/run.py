@@ -32,7 +32,7 @@ RESULTS = HERE / "results.json"
 # Seconds each area may take (killed past it, recorded as failed). Sum < 20 min.
 BUDGETS: dict[str, int] = {
     "capture": 120, "overhead": 240, "logtail": 90, "bundle": 150, "scale": 120, "idle": 90,
-    "pauses": 120, "probes": 120, "webhook": 60, "upload": 60,
+    "pauses": 120, "probes": 120, "webhook": 60, "upload": 60, "fleet": 240,
 }
 DEFAULT_BUDGET = 60
 # Areas run with --quick even in a full `make bench` (to fit the overall budget).
