@@ -34,13 +34,14 @@ def binary() -> str:
 
 class NatsServer:
     def __init__(self, directory: Path, users_conf: str = "", *, tls: tuple[str, str] | None = None,
-                 extra: str = "", host: str = "127.0.0.1", js_limits: str = ""):
+                 extra: str = "", host: str = "127.0.0.1", js_limits: str = "", tls_verify_ca: str = ""):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.users_conf = users_conf
         self.port = free_port()
         self.mport = free_port()
         self.tls = tls
+        self.tls_verify_ca = tls_verify_ca    # mutual TLS: clients need a certificate from this CA
         self.extra = extra
         self.host = host
         self.js_limits = js_limits            # e.g. "default_max_consumers: 3" (jetstream { limits { ... } })
@@ -56,7 +57,8 @@ class NatsServer:
         (self.dir / "nats-users.conf").write_text(self.users_conf or "")
         tls = ""
         if self.tls:
-            tls = f'tls {{ cert_file: "{self.tls[0]}", key_file: "{self.tls[1]}" }}\n'
+            mtls = f', ca_file: "{self.tls_verify_ca}", verify: true' if self.tls_verify_ca else ""
+            tls = f'tls {{ cert_file: "{self.tls[0]}", key_file: "{self.tls[1]}"{mtls} }}\n'
         self.config.write_text(
             f"listen: {self.host}:{self.port}\nhttp: 127.0.0.1:{self.mport}\nserver_name: gh_test\n"
             f"max_connections: 5000\n"
