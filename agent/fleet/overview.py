@@ -9,8 +9,9 @@ The rules:
 
 - **Expected** = every registered host (``GH_HOSTS``, online or not; a host leaves the
   registry after 30 days of silence) for which ``targeting.concerns`` is true -- the very
-  rule each daemon runs -- plus every host that wrote a status. A host named by the
-  incident but never registered is listed as ``unknown`` (not enrolled, or another name).
+  rule each daemon runs -- plus every host that wrote a status, plus every host the incident
+  names that no registered host answers to: ``unknown`` (not enrolled, its daemon not in fleet
+  mode, or another name), which keeps the incident from being done until its deadline.
 - A host's **state** is its status for the incident's current ``capture_rev``; without one
   it is ``pending``, shown ``offline`` when its last heartbeat (the server's timestamp) is
   older than ``fleet.offline_after_s``. Once the incident is resolved, cancelled or past
@@ -37,8 +38,8 @@ from agent.targeting import concerns
 GOOD = ("uploaded",)
 BAD = ("failed", "expired", "skipped", "missed")
 ACTIVE = ("seen", "capturing", "captured", "uploading")
-ORDER = ["failed", "expired", "skipped", "missed", "pending", "offline", "seen", "capturing", "captured",
-         "uploading", "uploaded", "not_matched", "unknown"]
+ORDER = ["failed", "expired", "skipped", "missed", "unknown", "pending", "offline", "seen", "capturing", "captured",
+         "uploading", "uploaded", "not_matched"]
 
 
 async def read_bucket(kv, key_filter: str, timeout: float = 10.0) -> list[Any]:
@@ -101,6 +102,26 @@ def expected_for(rec: IncidentRecord, hosts: dict[str, tuple[HostRecord, Any]]) 
     return out
 
 
+def unregistered(rec: IncidentRecord, hosts: dict[str, tuple[HostRecord, Any]],
+                 statuses: dict[str, Any]) -> list[str]:
+    """The incident's named hosts that no registered host answers to (by name or address, as the
+    daemons match them) and that reported nothing."""
+    from agent.webhooks import TRIGGER, Event
+    out = []
+    for named in rec.scope.hosts:
+        ev = Event(action=TRIGGER, hosts=[named])
+        found = False
+        for h, _ in hosts.values():
+            ident = h.identity()
+            ident.capture_all = False            # "answers to this name", not "captures everything"
+            if concerns(ev, ident):
+                found = True
+                break
+        if not found and named.lower() not in statuses:
+            out.append(named)
+    return sorted(set(out))
+
+
 def _pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -117,10 +138,7 @@ def summarize(rec: IncidentRecord, hosts: dict[str, tuple[HostRecord, datetime |
     expected = expected_for(rec, hosts)
     for h in statuses:
         expected.setdefault(h, statuses[h][0].matched_by or "reported a status")
-    ev_names = {n.split(":", 1)[0].lower() for n in rec.scope.hosts}
-    known_names = {n for h, _ in hosts.values() for n in h.names} | set(hosts)
-    unknown = sorted(n for n in ev_names if n not in known_names and n.split(".", 1)[0] not in known_names
-                     and n not in statuses)
+    unknown = unregistered(rec, hosts, statuses)
     rows = []
     latencies = []
     for name in sorted(expected):
@@ -149,6 +167,11 @@ def summarize(rec: IncidentRecord, hosts: dict[str, tuple[HostRecord, datetime |
                 row["previous"] = f"{st.state} at capture revision {st.capture_rev}"
         row["state"] = state
         rows.append(row)
+    for name in unknown:            # named by the incident, never heard of: nothing says it will capture
+        rows.append({"host": name, "matched_by": "named by the incident", "online": False, "last_heartbeat": None,
+                     "state": "missed" if over else "unknown",
+                     "error": "no host of this name or address is registered in the fleet (not enrolled, "
+                              "its daemon not in fleet mode, or another name)"})
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1

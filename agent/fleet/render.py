@@ -41,13 +41,13 @@ def status_text(v: dict[str, Any], all_hosts: bool = False) -> str:
         lines.append(f"  {v['title']}")
     lines.append(f"scope: {v['scope']}; profile {v['profile']}; upload spread up to {v['upload_spread_s']:g} s")
     lines.append(f"expected {v['expected']} host{'s' if v['expected'] != 1 else ''}; online {v['online']}"
-                 + (f"; not enrolled: {', '.join(v['unknown_hosts'])}" if v["unknown_hosts"] else ""))
+                 + (f"; never heard of: {', '.join(v['unknown_hosts'])}" if v["unknown_hosts"] else ""))
     active = sum(c.get(k, 0) for k in ("seen", "capturing", "uploading"))
     lines.append(" | ".join([f"uploaded {c.get('uploaded', 0)}", f"captured {c.get('captured', 0)}",
                              f"capturing {active}", f"pending {c.get('pending', 0)}",
                              f"offline {c.get('offline', 0)}", f"failed {c.get('failed', 0)}",
                              f"expired {c.get('expired', 0)}", f"skipped {c.get('skipped', 0)}",
-                             f"missed {c.get('missed', 0)}"]))
+                             f"missed {c.get('missed', 0)}"] + ([f"unknown {c['unknown']}"] if c.get("unknown") else [])))
     lat = v["latency_s"]
     if lat["n"]:
         lines.append(f"trigger -> capture start: p50 {_secs(lat['p50'])}  p99 {_secs(lat['p99'])}  "

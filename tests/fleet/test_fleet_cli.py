@@ -109,3 +109,30 @@ def test_enroll_writes_credentials_and_server_entries(tmp_path):
     cp = run("--host", "web-9.example.com", "--remove")
     assert cp.returncode == 0 and out["public_key"] not in Path(out["users_file"]).read_text()
     assert run("--host", "../etc").returncode == 2
+
+
+def test_status_watch_streams_updates(fleet, tmp_path):
+    async def body():
+        import sys
+
+        from fleetlib import ROOT
+        cfg = commander_config(fleet, tmp_path / "ic")
+        rc, out, err = await gh(cfg, "fleet", "trigger", "-i", "INC-20", "--hosts", "web-1")
+        assert rc == 0, err
+        p = await asyncio.create_subprocess_exec(sys.executable, "-m", "agent", "--config", str(cfg), "fleet", "status",
+                                                 "-i", "INC-20", "--watch", "--json", cwd=ROOT,
+                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            first = json.loads(await asyncio.wait_for(p.stdout.readline(), 60))
+            assert first["counts"] == {"unknown": 1} and first["done"] is False     # web-1 never registered yet
+            w1 = await start_agent(fleet, "web-1", tmp_path / "w1")
+            while True:                                # one JSON line per change, until web-1 uploaded
+                v = json.loads(await asyncio.wait_for(p.stdout.readline(), 60))
+                if v["counts"].get("uploaded") == 1:
+                    break
+            assert v["done"] is True
+            await w1.stop()
+        finally:
+            p.terminate()
+            await p.wait()
+    asyncio.run(body())
