@@ -47,7 +47,8 @@ def status_text(v: dict[str, Any], all_hosts: bool = False) -> str:
                              f"capturing {active}", f"pending {c.get('pending', 0)}",
                              f"offline {c.get('offline', 0)}", f"failed {c.get('failed', 0)}",
                              f"expired {c.get('expired', 0)}", f"skipped {c.get('skipped', 0)}",
-                             f"missed {c.get('missed', 0)}"] + ([f"unknown {c['unknown']}"] if c.get("unknown") else [])))
+                             f"missed {c.get('missed', 0)}"]
+                            + ([f"unknown {c['unknown']}"] if c.get("unknown") else [])))
     lat = v["latency_s"]
     if lat["n"]:
         lines.append(f"trigger -> capture start: p50 {_secs(lat['p50'])}  p99 {_secs(lat['p99'])}  "
