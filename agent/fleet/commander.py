@@ -162,6 +162,7 @@ async def trigger(s: conn.Settings, incident: str, scope: Scope, *, profile: str
     try:
         rec.upload_spread_s = round(await _spread(b, s.fleet, rec, upload_rate, spread_max_s), 1)
         out = await incidents.declare(b[keys.INCIDENTS], rec, deadline_s=deadline_s)
+        await incidents.ring(nc, out)
     finally:
         await nc.close()
     return out.to_json()
@@ -172,6 +173,7 @@ async def resolve(s: conn.Settings, incident: str, state: str = "resolved") -> d
     try:
         out = await incidents.resolve(b[keys.INCIDENTS], s.fleet, incident, state=state,
                                       delivery=f"{who()}/{state}/{time.time():.3f}")
+        await incidents.ring(nc, out)
     finally:
         await nc.close()
     if out.status == "unknown":
@@ -184,6 +186,7 @@ async def recapture(s: conn.Settings, incident: str, *, deadline_s: float) -> di
     try:
         out = await incidents.recapture(b[keys.INCIDENTS], s.fleet, incident, deadline_s=deadline_s, by=who(),
                                         delivery=f"{who()}/recapture/{time.time():.3f}")
+        await incidents.ring(nc, out)
     finally:
         await nc.close()
     if out.status == "unknown":

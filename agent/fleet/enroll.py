@@ -93,6 +93,10 @@ def permissions(kind: str, fleet: str, name: str, public_key: str = "") -> dict[
     else:
         raise UsageError(f"unknown principal kind {kind!r}; one of {', '.join(KINDS)}")
     sub = [f"{inbox_prefix(kind, fleet, name if kind == 'host' else public_key)}.>"]
+    if kind == "host":
+        sub.append(keys.ring_subject(fleet))         # the fast path of new records (incidents.ring)
+    else:
+        pub.append(keys.ring_subject(fleet))
     return {"publish": {"allow": sorted(set(pub))}, "subscribe": {"allow": sub}}
 
 

@@ -18,6 +18,14 @@ Every change is a read-modify-write with the revision as the expected last seque
 concurrent writer makes it retry from the fresh value. A change carries the delivery key
 (``<tracker>/<delivery id>``, or ``commander/<user>/<time>``) into ``deliveries``, so
 applying the same delivery twice changes nothing.
+
+**The ring.** After a change is stored, ``ring`` publishes the same record on the core
+subject ``gh.ring.<fleet>`` with its key and KV revision in headers. Every daemon subscribes:
+a core NATS fan-out costs the server next to nothing per host, where delivering the new
+value through a thousand JetStream watches costs it about a fifth of a CPU-second (measured:
+p99 ~0.1 s against ~0.6-1.1 s for 1,000 hosts on the benchmark machine). The ring is only a
+fast path: it is at-most-once, so the watch stays the reliable path, and a daemon skips any
+revision it has already seen from either.
 """
 from __future__ import annotations
 
@@ -31,6 +39,8 @@ from agent.fleet.records import (MAX_DELIVERIES, IncidentRecord, RecordError, Sc
 from agent.incident import iso, utcnow
 
 ATTEMPTS = 8
+WRITTEN = ("created", "updated", "reopened", "recaptured", "resolved", "cancelled")
+KEY_HEADER, REVISION_HEADER = "Gh-Key", "Gh-Revision"
 
 
 @dataclass
@@ -159,3 +169,16 @@ def new_record(fleet: str, incident_id: str, *, scope: Scope, profile: str, dead
                spread_s: float = 0.0, **fields: Any) -> IncidentRecord:
     return make_incident(fleet, incident_id, deadline_s=deadline_s, profile=profile, scope=scope,
                          upload_spread_s=round(spread_s, 1), **fields)
+
+
+async def ring(nc, out: Outcome) -> bool:
+    """Publish a stored change on the fleet's ring (see the module docstring); False if it could not be sent
+    (nothing is lost: every daemon's watch delivers it too)."""
+    if nc is None or out.record is None or out.status not in WRITTEN or not out.revision:
+        return False
+    try:
+        await nc.publish(keys.ring_subject(out.record.fleet), out.record.encode(),
+                         headers={KEY_HEADER: out.record.key, REVISION_HEADER: str(out.revision)})
+    except Exception:  # noqa: BLE001 - the fast path only; the watch is the reliable one
+        return False
+    return True

@@ -125,3 +125,7 @@ def subject(bucket: str, key: str) -> str:
 def stream(bucket: str) -> str:
     return f"KV_{bucket}"
 
+
+def ring_subject(fleet: str) -> str:
+    """The core subject new incident records are also published on (``agent.fleet.incidents.ring``)."""
+    return f"gh.ring.{check_fleet(fleet)}"

@@ -169,11 +169,13 @@ class Relay:
                                             expected / float(cfg["fleet.upload_rate"])), 1)
             out = await incidents.declare(b, rec, delivery=dkey, reopen=any(e.reopen for e in fresh),
                                           force=any(e.force for e in fresh), deadline_s=deadline_s)
+            await incidents.ring(self.nc, out)
             return {**out.to_json(), "expected_hosts": expected}
         closing = any(e.action == wh.RESOLVE for e in evs) or (
             cfg["daemon.close_on_ack"] and any(e.action == wh.ACK for e in evs))
         if closing:
             out = await incidents.resolve(b, self.fleet, inc, delivery=dkey)
+            await incidents.ring(self.nc, out)
             if out.status == "unknown":
                 return {"incident": inc, "status": "ignored", "reason": "no such incident in the fleet"}
             return out.to_json()

@@ -52,6 +52,7 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from agent import __version__
 from agent.fleet import conn, keys
+from agent.fleet.incidents import KEY_HEADER, REVISION_HEADER
 from agent.fleet.local import FleetState, StatusWriter, cancel_all, wait_event
 from agent.fleet.records import (PROFILES, Bundle, HostRecord, IncidentRecord, RecordError, StatusRecord,
                                  parse_incident, parse_status)
@@ -62,6 +63,9 @@ log = logging.getLogger("goldenhour.fleet")
 # the watch's consumer outlives its connection this long: a host that reconnects makes a new one
 # anyway, and a departed host's should not count against the bucket's consumer limit for long
 WATCH_INACTIVE_S = 60.0
+# a ring message's KV revision may be at most this far beyond the highest the watch has shown: the
+# ring cannot make a host skip the next real revisions of an incident by announcing a huge one
+RING_AHEAD = 10_000
 
 
 def kv(level: int, event: str, msg: str = "", **fields: Any) -> None:
@@ -145,6 +149,17 @@ class _Lost(Exception):
     """The connection dropped: re-create the watch after it is back."""
 
 
+@dataclass
+class _RingEntry:
+    """A record from the ring, shaped like a KV watch entry (no server timestamp: the host's clock judges)."""
+
+    key: str
+    value: bytes
+    revision: int
+    created: Any = None
+    operation: Any = None
+
+
 # -- the agent ---------------------------------------------------------------------------
 
 class FleetAgent:
@@ -175,6 +190,8 @@ class FleetAgent:
         self.watching = False
         self.ready = asyncio.Event()                      # set after the first watch replayed everything
         self.resubmit: set[str] = set()
+        self.revisions: dict[str, int] = {}               # key -> highest KV revision acted on (watch or ring)
+        self._decide = asyncio.Lock()                     # one record at a time, from the watch or the ring
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -251,6 +268,10 @@ class FleetAgent:
             delay = min(delay * 2, 60)
         self.writer = StatusWriter(self._put_status)
         self.tasks.append(asyncio.create_task(self.writer.run(), name="fleet-status"))
+        try:
+            await self.nc.subscribe(keys.ring_subject(self.fleet), cb=self._on_ring)
+        except Exception as exc:  # noqa: BLE001 - the ring is a fast path; the watch alone still works
+            kv(logging.WARNING, "fleet_ring", conn._describe(exc))
         self.tasks.append(asyncio.create_task(self._heartbeat(), name="fleet-heartbeat"))
         for inc, rec in list(self.state.incidents.items()):
             if rec.get("report"):
@@ -345,8 +366,38 @@ class FleetAgent:
                 nxt.cancel()
                 nxt.add_done_callback(lambda f: f.cancelled() or f.exception())
 
+    async def _on_ring(self, msg) -> None:
+        """A record from the ring (``agent.fleet.incidents.ring``): the same decision, sooner. Only once the
+        watch has replayed (so "late" keeps its meaning); the watch delivers it again, as a duplicate."""
+        if not (self.watching and self.ready.is_set()):
+            return
+        h = msg.headers or {}
+        try:
+            rev = int(h.get(REVISION_HEADER, "0"))
+        except ValueError:
+            rev = 0
+        key = h.get(KEY_HEADER, "")
+        highest = max(self.revisions.values(), default=0)
+        if not key or rev <= 0 or (highest and rev > highest + RING_AHEAD):
+            return                  # a revision far beyond any the stream has shown: not one to remember
+        self._count("ring")
+        try:
+            await self.on_entry(_RingEntry(key=key, value=msg.data, revision=rev), late=False)
+        except Exception as exc:  # noqa: BLE001 - one bad record never stops the subscription
+            kv(logging.ERROR, "fleet_record", f"{type(exc).__name__}: {exc}", key=key)
+
     async def on_entry(self, entry, late: bool) -> None:
         """Decide what one incident record means for this host (module docstring, step 3)."""
+        async with self._decide:
+            rev = int(entry.revision or 0)
+            if rev and rev <= self.revisions.get(entry.key, 0):
+                self._count("seen_revision")         # the ring's copy of a watch entry, or the reverse
+                return
+            if rev:
+                self.revisions[entry.key] = rev
+            await self._on_entry(entry, late)
+
+    async def _on_entry(self, entry, late: bool) -> None:
         self._count("records")
         if entry.operation in ("DEL", "PURGE"):
             self._cancel_queued_key(entry.key, "the incident record was deleted")

@@ -199,3 +199,26 @@ def test_the_incidents_bucket_holds_a_consumer_per_host(tmp_path):
         asyncio.run(body())
     finally:
         env.server.stop()
+
+
+def test_the_ring_brings_a_record_first_and_the_watch_copy_is_skipped(fleet, tmp_path):
+    async def body():
+        w1 = await start_agent(fleet, "web-1", tmp_path / "w1")
+        nc, b = await fleet.buckets("commander")
+        out = await declare(b, "RING-1", all=True)
+        assert await incidents.ring(nc, out)
+        await until(lambda: w1.runner.captures)
+        await until(lambda: w1.counts.get("ring") == 1 and w1.counts.get("seen_revision") == 1)
+        assert len(w1.runner.captures) == 1 and w1.runner.captures[0]["late"] is False
+        # a ring message claiming a revision far beyond the stream's is not remembered
+        await nc.publish(keys.ring_subject(FLEET), out.record.encode(),
+                         headers={incidents.KEY_HEADER: out.record.key, incidents.REVISION_HEADER: "999999999"})
+        await nc.flush()
+        await asyncio.sleep(0.3)
+        assert w1.revisions[out.record.key] == out.revision
+        up = await incidents.recapture(b[keys.INCIDENTS], FLEET, "RING-1")
+        await until(lambda: len(w1.runner.captures) == 2)    # the watch still delivers the next revision
+        assert up.record.capture_rev == 2
+        await w1.stop()
+        await nc.close()
+    asyncio.run(body())

@@ -13,6 +13,12 @@ from agent.fleet.records import Scope, StatusRecord
 from fleetlib import FLEET, start_agent, until
 
 
+async def _publish(nc, subject: str) -> None:
+    await nc.publish(subject, b"{}")
+    await nc.flush()
+    await asyncio.sleep(30)            # the violation arrives asynchronously; the waiter wins
+
+
 class Refusals:
     """Collects the server's permission violations (nats-py hands them to the error callback)."""
 
@@ -68,6 +74,10 @@ def test_host_credential_writes_only_its_own_keys(fleet):
         assert await rf.refused(nc.jetstream(timeout=2).delete_stream("KV_GH_INCIDENTS"), "stream.delete")
         # a host cannot watch other hosts' status either, nor listen on another host's inbox
         assert await rf.refused(b[keys.STATUS].watch(f"{FLEET}.INC-1.*"), "consumer.create.kv_gh_status")
+
+        # the ring: a host may listen, never announce
+        await nc.subscribe(keys.ring_subject(FLEET))
+        assert await rf.refused(_publish(nc, keys.ring_subject(FLEET)), "gh.ring.prod")
 
         async def listen_elsewhere():
             await nc.subscribe("_GH.prod.host.web-2.>")
