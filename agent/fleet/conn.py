@@ -226,6 +226,9 @@ async def connect(s: Settings, *, name: str, inbox_prefix: str | None = None, fo
         nc = await nats.connect(**opts)
     except Exception as exc:  # noqa: BLE001 - nats-py raises several unrelated types; all mean "not connected"
         why = rep.last_error or _describe(exc)
+        if tls is not None and not s.tls_cert and any(w in why for w in (
+                "CERTIFICATE_REQUIRED", "Broken pipe", "Connection lost", "reset by peer")):
+            why += " (a server that requires client certificates closes such a connection: set fleet.tls_cert_file)"
         raise FleetError(f"cannot connect to the fleet's NATS servers ({', '.join(s.servers)}): {why}") from None
     rep.connected = True
     nc.gh_reporter = rep

@@ -222,6 +222,14 @@ class FleetAgent:
             except Exception:  # noqa: BLE001 - closing a dead connection: nothing left to do
                 pass
 
+    def reconfigure(self, identity: Identity, cfg: Any = None) -> None:
+        """A reloaded config (the daemon's SIGHUP): the new identity targets from now on and is heartbeaten
+        at once; the runner gets the new config (collectors...). fleet.* keys need a restart."""
+        self.identity = identity
+        if cfg is not None and hasattr(self.runner, "cfg"):
+            self.runner.cfg = cfg
+        self._beat.set()
+
     def healthy(self) -> tuple[bool, str]:
         for t in self.tasks:
             if t.done() and not t.cancelled():

@@ -14,7 +14,7 @@ import time
 import boto3
 import pytest
 
-from agent.fleet import keys
+from agent.fleet import incidents, keys
 from agent.fleet.overview import read_bucket
 from agent.fleet.records import Scope, make_incident
 from fleetlib import FLEET, FleetDaemon, RelayProc, commander_config, generic_delivery, gh
@@ -194,3 +194,35 @@ def test_a_host_credential_cannot_pose_as_another_host(fleet, moto, daemons):
             await nc.close()
     assert asyncio.run(registered()) == []
     assert "Violation" in fleet.server.log.read_text()            # the server refused it, and logged why
+
+
+def test_a_reload_retargets_fleet_mode(fleet, moto, daemons):
+    """SIGHUP with new daemon.services: the heartbeat shows them at once and they target fleet incidents."""
+    import signal
+
+    w1 = daemons("web-1", services=["checkout"]).start()
+    w1.cfg.write_text(w1.cfg.read_text().replace('services = ["checkout"]', 'services = ["billing"]'))
+    w1.proc.send_signal(signal.SIGHUP)
+
+    async def heartbeat():
+        nc, b = await fleet.buckets("commander")
+        try:
+            return json.loads((await b[keys.HOSTS].get(keys.host_key(FLEET, "web-1"))).value)
+        finally:
+            await nc.close()
+    deadline = time.monotonic() + 60
+    while asyncio.run(heartbeat())["services"] != ["billing"]:
+        assert time.monotonic() < deadline, asyncio.run(heartbeat())
+        time.sleep(0.1)
+
+    async def declare(inc: str, service: str):
+        nc, b = await fleet.buckets("commander")
+        try:
+            await incidents.declare(b[keys.INCIDENTS], incidents.new_record(
+                FLEET, inc, scope=Scope(services=[service]), profile="quick", deadline_s=600))
+        finally:
+            await nc.close()
+    asyncio.run(declare("RELOAD-1", "billing"))
+    asyncio.run(declare("RELOAD-2", "checkout"))
+    wait_status(fleet, "RELOAD-1", {"web-1"}, "uploaded")
+    assert statuses(fleet, "RELOAD-2") == {} and w1.bundles("RELOAD-2") == []

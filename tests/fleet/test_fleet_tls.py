@@ -85,7 +85,7 @@ def test_a_host_over_mutual_tls(tls_fleet, tmp_path):
         await agent.stop()
         await nc.close()
         # without a client certificate the server refuses; without the CA the host refuses the server
-        for tls, why in (({"tls_ca": good["tls_ca"]}, "Connection"), ({}, "certificate verify failed")):
+        for tls, why in (({"tls_ca": good["tls_ca"]}, "fleet.tls_cert_file"), ({}, "certificate verify failed")):
             with pytest.raises(conn.FleetError) as e:
                 await conn.connect(settings("host-web-1", **tls), name="x", forever=False)
             assert "cannot connect" in str(e.value) and why in str(e.value), str(e.value)
