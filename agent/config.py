@@ -113,6 +113,29 @@ KEYS: dict[str, Key] = {
     "daemon.collectors": Key([], list, "Collectors of daemon captures (webhook and local API); empty: the profile's set."),
     "daemon.upload_interval_s": Key(60, int, "How often the daemon uploads pending bundles (also right after each capture); failures back off up to upload.retry_max_s."),
     "daemon.close_on_ack": Key(False, bool, "Treat an acknowledged incident as closed (default: it stays open, responders are working on it)."),
+    # -- fleet (NATS JetStream; see README "Fleet") ---------------------------------
+    "fleet.servers": Key([], list, "NATS server URLs (nats://, tls://, ws://, wss://) of the fleet; empty: no fleet, the daemon works alone."),
+    "fleet.name": Key("default", str, "Fleet name (letters, digits, '_', '-'): the key prefix in the fleet's buckets, so several fleets can share one NATS account."),
+    "fleet.nkey_seed_file": Key("", str, "File holding this host's (or the relay's, the commander's) NATS nkey seed, written by `goldenhour fleet enroll`."),
+    "fleet.creds_file": Key("", str, "NATS credentials file (user JWT and seed) for servers with decentralized JWT auth; instead of fleet.nkey_seed_file."),
+    "fleet.tls_ca_file": Key("", str, "CA bundle that verifies the NATS servers' certificates (default: the system's)."),
+    "fleet.tls_cert_file": Key("", str, "Client certificate for NATS servers that require mutual TLS."),
+    "fleet.tls_key_file": Key("", str, "Key of fleet.tls_cert_file."),
+    "fleet.profile": Key("quick", str, "Profile the relay and `goldenhour fleet trigger` ask of every concerned host (each host runs at most its fleet.max_profile)."),
+    "fleet.max_profile": Key("standard", str, "Most expensive profile a fleet trigger may run on this host (quick, standard or full); a record asking for more runs this one."),
+    "fleet.heartbeat_s": Key(30, (int, float), "How often the daemon writes its heartbeat (its identity) into the fleet's hosts bucket."),
+    "fleet.offline_after_s": Key(90, (int, float), "A host whose last heartbeat is older than this counts as offline (fleet status, fleet hosts)."),
+    "fleet.deadline_minutes": Key(240, int, "Relay and fleet trigger: no host starts a capture later than this after the incident was declared (or a recapture asked for)."),
+    "fleet.upload_rate": Key(50, (int, float), "Hosts per second that may start uploading a fleet incident's bundles: the upload spread is the expected host count divided by this."),
+    "fleet.upload_spread_max_s": Key(300, (int, float), "Longest upload spread: each host waits a random time up to the spread after its capture before uploading."),
+    "fleet.max_captures_per_hour": Key(6, int, "Per-host cap on fleet-triggered captures per hour; further incidents are reported skipped (a flapping alert or a misused relay cannot make a host capture more)."),
+    "fleet.late_join": Key("capture", str, "An incident already open when the daemon starts or returns: capture (its status says late) or skip."),
+    "fleet.reconnect_jitter_s": Key(5.0, (int, float), "Longest random delay before reconnecting and re-watching after the connection to NATS drops (a server restart does not bring every host back at once)."),
+    "fleet.timeout_s": Key(5.0, (int, float), "Timeout of one request to NATS; the relay answers 503 when a record cannot be written within it."),
+    "fleet.max_hosts": Key(10000, int, "Hosts the fleet's buckets are sized for when `goldenhour fleet init` or the relay creates or checks them: every watching host holds a consumer on the incidents bucket, and nats-server 2.15 allows a stream 1,000 unless it says otherwise; the bucket allows twice this plus 100."),
+    "fleet.replicas": Key(1, int, "Replicas of the fleet's buckets when `goldenhour fleet init` or the relay creates them (3 on a three-node cluster)."),
+    # -- relay --------------------------------------------------------------------------
+    "relay.listen": Key("127.0.0.1:8788", str, "HTTP listen address of `goldenhour relay` (webhooks, /healthz, /metrics); put the TLS proxy in front of it."),
 }
 
 # Webhook receivers: [webhooks.<tracker>] with these keys each (agent/webhooks/<tracker>.py says which it reads).
@@ -203,9 +226,43 @@ class Config:
             raise ConfigError(f"daemon.pre_restart must be incident, always or never{where}")
         self._check_upload(where)
         self._check_recorder(where)
+        self._check_fleet(where)
 
     def _check_recorder(self, where: str) -> None:
         _check_recorder_values(self.values, where)
+
+    def _check_fleet(self, where: str) -> None:
+        from agent.fleet.keys import FLEET_RE
+        v = self.values
+        if not FLEET_RE.fullmatch(v["fleet.name"]):
+            raise ConfigError(f"fleet.name must be 1-32 letters, digits, '_' or '-'{where}")
+        for k in ("fleet.profile", "fleet.max_profile"):
+            if v[k] not in ("quick", "standard", "full"):
+                raise ConfigError(f"{k} must be quick, standard or full{where}")
+        if v["fleet.late_join"] not in ("capture", "skip"):
+            raise ConfigError(f"fleet.late_join must be capture or skip{where}")
+        for url in v["fleet.servers"]:
+            if not isinstance(url, str) or "://" not in url or url.split("://", 1)[0] not in (
+                    "nats", "tls", "ws", "wss"):
+                raise ConfigError(f"fleet.servers entries must be nats://, tls://, ws:// or wss:// URLs, "
+                                  f"not {url!r}{where}")
+        if v["fleet.nkey_seed_file"] and v["fleet.creds_file"]:
+            raise ConfigError(f"set fleet.nkey_seed_file or fleet.creds_file, not both{where}")
+        if bool(v["fleet.tls_cert_file"]) != bool(v["fleet.tls_key_file"]):
+            raise ConfigError(f"fleet.tls_cert_file and fleet.tls_key_file go together{where}")
+        for k in ("fleet.heartbeat_s", "fleet.offline_after_s", "fleet.upload_rate", "fleet.timeout_s"):
+            if v[k] <= 0:
+                raise ConfigError(f"{k} must be more than 0{where}")
+        if v["fleet.offline_after_s"] < v["fleet.heartbeat_s"]:
+            raise ConfigError(f"fleet.offline_after_s must be at least fleet.heartbeat_s{where}")
+        if v["fleet.deadline_minutes"] < 1 or v["fleet.max_captures_per_hour"] < 0 or v["fleet.replicas"] < 1 \
+                or v["fleet.max_hosts"] < 1:
+            raise ConfigError(f"fleet.deadline_minutes, fleet.replicas and fleet.max_hosts must be at least 1, "
+                              f"fleet.max_captures_per_hour at least 0{where}")
+
+    @property
+    def fleet_enabled(self) -> bool:
+        return bool(self.values["fleet.servers"])
 
     def _merge_collectors(self, body: dict[str, Any], where: str) -> None:
         """``[collectors.<name>]``: enabled, timeout_s, and the options the collector declares

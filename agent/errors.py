@@ -16,12 +16,17 @@ Exit codes (README "Exit codes" lists the same):
         15 disk full while fetching
         16 upload still pending (`upload --pending`: some bundles are not uploaded yet)
         17 the object store rejected the request (e.g. Object Lock not enabled on the bucket, bad KMS key)
+  20-22 fleet (see agent/fleet/):
+        20 the fleet's NATS servers are unreachable, refuse the credentials, or the buckets are missing
+        21 `fleet status --wait`: every expected host is done, some failed (or expired, skipped, missed)
+        22 `fleet status --wait`: the timeout passed with hosts still pending
 """
 from __future__ import annotations
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_CAPTURE, EXIT_NOT_FOUND, EXIT_DAEMON = 0, 1, 2, 3, 4, 5
 EXIT_NO_CREDENTIALS, EXIT_ACCESS_DENIED, EXIT_UNREACHABLE, EXIT_NO_BUCKET = 10, 11, 12, 13
 EXIT_TAMPERED, EXIT_DISK_FULL, EXIT_PENDING, EXIT_REJECTED = 14, 15, 16, 17
+EXIT_FLEET, EXIT_FLEET_FAILED, EXIT_FLEET_PENDING = 20, 21, 22
 
 
 class GoldenhourError(Exception):

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs goldenhour as a service on this host (`make install` runs it after `make setup`):
 #   - the `goldenhour` command: $PREFIX/bin/goldenhour, a link to the checkout's venv
-#   - the systemd units:        $UNITDIR/goldenhour.service (the daemon) and
-#                               $UNITDIR/goldenhour-recorder.service (the flight recorder)
+#   - the systemd units:        $UNITDIR/goldenhour.service (the daemon),
+#                               $UNITDIR/goldenhour-recorder.service (the flight recorder), and
+#                               goldenhour-relay.service (the fleet's central webhook relay: enable it
+#                               only on the relay's machine)
 #   - the pre-restart drop-in:  $PREFIX/share/goldenhour/goldenhour-pre-restart.conf (an example to
 #                               copy into /etc/systemd/system/<unit>.d/, see the file)
 #   - the config:               $SYSCONFDIR/goldenhour/config.example.toml (every key, commented), and
@@ -39,7 +41,7 @@ ln -sfn "$VENV/bin/goldenhour" "$DESTDIR$bin"
 
 # the unit and the drop-in example, pointing at $bin
 install -d -m 0755 "$DESTDIR$UNITDIR" "$DESTDIR$PREFIX/share/goldenhour"
-for unit in goldenhour.service goldenhour-recorder.service; do
+for unit in goldenhour.service goldenhour-recorder.service goldenhour-relay.service; do
   sed "s#/usr/local/bin/goldenhour#$bin#g" "$root/systemd/$unit" > "$DESTDIR$UNITDIR/$unit"
   chmod 0644 "$DESTDIR$UNITDIR/$unit"
 done
@@ -64,6 +66,7 @@ cat <<MSG
 goldenhour installed:
   command   $bin -> $VENV/bin/goldenhour
   units     $UNITDIR/goldenhour.service, $UNITDIR/goldenhour-recorder.service
+  relay     $UNITDIR/goldenhour-relay.service (only for the fleet's relay machine; README "Fleet")
   drop-in   $PREFIX/share/goldenhour/goldenhour-pre-restart.conf (example for the services to protect)
   config    $SYSCONFDIR/goldenhour/config.toml (all commented; see config.example.toml)
   store     $STATEDIR

@@ -41,7 +41,8 @@ APT = ["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=600", "-o", "Dpkg::Use-
        "-o", "Dpkg::Options::=--force-unsafe-io"]      # no fsync per file: the test purges it anyway
 # Everything the package (or its scripts) can put on the machine: none may exist before the test.
 OURS = [Path(p) for p in ("/opt/goldenhour", "/usr/bin/goldenhour", "/etc/goldenhour", "/var/lib/goldenhour",
-                          "/lib/systemd/system/goldenhour.service", "/lib/systemd/system/goldenhour-recorder.service",
+                           "/lib/systemd/system/goldenhour.service", "/lib/systemd/system/goldenhour-recorder.service",
+                           "/lib/systemd/system/goldenhour-relay.service",
                           "/usr/share/goldenhour",
                           "/usr/share/doc/goldenhour", "/usr/share/man/man1/goldenhour.1.gz",
                           "/usr/share/lintian/overrides/goldenhour",

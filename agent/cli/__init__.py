@@ -17,7 +17,7 @@ from __future__ import annotations
 import click
 
 from agent import __version__
-from agent.cli import capture, daemon, prune, record, report, storage, verify
+from agent.cli import capture, daemon, fleet, prune, record, relay, report, storage, verify
 from agent.cli.app import CONTEXT, App, Group
 
 
@@ -32,7 +32,7 @@ Examples:
   goldenhour history --since 30m                    what the flight recorder saw before now
 
 Exit codes: 0 ok, 1 verification failed, 2 usage/bad input, 3 capture failed,
-4 not found, 5 daemon unreachable, 10-17 object storage (see README).""")
+4 not found, 5 daemon unreachable, 10-17 object storage, 20-22 fleet (see README).""")
 @click.version_option(__version__, prog_name="goldenhour")
 @click.option("--config", "config_path", metavar="FILE", envvar="GOLDENHOUR_CONFIG",
               help="Config file (default /etc/goldenhour/config.toml if it exists).")
@@ -66,6 +66,9 @@ main.add_command(storage.bundles)
 main.add_command(storage.fetch)
 # The local store.
 main.add_command(prune.prune)
+# The fleet: the central relay and the incident commander's commands.
+main.add_command(relay.relay)
+main.add_command(fleet.fleet)
 
 
 def run() -> None:  # pragma: no cover

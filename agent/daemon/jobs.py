@@ -9,9 +9,9 @@ server is unsafe. A job that outlives its time budget plus ``JOB_GRACE_S`` is
 stopped (only our own child, in its own session; collectors die with it and their
 evidence is salvaged). Each outcome goes into the state record of its incident.
 
-The **uploader** runs ``upload_pending`` in a child every ``daemon.upload_interval_s``
-and right after each capture, backing off (doubling from ``upload.retry_initial_s``
-up to ``upload.retry_max_s``) while uploads fail.
+The **uploader** runs ``upload_pending`` in a child every ``daemon.upload_interval_s`` and
+right after each capture (a fleet capture: after its upload spread, ``agent.daemon.fleet``),
+backing off (doubling from ``upload.retry_initial_s`` to ``upload.retry_max_s``) while it fails.
 
 Parent and child speak ``ChildJob`` (stdin) and ``JobResult`` (stdout), both in
 ``agent.daemon.request``; the child's stderr lines are logged as ``job_output``.
@@ -19,6 +19,7 @@ Parent and child speak ``ChildJob`` (stdin) and ``JobResult`` (stdout), both in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import logging
@@ -48,7 +49,9 @@ class Job:
     request: CaptureRequest
     created: float = field(default_factory=time.time)
     started: float | None = None
-    future: asyncio.Future | None = None    # set by a caller that waits for the result (local API)
+    future: asyncio.Future | None = None    # set by a caller that waits for the result (local API, fleet)
+    on_start: Callable[[], None] | None = None     # called when the capture starts (fleet: status capturing)
+    cancelled: bool = False                 # set before it starts: the worker drops it (fleet: resolved)
 
     def summary(self) -> dict[str, Any]:
         return {"job": self.id, "kind": self.kind, "incident": self.request.incident.id,
@@ -72,6 +75,7 @@ class JobRunner:
         self.last_upload: dict[str, Any] = {}
         self.upload_available: bool | None = None
         self.upload_delay = float(cfg["daemon.upload_interval_s"])
+        self.upload_rounds = 0                  # uploader wake-ups so far (the fleet waits for the next)
         self._pending_cache: tuple[float, int] = (0.0, 0)
 
     # -- queue ------------------------------------------------------------------
@@ -103,7 +107,7 @@ class JobRunner:
     async def worker(self) -> None:
         while True:
             job = await self.queue.get()
-            if self.stopping:       # stays "queued" in the state file: the next start runs it
+            if self.stopping or job.cancelled:   # stopping: stays "queued" in the state file, the next start runs it
                 self.queue.task_done()
                 continue
             try:
@@ -122,6 +126,8 @@ class JobRunner:
     async def _run_capture(self, job: Job) -> None:
         self.running = job
         job.started = time.time()
+        if job.on_start is not None:        # the fleet's "capturing" status
+            job.on_start()
         self.tm.queue_wait.observe(job.started - job.created)
         rec = self.state.incidents.get(job.key) if job.key else None
         if rec is not None:
@@ -163,7 +169,7 @@ class JobRunner:
             self.save_state()
         if job.future and not job.future.done():
             job.future.set_result(result)
-        if status == "ok":
+        if status == "ok" and job.kind != "fleet":     # a fleet capture uploads after its random spread
             self.upload_kick.set()
 
     # -- the child process ----------------------------------------------------------
@@ -240,47 +246,44 @@ class JobRunner:
         retry_max = max(interval, float(self.cfg["upload.retry_max_s"]))
         self.upload_delay = interval
         while True:
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.upload_kick.wait(), self.upload_delay)
-            except asyncio.TimeoutError:
-                pass
             self.upload_kick.clear()
-            if self.pending_uploads() == 0:   # with no upload.url, only bundles given a URL by snapshot --upload
-                self.upload_delay = interval
-                continue
-            if self.upload_available is None:
-                try:
-                    self.upload_available = importlib.util.find_spec("agent.upload") is not None
-                except (ImportError, ValueError):
-                    self.upload_available = False
-                if not self.upload_available:
-                    kv(logging.WARNING, "upload", "upload.url is set but agent.upload is not installed; "
-                       "bundles stay in the local store")
-            if not self.upload_available:
-                self.tm.upload_runs.inc("unavailable")
-                self.upload_delay = retry_max
-                continue
-            t0 = time.monotonic()
-            rc, res, err = await self.run_child(ChildJob("upload"), 3600, "upload")
-            self._pending_cache = (0.0, 0)
-            uploaded, failed = (res.upload.uploaded, res.upload.failed) if res.upload else (0, 0)
-            if uploaded:
-                self.tm.uploads.inc("uploaded", by=uploaded)
-            if failed:
-                self.tm.uploads.inc("failed", by=failed)
-            ok = rc == 0 and res.ok and not failed
-            self.tm.upload_runs.inc("ok" if ok else "failed")
-            self.last_upload = {"at": time.time(), "ok": ok, "uploaded": uploaded, "failed": failed,
-                                "duration_s": round(time.monotonic() - t0, 3),
-                                "error": res.error or ("" if ok else err)}
-            if ok:
-                self.upload_delay = interval
-            else:
-                self.upload_delay = min(max(self.upload_delay * 2, float(self.cfg["upload.retry_initial_s"])),
-                                        retry_max)
-            kv(logging.INFO if ok else logging.WARNING, "upload", uploaded=uploaded, failed=failed,
-               next_s=round(self.upload_delay, 1), error=self.last_upload["error"])
+            await self._upload_round(interval, retry_max)
+            self.upload_rounds += 1
 
+    async def _upload_round(self, interval: float, retry_max: float) -> None:
+        if self.pending_uploads() == 0:   # with no upload.url, only bundles given a URL by snapshot --upload
+            self.upload_delay = interval
+            return
+        if self.upload_available is None:
+            try:
+                self.upload_available = importlib.util.find_spec("agent.upload") is not None
+            except (ImportError, ValueError):
+                self.upload_available = False
+            if not self.upload_available:
+                kv(logging.WARNING, "upload", "upload.url is set but agent.upload is missing; bundles stay local")
+        if not self.upload_available:
+            self.tm.upload_runs.inc("unavailable")
+            self.upload_delay = retry_max
+            return
+        t0 = time.monotonic()
+        rc, res, err = await self.run_child(ChildJob("upload"), 3600, "upload")
+        self._pending_cache = (0.0, 0)
+        uploaded, failed = (res.upload.uploaded, res.upload.failed) if res.upload else (0, 0)
+        for outcome, n in (("uploaded", uploaded), ("failed", failed)):
+            if n:
+                self.tm.uploads.inc(outcome, by=n)
+        ok = rc == 0 and res.ok and not failed
+        self.tm.upload_runs.inc("ok" if ok else "failed")
+        self.last_upload = {"at": time.time(), "ok": ok, "uploaded": uploaded, "failed": failed,
+                            "duration_s": round(time.monotonic() - t0, 3), "error": res.error or ("" if ok else err)}
+        if ok:
+            self.upload_delay = interval
+        else:
+            self.upload_delay = min(max(self.upload_delay * 2, float(self.cfg["upload.retry_initial_s"])), retry_max)
+        kv(logging.INFO if ok else logging.WARNING, "upload", uploaded=uploaded, failed=failed,
+           next_s=round(self.upload_delay, 1), error=self.last_upload["error"])
 
 async def stop_proc(proc: asyncio.subprocess.Process) -> None:
     """Stop our own child: SIGTERM, then SIGKILL after 10 s."""

@@ -65,6 +65,12 @@ class Service:
         self.jobs = JobRunner(cfg, config_path, self.store, self.state, self.tm, self.save_state)
         self.receiver = Receiver(cfg)
         self.intake = Intake(cfg, self.state, self.identity, self.jobs)
+        self.fleet = None                       # fleet mode (agent.daemon.fleet) when fleet.servers is set
+        if cfg.fleet_enabled:
+            from agent.daemon.fleet import make_agent
+            self.fleet = make_agent(cfg, self.jobs, self.state, self.save_state, self.identity)
+            self.tm.fleet(lambda: 1 if self.fleet and self.fleet.connected.is_set() else 0,
+                          lambda: self.fleet.counts if self.fleet else {})
         self.check_collectors(cfg)
 
     @staticmethod
@@ -94,6 +100,8 @@ class Service:
             self.tasks.append(asyncio.create_task(self.jobs.salvage(), name="salvage"))
         self.tasks.append(asyncio.create_task(self.jobs.worker(), name="worker"))
         self.tasks.append(asyncio.create_task(self.jobs.uploader(), name="uploader"))
+        if self.fleet is not None:
+            await self.fleet.start()            # connects in the background: NATS down never blocks the daemon
 
     def _requeue(self) -> None:
         for key, rec in self.state.incidents.items():
@@ -116,7 +124,7 @@ class Service:
         for t in self.tasks:
             if t.get_name() in ("worker", "uploader") and t.done():
                 return False, f"{t.get_name()} task ended"
-        return True, ""
+        return self.fleet.healthy() if self.fleet is not None else (True, "")
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """``GET /healthz``: (healthy, body)."""
@@ -129,6 +137,8 @@ class Service:
                 "pending_uploads": self.jobs.pending_uploads(),
                 "trackers": self.receiver.enabled(),
                 "last_upload": self.jobs.last_upload or None}
+        if self.fleet is not None:
+            body["fleet"] = self.fleet.summary()
         if not ok:
             body["reason"] = why
         return ok, body
@@ -155,6 +165,8 @@ class Service:
                 deadline = time.monotonic() + 5
                 while jobs.running and time.monotonic() < deadline:
                     await asyncio.sleep(0.05)
+        if self.fleet is not None:              # after the running capture: its status is written first
+            await self.fleet.stop()
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

@@ -49,3 +49,24 @@ class Telemetry:
                                      "Bundles the daemon's uploader sent or failed to send.", ["outcome"]))
         self.upload_runs = r.add(Counter("goldenhour_upload_runs_total",
                                          "Uploader runs by result (ok, failed, unavailable).", ["result"]))
+
+    def fleet(self, connected: Callable[[], float], counts: Callable[[], dict[str, int]]) -> None:
+        """Fleet mode's instruments (only when a fleet is configured)."""
+        self.registry.add(Gauge("goldenhour_fleet_connected",
+                                "1 while the daemon is connected to the fleet's NATS servers.", fn=connected))
+        self.registry.add(_LiveCounter(
+            "goldenhour_fleet_events_total", "Fleet watcher events: records read, refused (did not parse), "
+            "captures, duplicate, expired, capped (fleet.max_captures_per_hour), cancelled, status_<state> written.",
+            ["event"], counts))
+
+
+class _LiveCounter(Counter):
+    """A counter whose values are read at scrape time from a ``{label: count}`` callable."""
+
+    def __init__(self, name: str, help_: str, labels: list[str], fn: Callable[[], dict[str, int]]):
+        super().__init__(name, help_, labels)
+        self.fn = fn
+
+    def render(self) -> list[str]:
+        self.values = {(k,): float(v) for k, v in self.fn().items()}
+        return super().render()

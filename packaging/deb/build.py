@@ -8,6 +8,7 @@ What the package holds (the maintainer scripts beside this file set up the rest)
   /usr/bin/goldenhour               -> /opt/goldenhour/bin/goldenhour
   /lib/systemd/system/goldenhour.service            systemd/goldenhour.service, running /usr/bin/goldenhour
   /lib/systemd/system/goldenhour-recorder.service   systemd/goldenhour-recorder.service (the flight recorder)
+  /lib/systemd/system/goldenhour-relay.service      the fleet relay's unit (enabled only on the relay's machine)
   /usr/share/goldenhour/goldenhour-pre-restart.conf the pre-restart drop-in example (same substitution)
   /etc/goldenhour/config.example.toml               the conffile, 0640 in a 0750 directory (as scripts/install.sh);
                                     postinst makes config.toml from it once (the admin's file from then on)
@@ -59,6 +60,7 @@ PREFIX = "/opt/goldenhour"
 BIN = "/usr/bin/goldenhour"
 PY_SYS = "/usr/bin/python3"
 CONSTRAINTS = HERE / "constraints.txt"
+SDIST_OK = ("nkeys",)        # pure-Python dependencies published without a wheel
 # safe.directory: a build by another user than the checkout's owner reads the same commit (git refuses otherwise)
 GIT = ["git", "-c", f"safe.directory={ROOT}", "-C", str(ROOT)]
 # config.example.toml is the conffile (an upgrade brings new keys into it); config.toml is the admin's:
@@ -186,10 +188,13 @@ def build_venv(work: Path, venv: Path, relock: bool) -> list[dict]:
     # dependency as satisfied by a Debian package of the BUILD host (python3-six, python3-urllib3...)
     # that the target host need not have. --only-binary: no compiler runs, no sdist build varies.
     pins = [] if relock or not CONSTRAINTS.exists() else ["--constraint", str(CONSTRAINTS)]
+    # nkeys (nats-py's nkey auth) is on PyPI as an sdist only: pure Python, its wheel is built here
+    # from the pinned sdist, with no compiler and the same files every time
+    sdists = [f"--no-binary={n}" for n in SDIST_OK]
     log("dependencies from PyPI" + (f" (pinned by {CONSTRAINTS.relative_to(ROOT)})" if pins else " (unpinned)"))
     try:
         run([py, "-m", "pip", "install", "-q", "--ignore-installed", "--no-compile", "--only-binary=:all:",
-             *pins, str(wheel)], env=env)
+             *sdists, *pins, str(wheel)], env=env)
     except BuildError as exc:
         hint = " (pyproject.toml now wants versions the pins exclude? packaging/deb/build.py --relock)" if pins else ""
         raise BuildError(f"{exc}{hint}") from None
@@ -397,6 +402,8 @@ def lay_out(stage: Path, meta: dict, dists: list[dict], man: str, sde: int, revi
     put(stage, "/lib/systemd/system/goldenhour.service", unit_text(ROOT / "systemd" / "goldenhour.service"))
     put(stage, "/lib/systemd/system/goldenhour-recorder.service",
         unit_text(ROOT / "systemd" / "goldenhour-recorder.service"))
+    put(stage, "/lib/systemd/system/goldenhour-relay.service",
+        unit_text(ROOT / "systemd" / "goldenhour-relay.service"))
     put(stage, "/usr/share/goldenhour/goldenhour-pre-restart.conf",
         unit_text(ROOT / "systemd" / "goldenhour-pre-restart.conf"))
     example = (ROOT / "config" / "goldenhour.example.toml").read_bytes()
@@ -500,6 +507,7 @@ def man_page(py: str, work: Path, meta: dict, sde: int) -> str:
               ".TP", "/lib/systemd/system/goldenhour-recorder.service",
               "The flight recorder's unit (goldenhour record).",
               ".TP", "/var/lib/goldenhour/recorder/ring", "The flight recorder's ring: days of host samples.",
+              ".TP", "/lib/systemd/system/goldenhour-relay.service", "The fleet relay's unit.",
               ".TP", "/usr/share/goldenhour/goldenhour-pre-restart.conf",
               "A drop-in that captures a unit's evidence before it stops.",
               ".SH SEE ALSO", "/usr/share/doc/goldenhour/README.md.gz"]
