@@ -23,11 +23,11 @@ from collections import deque
 from pathlib import Path
 from typing import IO, Any, Iterable
 
-from agent.bundle import EXTENSIONS, expected_from_sidecar, manifest_sidecar, scan
+from agent.bundle import EXTENSIONS, expected_from_sidecar, manifest_sidecar_of, scan
 from agent.errors import NotFoundError, UsageError
 from agent.incident import Incident
 from agent.manifest import (FORMAT, MANIFEST, SUMS, CollectorEntry, Expected, Host, Integrity, Manifest,
-                            ManifestError, Seen, check)
+                            ManifestError, Seen, Sidecar, check)
 from agent.manifest import read as read_manifest
 
 BUF = 1 << 20
@@ -217,7 +217,7 @@ def load_archive(path: Path) -> Bundle:
     fmt = [p for p in seen.problems if p.kind == FORMAT]
     if fmt:
         raise UsageError(f"{path} is {fmt[0].reason}")
-    _checked(bundle, seen, expected_from_sidecar(path), manifest_sidecar(path))
+    _checked(bundle, seen, expected_from_sidecar(path), manifest_sidecar_of(path))
     return bundle
 
 
@@ -241,24 +241,41 @@ def load_folder(root: Path) -> Bundle:
     return bundle
 
 
-def _checked(bundle: Bundle, seen: Seen, expected: Expected | None, sidecar: Path | None) -> None:
+def _checked(bundle: Bundle, seen: Seen, expected: Expected | None, sidecar: Sidecar | None) -> None:
     """Run the one integrity check (agent/manifest.py) and set the bundle's manifest from it.
 
-    A manifest.json that cannot be read in an archive is taken from the bundle's sidecar
-    (and said so); with neither, the source is not a bundle the report can read.
+    The sidecar is checked against the archive's manifest.json (a difference is an integrity
+    problem). A manifest.json that cannot be read in an archive is taken from the sidecar only
+    when the archive's index names that sidecar (and said so); else the source is not a bundle
+    the report can read.
     """
-    bundle.integrity = check(bundle.source, seen, expected)
+    bundle.integrity = check(bundle.source, seen, expected, sidecar)
     man = bundle.integrity.manifest
     why = next((str(p) for p in bundle.integrity.problems if p.file == MANIFEST), "no manifest.json")
-    if man is None and sidecar is not None and sidecar.exists():
+    if man is None and sidecar is not None:
         try:
-            man = read_manifest(sidecar)
-            bundle.problems.append("manifest.json unreadable in the archive: the sidecar manifest was used")
-        except (OSError, ManifestError):
-            man = None
+            side = read_manifest(sidecar.data, sidecar.name)
+        except ManifestError:
+            side = None
+        if side is not None and _bound(bundle, seen, side, sidecar):
+            man = side
+            bundle.problems.append("manifest.json unreadable in the archive: its sidecar was used (the archive's "
+                                   "index names it, or every file read agrees with it)")
     if man is None:
         raise UsageError(f"{bundle.source} is not a goldenhour bundle: {why}")
     bundle.manifest = man
+
+
+def _bound(bundle: Bundle, seen: Seen, side: Manifest, sidecar: Sidecar) -> bool:
+    """Whether a sidecar can stand in for an archive's unreadable manifest.json: the archive's index names
+    it, or (an archive cut before its end) it names this archive and lists every file read with its hash."""
+    if seen.index is not None:
+        return seen.index == hashlib.sha256(sidecar.data).hexdigest()
+    if side.bundle != Path(bundle.source).name.split(".tar.", 1)[0]:
+        return False
+    listed = {f.path: f.sha256 for c in side.collectors for f in c.files}
+    read = {rel: digest for rel, digest in seen.hashes.items() if rel.startswith("collectors/")}
+    return bool(read) and all(listed.get(rel) == digest for rel, digest in read.items())
 
 
 def _is_archive(p: Path) -> bool:
