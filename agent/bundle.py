@@ -173,7 +173,7 @@ class _Counter(io.RawIOBase):
 
 def pack(staging: Path, top: str, dest: Path, *, compression: str = "zstd", level: int = 3,
          max_bundle_bytes: int = 8 * 2**30, reserve: int = 0,
-         log_file: Path | None = None,
+         log_file: Path | None = None, log_filter: Callable[[bytes], bytes] | None = None,
          manifest: Callable[[dict[str, dict[str, Any]], list[dict[str, Any]]], dict[str, Any]],
          progress: Callable[[int], None] | None = None) -> PackResult:
     """Write the bundle for ``staging`` to ``dest`` (final path); return its hash and file list.
@@ -223,7 +223,8 @@ def pack(staging: Path, top: str, dest: Path, *, compression: str = "zstd", leve
             if progress:
                 progress(size)
         if log_file is not None and log_file.exists():
-            add_bytes("goldenhour.log", log_file.read_bytes())
+            data = log_file.read_bytes()
+            add_bytes("goldenhour.log", log_filter(data) if log_filter else data)
         man = manifest(files, left_out)
         man_bytes = (json.dumps(man, indent=1, default=str) + "\n").encode()
         add_bytes("manifest.json", man_bytes)

@@ -34,6 +34,7 @@ from agent.config import Config
 from agent.errors import GoldenhourError
 from agent.incident import Incident, Trigger, iso, safe_component, utcnow
 from agent.manifest import Clocks, CollectorEntry, FileEntry, Host, Manifest, Summary
+from agent.redact import RULES, Redactor, redact_log
 from agent.store import Store
 
 log = logging.getLogger("goldenhour.capture")
@@ -123,7 +124,8 @@ def agent_facts() -> dict[str, Any]:
         headers["resolves_to"] = target
         headers["distribution_headers"] = f"/lib/modules/{rel}" not in target and "linux-headers" in target
     return {"name": "goldenhour", "version": __version__, "python": platform.python_version(),
-            "pid": os.getpid(), "argv": sys.argv, "uid": os.geteuid(), "kernel_headers": headers}
+            "pid": os.getpid(), "argv": Redactor().argv(list(sys.argv)), "uid": os.geteuid(),
+            "kernel_headers": headers}
 
 
 def bundle_name(incident: str, host: str, when) -> str:
@@ -207,7 +209,7 @@ def capture(cfg: Config, req: CaptureRequest,
             "log_paths": list(cfg["logs.paths"]) + list(req.log_paths),
             "explicit_log_paths": list(req.log_paths),
             "log_lines": cfg["logs.lines"], "journal": cfg["logs.journal"],
-            "journal_since_s": cfg["logs.journal_since_s"],
+            "journal_since_s": cfg["logs.journal_since_s"], "log_redact": cfg["logs.redact"],
             "probe_seconds": float(req.probe_seconds or cfg["capture.probe_seconds"]),
             "heap": req.heap or req.profile == "full" or cfg["capture.heap"],
             "exclude_pids": [os.getpid()],
@@ -228,7 +230,7 @@ def capture(cfg: Config, req: CaptureRequest,
         for r in results:  # a runner journal's .log is the collector's own log: keep it with the evidence
             jlog = staging / ".journal" / (r.key.replace("/", "_") + ".log")
             if jlog.exists() and jlog.stat().st_size and r.out is not None:
-                shutil.copyfile(jlog, r.out / "collector.log")
+                _keep_log(jlog, r.out / "collector.log", cfg["logs.redact"])
         collected_at = utcnow()
 
         # 4. bundle, published into the store
@@ -285,7 +287,7 @@ def _publish(cfg: Config, store: Store, staging: Path, name: str, req: CaptureRe
     built: list[dict[str, Any]] = []
     packed = pack(staging, name, dest, compression=cfg["capture.compression"],
                   level=cfg["capture.zstd_level"], max_bundle_bytes=cfg["store.max_bundle_bytes"],
-                  reserve=reserve, log_file=log_path,
+                  reserve=reserve, log_file=log_path, log_filter=(lambda b: redact_log(b)[0]) if cfg["logs.redact"] else None,
                   manifest=lambda files, left_out: built.append(manifest(files, left_out)) or built[-1])
     atomic_write(manifest_sidecar(dest), _dumps(built[-1]).encode())
     return CaptureResult(packed.path, packed.sha256, packed.size, incident, built[-1])
@@ -363,20 +365,32 @@ def salvage(cfg: Config, store: Store) -> list[CaptureResult]:
     return saved
 
 
+def _keep_log(src: Path, dest: Path, redact: bool) -> None:
+    """A log of goldenhour's own (a collector's) into the bundle, through the redactor unless logs are raw."""
+    data = src.read_bytes()
+    dest.write_bytes(redact_log(data)[0] if redact else data)
+
+
 def _dumps(obj: Any) -> str:
     import json
     return json.dumps(obj, indent=1, default=str) + "\n"
 
 
 def _redaction(results: list[runner.ItemResult]) -> dict[str, Any]:
+    """The manifest's ``redaction``: secrets replaced in command lines and environments (``count``, ``rules``)
+    and, when logs were captured, in the logs (``logs``: ``count`` and ``files`` {bundle path: count},
+    ``rules``; or ``raw`` with ``logs.redact = false``)."""
     total = 0
-    rules = None
+    out: dict[str, Any] = {"count": 0, "rules": RULES}
     for r in results:
         red = r.notes.get("redaction") if r.notes else None
-        if isinstance(red, dict):
-            total += int(red.get("count", 0))
-            rules = red.get("rules", rules)
-    return {"count": total, "rules": rules} if rules is not None else {"count": total}
+        if not isinstance(red, dict):
+            continue
+        if r.name == "logs":
+            out["logs"] = red
+        total += int(red.get("count", 0))
+    out["count"] = total
+    return out
 
 
 def _boot_time_iso() -> str:

@@ -69,6 +69,7 @@ KEYS: dict[str, Key] = {
     "logs.lines": Key(10000, int, "Lines taken from the end of each log."),
     "logs.journal": Key(True, bool, "Also capture the system journal (journalctl) when present."),
     "logs.journal_since_s": Key(3600, int, "How far back the journal is read."),
+    "logs.redact": Key(True, bool, "Redact credentials in log tails and the journal (Authorization/Bearer, password=, api_key=, URL passwords, JWTs, AWS keys...; counted per file in the manifest). false keeps them raw."),
     # -- upload -----------------------------------------------------------------
     "upload.url": Key("", str, "s3://BUCKET/PREFIX to upload bundles to (empty: local store only)."),
     "upload.endpoint_url": Key("", str, "S3-compatible endpoint (MinIO, Ceph, R2); AWS_ENDPOINT_URL(_S3) is honoured too."),

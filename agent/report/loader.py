@@ -29,12 +29,21 @@ from agent.incident import Incident
 from agent.manifest import (FORMAT, MANIFEST, SUMS, CollectorEntry, Expected, Host, Integrity, Manifest,
                             ManifestError, Seen, Sidecar, check)
 from agent.manifest import read as read_manifest
+from agent.redact import redact_log
 
 BUF = 1 << 20
 WHOLE_MAX = 64 * 2**20          # JSON evidence kept whole up to this size
 TAIL_MAX = 4 * 2**20            # log tails: the last 4 MiB
 SMALL_TEXT_MAX = 2 * 2**20      # other text files kept when this small
 JSONL_MAX = 32 * 2**20          # record streams (sockets.jsonl) kept whole up to this size
+
+
+def is_log(rel: str) -> bool:
+    """A log in a bundle: the captured tails and journal, goldenhour's and the collectors' own logs. The report
+    keeps them only through the redactor (a bundle captured with ``logs.redact = false``, or before logs were
+    redacted, never puts a secret in a report)."""
+    return (rel.startswith("collectors/logs/files/") or rel in ("collectors/logs/journal.txt", "goldenhour.log")
+            or rel.endswith("/collector.log"))
 
 
 def keep_mode(rel: str, size: int) -> str | None:
@@ -148,12 +157,13 @@ class Bundle:
             self.cut.add(rel)
 
     def _consume(self, rel: str, size: int, fh: IO[bytes]) -> tuple[str, bytes | None]:
-        """Hash one member and keep what the rules read (for ``bundle.scan``)."""
+        """Hash one member and keep what the rules read (for ``bundle.scan``); logs are kept redacted."""
         digest, data, dropped, cut = _consume(fh, keep_mode(rel, size), size)
         self.sizes[rel] = size
         self.hashes[rel] = digest
         if data is not None:
-            self._keep(rel, data, dropped, cut)
+            kept = redact_log(data)[0] if is_log(rel) else data
+            self._keep(rel, kept, dropped, cut)
         return digest, data
 
 
