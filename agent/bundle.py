@@ -22,7 +22,6 @@ bundle's manifest (its sidecar, else the archive's) through the one reader.
 """
 from __future__ import annotations
 
-import errno
 import gzip
 import hashlib
 import io
@@ -43,6 +42,7 @@ import zstandard
 from agent.manifest import (FORMAT, MANIFEST, MEMBER, SUMS, TRAILING, UNREADABLE, Expected, Integrity, Manifest,
                             Problem, Seen, Sidecar, check, sidecar_difference)
 from agent.manifest import read as read_manifest_data
+from agent.reserve import free_bytes, is_full, reserve_for  # noqa: F401 - reserve_for is part of this API
 
 BUF = 1 << 20
 EXTENSIONS = {"zstd": ".tar.zst", "gzip": ".tar.gz"}
@@ -64,42 +64,29 @@ class DiskFullError(BundleError):
     """Writing would eat into the store's free-space reserve (or the disk is full)."""
 
 
-def free_bytes(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
-def reserve_for(path: Path, reserve_bytes: int, reserve_percent: float) -> int:
-    st = os.statvfs(path)
-    return max(reserve_bytes, int(st.f_blocks * st.f_frsize * reserve_percent / 100))
+PACK_SLACK = 1 << 20           # beside the staged evidence, what packing needs: manifest, sums, framing, sidecars
 
 
 class _HashingWriter(io.RawIOBase):
-    """File writer that hashes what it writes and guards the free-space reserve."""
+    """File writer that hashes what it writes and guards the free-space reserve (before every write)."""
 
     def __init__(self, fh: IO[bytes], guard_dir: Path, reserve: int):
         self.fh, self.guard_dir, self.reserve = fh, guard_dir, reserve
         self.sha = hashlib.sha256()
         self.size = 0
-        self._since_check = 4 * BUF   # check before the first write too
 
     def writable(self) -> bool:
         return True
 
     def write(self, b) -> int:  # type: ignore[override]
         n = len(b)
-        self._since_check += n
-        if self._since_check >= 4 * BUF:
-            self._since_check = 0
-            if free_bytes(self.guard_dir) - n < self.reserve:
-                raise DiskFullError(
-                    f"the store's filesystem reached its free-space reserve ({self.reserve // 2**20} MiB); "
-                    "capture stopped before filling the disk")
+        if self.reserve and free_bytes(self.guard_dir) - n < self.reserve:
+            raise DiskFullError(f"the store reached its free-space reserve ({_mib(self.reserve)}) while packing")
         try:
             self.fh.write(b)
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise DiskFullError("no space left on the store's filesystem") from None
+            if is_full(exc):
+                raise DiskFullError(f"no space left on the store while packing ({exc.strerror})") from None
             raise
         self.sha.update(b)
         self.size += n
@@ -107,6 +94,10 @@ class _HashingWriter(io.RawIOBase):
 
     def tell(self) -> int:
         return self.size
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n < 10 * 2**20 else f"{n // 2**20} MiB"
 
 
 class _HashingReader(io.RawIOBase):
@@ -171,22 +162,45 @@ class _Counter(io.RawIOBase):
         return self.n
 
 
+def partial_path(dest: Path) -> Path:
+    """Where ``pack`` writes a bundle before publishing it (a hidden name no command takes for a bundle)."""
+    return dest.with_name(f".{dest.name}.partial")
+
+
 def pack(staging: Path, top: str, dest: Path, *, compression: str = "zstd", level: int = 3,
          max_bundle_bytes: int = 8 * 2**30, reserve: int = 0,
          log_file: Path | None = None, log_filter: Callable[[bytes], bytes] | None = None,
+         sidecar: Path | None = None,
          manifest: Callable[[dict[str, dict[str, Any]], list[dict[str, Any]]], dict[str, Any]],
          progress: Callable[[int], None] | None = None) -> PackResult:
     """Write the bundle for ``staging`` to ``dest`` (final path); return its hash and file list.
 
     ``manifest(files, left_out)`` is called once all evidence is in and returns the
-    manifest dict, which is written as ``manifest.json``. Raises DiskFullError (the
-    partial file is removed) when the reserve would be crossed.
+    manifest dict, which is written as ``manifest.json`` (and as ``sidecar``, the manifest
+    beside the bundle, when given). The archive is written under ``partial_path(dest)`` and
+    fsynced, then ``<bundle>.sha256`` and the sidecar, then the archive is renamed into place:
+    the rename publishes all three. Raises DiskFullError when the reserve would be crossed,
+    having removed everything it wrote. When the staged evidence and its bundle would not fit
+    side by side above the reserve, each staged file is removed once it is in the archive.
     """
-    tmp = dest.with_name(f".{dest.name}.partial")
+    tmp = partial_path(dest)
     files: dict[str, dict[str, Any]] = {}
     left_out: list[dict[str, Any]] = []
     total = 0
-    fh = open(tmp, "wb")
+    staged = list(_walk(staging / "collectors"))
+    staged_bytes = 0
+    for path in staged:
+        try:
+            staged_bytes += path.lstat().st_size
+        except OSError:
+            pass
+    tight = bool(reserve) and free_bytes(dest.parent) - reserve < staged_bytes + PACK_SLACK + 2048 * len(staged)
+    try:
+        fh = open(tmp, "wb")
+    except OSError as exc:
+        if is_full(exc):
+            raise DiskFullError(f"no space left on the store ({exc.strerror})") from None
+        raise
     try:
         raw = _HashingWriter(fh, dest.parent, reserve)
         comp = _open_compressor(raw, compression, level)
@@ -198,7 +212,7 @@ def pack(staging: Path, top: str, dest: Path, *, compression: str = "zstd", leve
             tar.addfile(_tarinfo(f"{top}/{rel}", len(data), time.time()), io.BytesIO(data))
             files[rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
-        for path in _walk(staging / "collectors"):
+        for path in staged:
             rel = path.relative_to(staging).as_posix()
             try:
                 st = path.lstat()
@@ -220,6 +234,8 @@ def pack(staging: Path, top: str, dest: Path, *, compression: str = "zstd", leve
                 continue
             files[rel] = {"bytes": size, "sha256": reader.sha.hexdigest()}
             total += size
+            if tight:                  # in the archive now: its staged copy makes room for the rest
+                path.unlink(missing_ok=True)
             if progress:
                 progress(size)
         if log_file is not None and log_file.exists():
@@ -243,10 +259,25 @@ def pack(staging: Path, top: str, dest: Path, *, compression: str = "zstd", leve
         tmp.unlink(missing_ok=True)
         raise
     fh.close()
-    os.replace(tmp, dest)
-    fsync_dir(dest.parent)
     digest = raw.sha.hexdigest()
-    write_sidecar(dest, digest)
+    beside = [(dest.with_name(dest.name + ".sha256"), f"{digest}  {dest.name}\n".encode())]
+    if sidecar is not None:
+        beside.append((sidecar, man_bytes))
+    written: list[Path] = []
+    try:
+        for path, data in beside:
+            if reserve and free_bytes(dest.parent) - len(data) - 4096 < reserve:
+                raise DiskFullError(f"the store reached its free-space reserve ({_mib(reserve)}) while publishing")
+            atomic_write(path, data)
+            written.append(path)
+        os.replace(tmp, dest)           # the commit point: the bundle and what is beside it appear together
+    except BaseException as exc:
+        for path in [tmp, *written]:
+            path.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and is_full(exc):
+            raise DiskFullError(f"no space left on the store while publishing ({exc.strerror})") from None
+        raise
+    fsync_dir(dest.parent)
     return PackResult(dest, digest, raw.size, files, left_out)
 
 
@@ -271,12 +302,17 @@ def fsync_dir(d: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all (a temporary name, fsync, rename; the temporary removed on failure)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # -- reading -----------------------------------------------------------------

@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agent import __version__, pauses, plan as planner, priority, procfs, registry, runner, targets as targets_mod
-from agent.bundle import (EXTENSIONS, DiskFullError, atomic_write, free_bytes, manifest_sidecar, pack,
-                          reserve_for)
+from agent.bundle import EXTENSIONS, DiskFullError, manifest_sidecar, pack
 from agent.collector import FAILED, OK, PARTIAL, SKIPPED, TARGET_EXITED, TIMEOUT, Limits, read_text
 from agent.config import Config
 from agent.errors import GoldenhourError
 from agent.incident import Incident, Trigger, iso, safe_component, utcnow
 from agent.manifest import Clocks, CollectorEntry, FileEntry, Host, Manifest, Summary
 from agent.redact import RULES, Redactor, redact_log
+from agent.reserve import QuietFileHandler, free_bytes, headroom, is_full, reserve_for, room
 from agent.store import Store
 
 log = logging.getLogger("goldenhour.capture")
@@ -165,13 +165,22 @@ def capture(cfg: Config, req: CaptureRequest,
         log.warning("published an interrupted capture: %s", saved.bundle)
     name = bundle_name(incident, cfg.hostname, started)
     staging = store.staging / name
-    staging.mkdir(parents=True)
-    (staging / ".owner").write_text(_owner_token(os.getpid()))
-    (staging / ".request.json").write_text(_dumps({
-        "incident": req.incident.to_json(), "trigger": req.trigger.to_json(), "profile": req.profile,
-        "started_utc": iso(started)}))
-    log_path = staging / "goldenhour.log"
-    handler = logging.FileHandler(log_path)
+    # collectors stop short of the reserve by the headroom packing needs (agent/reserve.py)
+    collect_reserve = reserve + headroom(free - reserve)
+    try:
+        staging.mkdir(parents=True)
+        (staging / ".owner").write_text(_owner_token(os.getpid()))
+        (staging / ".request.json").write_text(_dumps({
+            "incident": req.incident.to_json(), "trigger": req.trigger.to_json(), "profile": req.profile,
+            "started_utc": iso(started)}))
+        log_path = staging / "goldenhour.log"
+        handler = QuietFileHandler(log_path, reserve)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if is_full(exc):
+            raise GoldenhourError(f"capture stopped: no space left on the store ({exc.strerror}); "
+                                  "no bundle written") from None
+        raise GoldenhourError(f"store {store.root}: cannot stage a capture ({exc.strerror or exc})") from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root_logger = logging.getLogger("goldenhour")
     root_logger.addHandler(handler)
@@ -214,7 +223,7 @@ def capture(cfg: Config, req: CaptureRequest,
             "heap": req.heap or req.profile == "full" or cfg["capture.heap"],
             "exclude_pids": [os.getpid()],
             "netns": req.netns,
-            "reserve_bytes": reserve,
+            "reserve_bytes": collect_reserve,
         }
         limits = Limits(max_file_bytes=cfg["store.max_file_bytes"])
 
@@ -230,7 +239,7 @@ def capture(cfg: Config, req: CaptureRequest,
         for r in results:  # a runner journal's .log is the collector's own log: keep it with the evidence
             jlog = staging / ".journal" / (r.key.replace("/", "_") + ".log")
             if jlog.exists() and jlog.stat().st_size and r.out is not None:
-                _keep_log(jlog, r.out / "collector.log", cfg["logs.redact"])
+                _keep_log(jlog, r.out / "collector.log", cfg["logs.redact"], collect_reserve)
         collected_at = utcnow()
 
         # 4. bundle, published into the store
@@ -242,6 +251,11 @@ def capture(cfg: Config, req: CaptureRequest,
                         log_path=log_path, flush=handler.flush)
     except DiskFullError as exc:
         raise GoldenhourError(f"capture stopped: {exc}; no bundle written, nothing else touched") from None
+    except OSError as exc:
+        if not is_full(exc):
+            raise
+        raise GoldenhourError(f"capture stopped: no space left on the store ({exc.strerror}); no bundle "
+                              "written, nothing else touched") from None
     finally:
         root_logger.removeHandler(handler)
         handler.close()
@@ -287,9 +301,9 @@ def _publish(cfg: Config, store: Store, staging: Path, name: str, req: CaptureRe
     built: list[dict[str, Any]] = []
     packed = pack(staging, name, dest, compression=cfg["capture.compression"],
                   level=cfg["capture.zstd_level"], max_bundle_bytes=cfg["store.max_bundle_bytes"],
-                  reserve=reserve, log_file=log_path, log_filter=(lambda b: redact_log(b)[0]) if cfg["logs.redact"] else None,
+                  reserve=reserve, log_file=log_path, sidecar=manifest_sidecar(dest),
+                  log_filter=(lambda b: redact_log(b)[0]) if cfg["logs.redact"] else None,
                   manifest=lambda files, left_out: built.append(manifest(files, left_out)) or built[-1])
-    atomic_write(manifest_sidecar(dest), _dumps(built[-1]).encode())
     return CaptureResult(packed.path, packed.sha256, packed.size, incident, built[-1])
 
 
@@ -365,10 +379,21 @@ def salvage(cfg: Config, store: Store) -> list[CaptureResult]:
     return saved
 
 
-def _keep_log(src: Path, dest: Path, redact: bool) -> None:
-    """A log of goldenhour's own (a collector's) into the bundle, through the redactor unless logs are raw."""
+def _keep_log(src: Path, dest: Path, redact: bool, reserve: int) -> None:
+    """A log of goldenhour's own (a collector's) into the bundle, through the redactor unless logs are raw;
+    left out when it would cross the reserve."""
     data = src.read_bytes()
-    dest.write_bytes(redact_log(data)[0] if redact else data)
+    data = redact_log(data)[0] if redact else data
+    if room(dest.parent, reserve) < len(data):
+        log.warning("%s left out: the store reached its free-space reserve", dest.name)
+        return
+    try:
+        dest.write_bytes(data)
+    except OSError as exc:
+        dest.unlink(missing_ok=True)
+        if not is_full(exc):
+            raise
+        log.warning("%s left out: no space left on the store", dest.name)
 
 
 def _dumps(obj: Any) -> str:

@@ -154,9 +154,13 @@ LOG_RULES = RULES + [
     "the whole value of Authorization, Proxy-Authorization, Cookie and Set-Cookie headers, "
     "and every line of a PEM private key block; lines are kept",
 ]
-_TRIGGER = re.compile(rb"(?i)://|bearer|basic|token|digest|eyj|akia|asia|gh[pousr]_|github_pat_|glpat-|xox|_live_|"
-                      rb"aiza|npm_|private|passw|secret|credential|authoriz|cookie|session|api.?key|access.?key|"
-                      rb"signature|passphrase|pwd|pw|auth|jwt|dsn|salt|otp|key|pass")
+# Lines holding none of these (lowercase) words are copied as they are; the rules' own words, and each shape's
+_HINTS = {"url": (b"://",), "auth": (b"bearer", b"basic", b"token", b"digest"), "jwt": (b"eyj",),
+          "aws": (b"akia", b"asia"), "pem": (b"private key",),
+          "token": (b"ghp_", b"gho_", b"ghu_", b"ghs_", b"ghr_", b"github_pat_", b"glpat-", b"xox", b"_live_", b"aiza",
+                    b"npm_")}
+_ALL = {h for hs in _HINTS.values() for h in hs} | {s.encode() for s in STRONG} | {w.encode() for w in WORDS}
+_TRIGGERS = tuple(sorted(w for w in _ALL if not any(o != w and o in w for o in _ALL)))   # "pass" finds "passw"
 _JSON_PAIR = re.compile(r'"(?P<key>[^"\\]{1,80})"\s*:\s*"(?P<value>(?:[^"\\]|\\.)*)"')
 _COLON = re.compile(r"(?P<key>(?<![A-Za-z0-9_.\-])[A-Za-z][A-Za-z0-9_.\-]{0,63})[ \t]*:[ \t]+(?=(?P<value>[^\s,;\"']+))")
 _WHOLE_HEADER = re.compile(r"(?P<key>(?<![A-Za-z0-9_\-])(?:proxy-)?authorization|(?<![A-Za-z0-9_\-])(?:set-)?cookie)"
@@ -165,15 +169,19 @@ _PEM_BEGIN = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 _PEM_END = re.compile(rb"-----END [A-Z ]*PRIVATE KEY-----")
 
 
-def _log_line(red: Redactor, line: str) -> str:
-    def whole(m: re.Match[str]) -> str:
-        if m.group("value").strip() == MASK:
-            return m.group(0)
-        red.count += 1
-        return m.group(0)[: m.start("value") - m.start()] + MASK
-
-    line = _WHOLE_HEADER.sub(whole, line)
-    line = red.text(line)
+def _log_line(red: Redactor, line: str, low: bytes) -> str:
+    """One log line that holds a trigger word (``low``: its bytes, lowercased): rules 1, 3 and 4."""
+    if b"cookie" in low or b"authoriz" in low:
+        def whole(m: re.Match[str]) -> str:
+            if m.group("value").strip() == MASK:
+                return m.group(0)
+            red.count += 1
+            return m.group(0)[: m.start("value") - m.start()] + MASK
+        line = _WHOLE_HEADER.sub(whole, line)
+    for rx, kind in _SHAPES:
+        if any(h in low for h in _HINTS[kind]):
+            line, n = rx.subn(lambda m: (m.groupdict().get("keep") or "") + MASK, line)
+            red.count += n
 
     def pair(m: re.Match[str]) -> str:
         v = m.group("value")
@@ -182,12 +190,16 @@ def _log_line(red: Redactor, line: str) -> str:
         red.count += 1
         return m.group(0)[: m.start("value") - m.start()] + MASK + m.group(0)[m.end("value") - m.start():]
 
-    line = _JSON_PAIR.sub(pair, line)
-    spans = [m.span("value") for m in _COLON.finditer(line)        # the value is looked ahead, not consumed:
-             if m.group("value") != MASK and sensitive_name(m.group("key"))]   # "a: b: c" has two pairs
-    for start, end in reversed(spans):
-        red.count += 1
-        line = line[:start] + MASK + line[end:]
+    if "=" in line:
+        line = _INLINE.sub(pair, line)
+    if '"' in line:
+        line = _JSON_PAIR.sub(pair, line)
+    if ":" in line:
+        spans = [m.span("value") for m in _COLON.finditer(line)        # the value is looked ahead, not consumed:
+                 if m.group("value") != MASK and sensitive_name(m.group("key"))]   # "a: b: c" has two pairs
+        for start, end in reversed(spans):
+            red.count += 1
+            line = line[:start] + MASK + line[end:]
     return line
 
 
@@ -204,7 +216,7 @@ class LogRedactor:
     def count(self) -> int:
         return self.red.count
 
-    def _line(self, line: bytes) -> bytes:
+    def _line(self, line: bytes, low: bytes | None = None) -> bytes:
         if self.in_pem:
             end = _PEM_END.search(line)
             if end is None:                   # inside the block (counted once, at its start)
@@ -212,28 +224,53 @@ class LogRedactor:
                 return MASK.encode() + line[len(body):] if body else line
             self.in_pem = False
             return MASK.encode() + line[end.end():]
-        if not _TRIGGER.search(line):
-            return line
+        low = line.lower() if low is None else low
         text = line.decode("utf-8", "surrogateescape")
-        out = _log_line(self.red, text).encode("utf-8", "surrogateescape")
+        out = _log_line(self.red, text, low).encode("utf-8", "surrogateescape")
         begin = _PEM_BEGIN.search(line)
         if begin is not None and not _PEM_END.search(line, begin.end()):
             self.in_pem = True
         return out
+
+    def _block(self, block: bytes) -> bytes:
+        """Complete lines (``block`` ends with a newline): those holding a trigger word are redacted, the
+        others copied as they are (found with one ``find`` pass per word over the lowercased block)."""
+        low = block.lower()
+        starts = {0} if self.in_pem else set()
+        for word in _TRIGGERS:
+            i = low.find(word)
+            while i >= 0:
+                ls = low.rfind(b"\n", 0, i) + 1
+                starts.add(ls)
+                i = low.find(word, low.index(b"\n", i) + 1)      # the next line holding it
+        if not starts:
+            return block
+        out: list[bytes] = []
+        pos = 0
+        for ls in sorted(starts):
+            if ls < pos:
+                continue
+            le = block.find(b"\n", ls)
+            out += [block[pos:ls], self._line(block[ls:le], low[ls:le])]
+            pos = le
+            while self.in_pem and pos + 1 < len(block):     # the rest of a PEM block, line by line
+                ns, ne = pos + 1, block.find(b"\n", pos + 1)
+                out += [block[pos:ns], self._line(block[ns:ne])]
+                pos = ne
+        out.append(block[pos:])
+        return b"".join(out)
 
     def feed(self, data: bytes) -> bytes:
         """The redacted complete lines of what was fed so far (a last line without its end waits)."""
         data = self.rest + data
         cut = data.rfind(b"\n") + 1
         self.rest = data[cut:]
-        if not cut:
-            return b""
-        return b"\n".join(self._line(ln) for ln in data[:cut - 1].split(b"\n")) + b"\n"
+        return self._block(data[:cut]) if cut else b""
 
     def finish(self) -> bytes:
         """The last line (one without a newline), redacted."""
         rest, self.rest = self.rest, b""
-        return self._line(rest) if rest else b""
+        return self._block(rest + b"\n")[:-1] if rest else b""
 
 
 def redact_log(data: bytes) -> tuple[bytes, int]:

@@ -116,7 +116,8 @@ def dump_gcore(ctx) -> dict[str, Any]:
     t.ensure_alive()
     safety.normal_priority()
     res = ctx.run(gdb_argv(gdb, t.pid, [f"gcore {out}"], symbols=False), stdout="gcore.log",
-                  env={**os.environ, "DEBUGINFOD_URLS": ""}, timeout_s=max(5.0, ctx.remaining() - 2))
+                  env={**os.environ, "DEBUGINFOD_URLS": ""}, timeout_s=max(5.0, ctx.remaining() - 2),
+                  space=int(estimate * 1.1) + 2**20)
     size = out.stat().st_size if out.exists() else 0
     log = (ctx.out / "gcore.log").read_text(errors="replace") if (ctx.out / "gcore.log").exists() else ""
     if not res.ok or "Saved corefile" not in log:
@@ -237,7 +238,7 @@ def _fetch(ctx, src: str, dest: str) -> str:
     except OSError:
         pass
     size = os.stat(src).st_size
-    if size > store_room(ctx):
+    if not ctx.claim(size):
         raise Skip(f"the heap dump ({_gb(size)}) does not fit in the store above its reserve")
     with open(src, "rb") as fi, open(dest, "wb") as fo:
         while True:

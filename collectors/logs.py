@@ -390,7 +390,8 @@ def tail_one(ctx, path: str, n: int, requested: str, used: set[str], redact: boo
                 except (OSError, EOFError, ValueError, TimeoutError, ImportError) as exc:
                     entry["errors"].append(f"rotated sibling {sib}: {_err(exc)}")
         total = len(older) + live_bytes
-        if ctx.below_reserve(total):
+        room = total + (total // 8 if redact else 0)      # a mask can be longer than what it hides
+        if not ctx.claim(room):
             entry["errors"].append("left out: the store reached its free-space reserve")
             ctx.partial(f"log {path} left out: the store reached its free-space reserve")
             return entry
@@ -422,6 +423,7 @@ def tail_one(ctx, path: str, n: int, requested: str, used: set[str], redact: boo
                      truncated=(start > 0) if data is None else None)
         if red is not None:
             entry["redacted"] = red.count
+        ctx.release(room - entry["bytes_kept"])
     except (OSError, EOFError, ValueError, TimeoutError, ImportError) as exc:
         entry["errors"].append(_err(exc))
         return entry

@@ -502,7 +502,7 @@ def collect(ctx) -> None:
             fallback_reason = "ss (iproute2) not found on PATH"
         else:
             try:
-                with open(ctx.path("sockets.jsonl"), "w", encoding="utf-8") as sink:
+                with ctx.open_out("sockets.jsonl", "w", encoding="utf-8") as sink:
                     summary = summarise(ss_records(ctx, unparsed), sink)
                 used = "ss"
             except SsFailed as exc:
@@ -511,7 +511,7 @@ def collect(ctx) -> None:
                 fallback_reason = str(exc)
     if summary is None:
         unparsed = Unparsed()
-        with open(ctx.path("sockets.jsonl"), "w", encoding="utf-8") as sink:
+        with ctx.open_out("sockets.jsonl", "w", encoding="utf-8") as sink:
             summary = summarise(proc_records(ctx), sink)
         used = "proc"
         if fallback_reason:
