@@ -4,7 +4,8 @@ Every trigger (``goldenhour snapshot``, a webhook via the daemon, the pre-restar
 hook) ends up in ``capture(cfg, request)``:
 
 1. validate the incident ID, open the store, resume any target a previous run
-   left stopped (pause ledger), check the free-space reserve;
+   left stopped (pause ledger), remove the scratch files of a killed run (scratch
+   ledger), check the free-space reserve;
 2. resolve target processes and make the plan (profile, selection, budgets);
 3. run the collectors in parallel child processes into a staging folder;
 4. pack the staging folder into one bundle, hashing every file while streaming,
@@ -26,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from agent import __version__, pauses, plan as planner, priority, procfs, registry, runner, targets as targets_mod
-from agent.bundle import EXTENSIONS, DiskFullError, manifest_sidecar, pack
+from agent import __version__, pauses, plan as planner, priority, procfs, registry, runner, scratch
+from agent import targets as targets_mod
+from agent.bundle import EXTENSIONS, DiskFullError, manifest_sidecar, pack, partial_path
 from agent.collector import FAILED, OK, PARTIAL, SKIPPED, TARGET_EXITED, TIMEOUT, Limits, read_text
 from agent.config import Config
 from agent.errors import GoldenhourError
@@ -153,6 +155,8 @@ def capture(cfg: Config, req: CaptureRequest,
     # 1. store, ledger sweep, free-space reserve
     store = Store(cfg.store_path).ensure()
     resumed = pauses.sweep(store.ledger)
+    for gone in scratch.sweep(store.scratch):
+        log.warning("removed a scratch file left by a killed goldenhour: %s", gone)
     reserve = reserve_for(store.root, cfg["store.reserve_bytes"], cfg["store.reserve_percent"])
     free = free_bytes(store.root)
     if free < reserve:
@@ -223,6 +227,7 @@ def capture(cfg: Config, req: CaptureRequest,
             "heap": req.heap or req.profile == "full" or cfg["capture.heap"],
             "exclude_pids": [os.getpid()],
             "netns": req.netns,
+            "scratch_dir": str(store.scratch),
             "reserve_bytes": collect_reserve,
         }
         limits = Limits(max_file_bytes=cfg["store.max_file_bytes"])
@@ -299,11 +304,12 @@ def _publish(cfg: Config, store: Store, staging: Path, name: str, req: CaptureRe
 
     flush()
     built: list[dict[str, Any]] = []
-    packed = pack(staging, name, dest, compression=cfg["capture.compression"],
-                  level=cfg["capture.zstd_level"], max_bundle_bytes=cfg["store.max_bundle_bytes"],
-                  reserve=reserve, log_file=log_path, sidecar=manifest_sidecar(dest),
-                  log_filter=(lambda b: redact_log(b)[0]) if cfg["logs.redact"] else None,
-                  manifest=lambda files, left_out: built.append(manifest(files, left_out)) or built[-1])
+    with scratch.recorded(store.scratch, partial_path(dest), "bundle being packed"):
+        packed = pack(staging, name, dest, compression=cfg["capture.compression"],
+                      level=cfg["capture.zstd_level"], max_bundle_bytes=cfg["store.max_bundle_bytes"],
+                      reserve=reserve, log_file=log_path, sidecar=manifest_sidecar(dest),
+                      log_filter=(lambda b: redact_log(b)[0]) if cfg["logs.redact"] else None,
+                      manifest=lambda files, left_out: built.append(manifest(files, left_out)) or built[-1])
     return CaptureResult(packed.path, packed.sha256, packed.size, incident, built[-1])
 
 

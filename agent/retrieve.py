@@ -30,12 +30,12 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 from agent import bundle as bundle_mod
+from agent import scratch
 from agent.config import Config
 from agent.errors import (EXIT_DISK_FULL, EXIT_NOT_FOUND, EXIT_TAMPERED,
                           EXIT_USAGE, NotFoundError)
@@ -400,7 +400,7 @@ def _check_member(archive: str, m, top: str | None) -> str:
     return "/".join(parts)
 
 
-def extract_bundle(path: Path, dest: Path) -> tuple[Path, bool]:
+def extract_bundle(path: Path, dest: Path, ledger: Path | None = None) -> tuple[Path, bool]:
     """Extract a bundle into ``dest/<top>``; returns (folder, False if it was there already).
 
     Our own loop, not ``tarfile.extractall``: every member is checked before it is
@@ -409,7 +409,9 @@ def extract_bundle(path: Path, dest: Path) -> tuple[Path, bool]:
     """
     dest.mkdir(parents=True, exist_ok=True)
     real = dest.resolve()
-    staging = Path(tempfile.mkdtemp(prefix=".goldenhour-extract-", dir=real))
+    staging = real / f".goldenhour-extract-{os.urandom(6).hex()}"
+    entry = scratch.record(ledger, staging, "bundle being extracted")
+    staging.mkdir(mode=0o700)
     top: str | None = None
     try:
         with open(path, "rb") as fh, bundle_mod.open_stream(fh, str(path)) as tar:
@@ -450,6 +452,7 @@ def extract_bundle(path: Path, dest: Path) -> tuple[Path, bool]:
         raise StorageError(f"cannot extract {path.name} into {dest}: {exc.strerror or exc}", EXIT_USAGE) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        scratch.release(entry)
 
 
 def safe_extract(path: Path, dest: Path) -> Path:
@@ -525,6 +528,8 @@ def _fetch_one(cfg: Config, s3, session, bucket: str, prefix: str, incident: str
     tmp = dest / f".{name}.part-{os.getpid()}"
     row: dict[str, Any] = {"bundle": r["bundle"], "host": r["host"], "incident": incident, "key": key,
                            "url": f"s3://{bucket}/{key}", "path": None}
+    ledger = Store(cfg.store_path).scratch
+    entry = scratch.record(ledger, tmp.resolve(), "bundle being fetched")
     try:
         with open(tmp, "wb") as fh:
             rep, info = _verify_object(s3, bucket, key, fh, progress, shas)
@@ -532,6 +537,7 @@ def _fetch_one(cfg: Config, s3, session, bucket: str, prefix: str, incident: str
             os.fsync(fh.fileno())
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        scratch.release(entry)
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise StorageError(f"disk full while fetching {key} into {dest}; partial file removed",
                                EXIT_DISK_FULL) from None
@@ -542,16 +548,18 @@ def _fetch_one(cfg: Config, s3, session, bucket: str, prefix: str, incident: str
                checksum_sha256=info["checksum_sha256"], version_id=info["version_id"], checks=info["checks"])
     if not rep.ok:
         tmp.unlink(missing_ok=True)
+        scratch.release(entry)
         row.update(status="refused", problems=rep.messages())
         _custody_quiet(cfg, s3, session, bucket, prefix, incident, "fetch-refused", rep.sha256, key, row,
                        problems=rep.messages()[:10])
         return row
     os.replace(tmp, local)
+    scratch.release(entry)
     bundle_mod.write_sidecar(local, rep.sha256)
     row.update(status="verified", path=str(local), problems=[])
     if extract:
         try:
-            folder, fresh = extract_bundle(local, dest)
+            folder, fresh = extract_bundle(local, dest, ledger)
             row.update(extracted=str(folder), freshly_extracted=fresh)
         except StorageError as exc:
             if exc.exit_code != EXIT_TAMPERED:   # disk full, unwritable destination: the bundle is kept

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from agent import pauses, procfs
+from agent import pauses, procfs, scratch
 from agent import reserve as reserve_mod
 from agent.collector import (FAILED, INTERRUPTED, OK, PARTIAL, SKIPPED, TARGET_EXITED, TIMEOUT, Collector, Context,
                              Limits, ReserveReached, Skip, TargetGone, die_with_parent)
@@ -317,6 +317,8 @@ def run_items(items: list[Item], staging: Path, *, deadline: float, capture: dic
             if isinstance(res.notes.get("pause"), dict):     # what the collector measured
                 res.pause = {**(res.pause or {}), "measured": res.notes["pause"]}
         results[run.item.key] = res
+        for gone in scratch.sweep(capture.get("scratch_dir")):    # what a killed collector left outside staging
+            res.events.append({"event": "scratch_removed", **gone})
         emit("end", run.item, res)
 
     def abandon(why: str) -> None:

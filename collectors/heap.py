@@ -8,7 +8,9 @@ What, per runtime:
   the JVM's working directory; never tmpfs, which a container's memory limit pays for), with
   room for the estimate, then moves the file into the bundle through ``/proc/PID/root`` (a
   rename on the same filesystem, else a streamed copy) and deletes the JVM's copy whatever
-  happens. Same SIGQUIT/identity checks as ``threads``.
+  happens: its path is in the scratch ledger (agent/scratch.py) before the JVM is asked to
+  write it, so even a goldenhour killed mid-dump has it removed at its next start. Same
+  SIGQUIT/identity checks as ``threads``.
 - Node.js: a V8 heap snapshot over the inspector (``HeapProfiler.takeHeapSnapshot``), streamed
   chunk by chunk into the bundle by goldenhour (the target writes nothing). It blocks the event
   loop for the whole snapshot (5-7.5 s for 256 MiB) and needs about twice the heap in free
@@ -51,7 +53,7 @@ import secrets
 import time
 from typing import Any
 
-from agent import preflight, procfs, safety
+from agent import preflight, procfs, safety, scratch
 from agent.collector import Collector, Option, Scope, Skip, TargetGone, read_text
 from collectors.threads import _gone_or, _tail, gdb_argv, jcmd, node_preflight, tool
 
@@ -210,6 +212,9 @@ def dump_jvm(ctx) -> dict[str, Any]:
     in_target = f"{d.rstrip('/')}/{name}"
     src = f"/proc/{t.pid}/root{in_target}"
     dest = ctx.path("heap.hprof")
+    # recorded before the JVM can create it: if goldenhour is killed now, the next start removes it
+    entry = scratch.record(ctx.capture.get("scratch_dir"), in_target, "JVM heap dump",
+                           writer=procfs.Identity(t.pid, t.start_time))
     try:
         out, pause = jcmd(ctx, ["GC.heap_dump", in_target], "jcmd.txt", timeout_s=max(10.0, ctx.remaining() - 5),
                           technique="jvm_heap_dump", figures={"disk": _disk(t.pid, d, estimate)})
@@ -219,10 +224,12 @@ def dump_jvm(ctx) -> dict[str, Any]:
     finally:
         try:
             os.unlink(src)               # never leave a heap dump behind in the target's world
+            scratch.release(entry)
         except FileNotFoundError:
-            pass
+            scratch.release(entry)
         except OSError as exc:
-            ctx.partial(f"could not remove the JVM's dump file {in_target}: {exc.strerror}")
+            ctx.partial(f"could not remove the JVM's dump file {in_target}: {exc.strerror} (the scratch "
+                        "ledger keeps it: the next goldenhour start removes it)")
     return {"method": "jcmd GC.heap_dump", "file": dest.name, "bytes": dest.stat().st_size,
             "estimate_bytes": estimate, "heap_used_bytes": used, "written_by_target_at": in_target,
             "fetched": moved, "pause": pause,

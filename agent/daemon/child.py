@@ -68,8 +68,9 @@ def run(cfg: Config, job: ChildJob) -> JobResult:
         return JobResult("salvage", ok=True,
                          salvaged=[str(r.bundle) for r in salvage(cfg, Store(cfg.store_path).ensure())])
     if job.kind == "sweep":
-        from agent import pauses
-        return JobResult("sweep", ok=True, resumed=pauses.sweep(Store(cfg.store_path).ledger))
+        from agent import pauses, scratch
+        store = Store(cfg.store_path)
+        return JobResult("sweep", ok=True, resumed=pauses.sweep(store.ledger), scratch=scratch.sweep(store.scratch))
     raise UsageError(f"unknown job kind {job.kind!r}")
 
 
