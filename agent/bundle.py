@@ -478,7 +478,8 @@ class _ZstdFrames:
         elif st == "skipsize":
             size = struct.unpack("<I", hdr)[0]
             if self.skip_magic != INDEX_MAGIC or size != INDEX_TEXT_LEN:
-                self._trailing(f"a skippable frame (magic {self.skip_magic:#x}, {size} bytes) goldenhour does not write")
+                self._trailing(f"a skippable frame (magic {self.skip_magic:#x}, {size} bytes) "
+                               "goldenhour does not write")
             else:
                 self.state, self.need = "index", size
         elif st == "index":

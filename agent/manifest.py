@@ -373,7 +373,7 @@ class Seen:
     sums: bytes | None = None                                   # SHA256SUMS
     manifest: bytes | None = None                               # manifest.json
     sha256: str = ""                                            # the archive's own SHA-256 ("" for a folder)
-    index: str | None = None                                    # manifest.json's SHA-256 as the archive's index names it
+    index: str | None = None                                    # manifest.json's SHA-256, as the archive's index says
     problems: list[Problem] = field(default_factory=list)       # found while reading (members, damage)
 
 

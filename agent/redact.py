@@ -162,7 +162,8 @@ _HINTS = {"url": (b"://",), "auth": (b"bearer", b"basic", b"token", b"digest"), 
 _ALL = {h for hs in _HINTS.values() for h in hs} | {s.encode() for s in STRONG} | {w.encode() for w in WORDS}
 _TRIGGERS = tuple(sorted(w for w in _ALL if not any(o != w and o in w for o in _ALL)))   # "pass" finds "passw"
 _JSON_PAIR = re.compile(r'"(?P<key>[^"\\]{1,80})"\s*:\s*"(?P<value>(?:[^"\\]|\\.)*)"')
-_COLON = re.compile(r"(?P<key>(?<![A-Za-z0-9_.\-])[A-Za-z][A-Za-z0-9_.\-]{0,63})[ \t]*:[ \t]+(?=(?P<value>[^\s,;\"']+))")
+_COLON = re.compile(r"(?P<key>(?<![A-Za-z0-9_.\-])[A-Za-z][A-Za-z0-9_.\-]{0,63})[ \t]*:[ \t]+"
+                    r"(?=(?P<value>[^\s,;\"']+))")
 _WHOLE_HEADER = re.compile(r"(?P<key>(?<![A-Za-z0-9_\-])(?:proxy-)?authorization|(?<![A-Za-z0-9_\-])(?:set-)?cookie)"
                            r"[ \t]*:[ \t]*(?P<value>\S.*)$", re.I)
 _PEM_BEGIN = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----")

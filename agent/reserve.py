@@ -205,5 +205,5 @@ class QuietFileHandler(logging.FileHandler):
             return
         super().emit(record)
 
-    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+    def handleError(self, record: logging.LogRecord) -> None:
         self.dropped += 1

@@ -297,7 +297,7 @@ def _sidecar_object(s3, bucket: str, key: str) -> Sidecar | None:
     side = _strip_ext(key) + ".manifest.json"
     try:
         return Sidecar(side.rsplit("/", 1)[-1], s3.get_object(Bucket=bucket, Key=side)["Body"].read())
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if storage_error(exc, "").exit_code != EXIT_NOT_FOUND:
             raise
         return None

@@ -51,7 +51,8 @@ S = {   # every value is a secret that must appear nowhere; names are for the fa
 D_STATE = textwrap.dedent("""
     import os, sys, threading
     print("READY", os.getpid(), flush=True)
-    os.posix_spawn("/bin/true", ["true"], os.environ, file_actions=[(os.POSIX_SPAWN_OPEN, 0, sys.argv[1], os.O_RDONLY, 0)])
+    os.posix_spawn("/bin/true", ["true"], os.environ,
+                   file_actions=[(os.POSIX_SPAWN_OPEN, 0, sys.argv[1], os.O_RDONLY, 0)])
     threading.Event().wait()
 """)
 
@@ -172,7 +173,7 @@ def test_no_seeded_secret_reaches_a_bundle_or_a_report(gh, seeded, tmp_path, pro
     rows = {r["pid"]: r for r in host["top_processes"]["by_rss"]}
     assert "--password=[REDACTED]" in rows[py.pid]["cmdline"] and "svc:[REDACTED]@db.example" in rows[py.pid]["cmdline"]
     assert "--api-token [REDACTED]" in rows[py.pid]["cmdline"]
-    assert f"--password=[REDACTED]" in next(r["cmdline"] for r in host["d_state"] if r["pid"] == dstate.pid)
+    assert "--password=[REDACTED]" in next(r["cmdline"] for r in host["d_state"] if r["pid"] == dstate.pid)
     assert "-Djavax.net.ssl.keyStorePassword=[REDACTED]" in rows[jvm.pid]["cmdline"]
     env = (top / f"collectors/process/{py.pid}/environ.txt").read_text().splitlines()
     assert "API_TOKEN=[REDACTED]" in env and "HARMLESS=visible-value" in env
