@@ -5,7 +5,9 @@ Where it sits: after the runner, before the store publishes and the uploader sen
 file's SHA-256 and the compressor, and the compressed bytes feed the bundle's own
 SHA-256 as they are written. ``manifest.json`` and ``SHA256SUMS`` go in last. The
 archive is written under a temporary name, fsynced and published by atomic
-rename, with ``<bundle>.sha256`` beside it (``sha256sum -c`` format).
+rename, with ``<bundle>.sha256`` (``sha256sum -c`` format) and the manifest sidecar beside it,
+written before the rename that publishes all three. The archive ends with goldenhour's index
+(the manifest's SHA-256 in a zstd skippable frame, or an empty gzip member).
 
 Layout inside the archive, under one top folder named like the bundle::
 
@@ -17,8 +19,9 @@ Layout inside the archive, under one top folder named like the bundle::
 Reading: ``scan`` reads an archive once, hashing every member and the archive
 itself; ``agent.manifest.check`` (the one integrity check, shared by ``verify``,
 ``fetch`` and the report) then compares every member with both ``SHA256SUMS`` and
-the manifest, and the archive with its ``.sha256``. ``load_manifest`` reads a local
-bundle's manifest (its sidecar, else the archive's) through the one reader.
+the manifest, and the archive with its ``.sha256``; ``scan`` also walks the archive's framing
+to its end (cut short, bytes after it). ``load_manifest`` reads a local bundle's manifest
+through the one reader: its sidecar when the archive's index names it, else the archive's.
 """
 from __future__ import annotations
 

@@ -8,7 +8,11 @@ only integrity check: given what one pass over a bundle saw (each file's SHA-256
 ``SHA256SUMS``, ``manifest.json``; see ``bundle.scan``) it compares every file with
 ``SHA256SUMS`` and the manifest, and the archive with its recorded SHA-256, and returns
 each difference as a ``Problem`` (the file, one line why). ``verify``, ``fetch`` and the
-report all print the same problems in the same words.
+report all print the same problems in the same words. A manifest sidecar is bound to its
+archive: ``check`` compares it with the archive's manifest.json (``sidecar_difference`` names
+the fields that differ), the archive's index must name the manifest.json inside, and
+``filed_problems`` compares where a bundle is filed (its name, its S3 key's incident and host)
+with what its manifest says.
 
 Schema v1, the keys every goldenhour writes (the reader requires the starred ones, and
 checks the type of every other one that is present)::
