@@ -1,7 +1,7 @@
 """The child side of the daemon's jobs: what ``goldenhour daemon-job`` runs.
 
 Where it sits: the job runner (``agent.daemon.jobs``) starts ``python -m agent
-daemon-job`` for each capture, upload round, salvage and pause-ledger sweep, writes
+daemon-job`` for each capture, upload round, salvage and ledger sweep, writes
 one ``ChildJob`` as JSON on its stdin and reads one ``JobResult`` from its stdout
 (both in ``agent.daemon.request``). This is the only module of ``agent.daemon`` that
 imports the capture pipeline (capture, pauses, upload) and so, through the registry,
@@ -70,7 +70,8 @@ def run(cfg: Config, job: ChildJob) -> JobResult:
     if job.kind == "sweep":
         from agent import pauses, scratch
         store = Store(cfg.store_path)
-        return JobResult("sweep", ok=True, resumed=pauses.sweep(store.ledger), scratch=scratch.sweep(store.scratch))
+        return JobResult("sweep", ok=True, resumed=pauses.sweep(store.ledger),
+                         scratch=scratch.sweep(store.scratch))
     raise UsageError(f"unknown job kind {job.kind!r}")
 
 

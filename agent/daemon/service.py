@@ -7,8 +7,9 @@ telemetry, the job runner (``jobs``), the webhook receiver and the intake:
 
     Receiver (verify, parse) -> Intake (target, dedupe) -> JobRunner (queue, child) -> state
 
-At start: the pause-ledger sweep when the ledger has entries (resume any target a
-dead goldenhour left stopped; in a child, like every piece of capture-side code),
+At start: the ledgers' sweep when they have entries (resume any target a dead
+goldenhour left stopped, remove the scratch files a killed goldenhour left outside its
+staging folder; in a child, like every piece of capture-side code),
 salvage of interrupted captures, re-queueing of the captures that were queued when
 the daemon stopped. At stop: a running capture may finish for ``SHUTDOWN_GRACE_S``;
 queued ones stay queued in the state file.
@@ -82,7 +83,7 @@ class Service:
     # -- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
         self.store.ensure()
-        if self.store.ledger.is_dir() and any(self.store.ledger.glob("*.json")):
+        if any(d.is_dir() and any(d.glob("*.json")) for d in (self.store.ledger, self.store.scratch)):
             await self.jobs.sweep()
         self.state.load(repair=True)
         if self.state.problem:
