@@ -97,6 +97,7 @@ def reload(svc: "Service", load: Callable[[], Config]) -> dict[str, Any]:
     svc.receiver, svc.identity, svc.intake.identity, svc.token = receiver, identity, identity, token
     svc.state.dedupe_s = float(new["daemon.dedupe_hours"]) * 3600
     svc.state.open_s = float(new["daemon.open_hours"]) * 3600
+    svc.guard.configure(new)                   # timeouts, connection limit, log interval: new connections
     if kept:
         kv(logging.WARNING, "reload", "these keys changed but take effect only after a restart "
            "(systemctl restart goldenhour); their running values are kept", keys=",".join(kept))

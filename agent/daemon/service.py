@@ -27,6 +27,7 @@ from typing import Any
 from agent import __version__, targeting
 from agent.config import Config, ConfigError
 from agent.daemon.client import read_token
+from agent.daemon.guard import Guard
 from agent.daemon.intake import Intake, Receiver
 from agent.daemon.jobs import JobRunner, stop_proc
 from agent.daemon.kvlog import kv
@@ -64,6 +65,7 @@ class Service:
                             open_incidents=lambda: len(self.state.open_incidents()),
                             pending_uploads=lambda: self.jobs.pending_uploads())
         self.jobs = JobRunner(cfg, config_path, self.store, self.state, self.tm, self.save_state)
+        self.guard = Guard.from_config(cfg, count=lambda event: self.tm.http_events.inc(event))
         self.receiver = Receiver(cfg)
         self.intake = Intake(cfg, self.state, self.identity, self.jobs)
         self.check_collectors(cfg)
