@@ -36,6 +36,7 @@ S = {   # every value is a secret that must appear nowhere; names are for the fa
     "node cmdline": "N0de-Cmd-Passw0rd-aa11",
     "node env": "N0de-Env-Secret-bb22",
     "jvm property": "Jvm-St0re-Passw0rd-cc33",
+    "jvm argument": "Jvm-Arg-Passw0rd-ee77",
     "d-state cmdline": "Dstate-Passw0rd-dd44",
     "log bearer": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJyZWRhY3QtbWUtOTkifQ.c2lnbmF0dXJlLXJlZGFjdC1tZQ",
     "log password": "L0g-Passw0rd-ee55",
@@ -92,7 +93,8 @@ def seeded(tmp_path_factory):
                                         "--api-token", S["cmdline --api-token next arg"], env=env))
         targets.append(dt.node_target(tmp, f"--db-password={S['node cmdline']}",
                                       env={**env, "NODE_SECRET_TOKEN": S["node env"]}))
-        targets.append(dt.jvm_target(tmp, f"-Djavax.net.ssl.keyStorePassword={S['jvm property']}"))
+        targets.append(dt.jvm_target(tmp, f"-Djavax.net.ssl.keyStorePassword={S['jvm property']}",
+                                     extra=("--db-password", S["jvm argument"])))
         fifo = tmp / "block.fifo"
         os.mkfifo(fifo)
         dstate = dt.Target([sys.executable, "-c", D_STATE, fifo, f"--password={S['d-state cmdline']}"], env=env)
