@@ -50,6 +50,10 @@ def _closed_by_server(s: socket.socket, within: float) -> bytes | None:
 
 
 def _log_ok(d, event: str, most: int = 2) -> list[str]:
+    """The daemon's log lines of ``event`` (waited for: the log is read by a thread), never a traceback."""
+    deadline = time.monotonic() + 15
+    while not [ln for ln in d.lines if f"event={event}" in ln] and time.monotonic() < deadline:
+        time.sleep(0.05)
     text = "\n".join(d.lines)
     assert "Traceback" not in text and "Exception in ASGI application" not in text, text[-4000:]
     lines = [ln for ln in d.lines if f"event={event}" in ln]
@@ -92,9 +96,6 @@ def test_a_client_gone_mid_body_is_a_normal_event(new_daemon):
         s = socket.create_connection(_port(d), timeout=10)
         s.sendall(head)
         s.close()
-    deadline = time.monotonic() + 15
-    while not [ln for ln in d.lines if "event=http_client_gone" in ln] and time.monotonic() < deadline:
-        time.sleep(0.05)
     lines = _log_ok(d, "http_client_gone")
     assert "level=info" in lines[0]
     assert httpx.get(f"{d.url}/healthz", timeout=10).status_code == 200
