@@ -331,12 +331,13 @@ def _user(uid: int) -> str | None:
     return _users[uid]
 
 
-def _details(pid: int, red: Redactor) -> dict[str, Any]:
+def _details(pid: int, red: Redactor | None = None) -> dict[str, Any]:
     """The slower facts of one process (may block: called through the watchdog).
 
     A fact that could not be read is None, and ``unreadable`` says why: {fact: denied | gone | other}.
     The command line goes through the redactor (agent/redact.py) before it is cut to ``CMDLINE_MAX``.
     """
+    red = red or Redactor()
     d: dict[str, Any] = {}
     unreadable: dict[str, str] = {}
     base = f"/proc/{pid}"
