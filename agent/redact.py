@@ -40,6 +40,7 @@ Heap dumps and core images cannot be redacted: they hold whatever the process he
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Iterable
 
@@ -78,8 +79,9 @@ def _words(name: str) -> list[str]:
     return [w for w in re.split(r"[^A-Za-z0-9]+", name.lower()) if w]
 
 
+@functools.lru_cache(maxsize=4096)
 def sensitive_name(name: str) -> bool:
-    """Rule 1: does this variable/option/property name hold a secret?"""
+    """Rule 1: does this variable/option/property name hold a secret? (Names repeat: cached.)"""
     words = _words(name.lstrip("-").removeprefix("D") if name.startswith("-D") else name.lstrip("-"))
     if not words or words[-1] in EXEMPT_LAST:
         return False
