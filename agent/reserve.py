@@ -14,9 +14,10 @@ filesystem. Where it sits:
   raises ``ReserveReached``, which the runner records as ``partial`` with what was left out.
   A helper (``Context.run``) gets an allowance claimed for it (half of what remains, or what its
   caller asks) as its ``RLIMIT_FSIZE``, and gives back what it did not write; a collector
-  process gets ``RLIMIT_FSIZE`` = the room at its start, so no file can cross the reserve,
-  whatever writes it; the runner stops every running collector when the reserve is crossed all
-  the same (by another program on the host);
+  process gets ``RLIMIT_FSIZE`` = what the budget has left at its start, so a collector that
+  writes by other means than its Context cannot take more than that in one file either; the
+  runner stops every running collector when the reserve is crossed all the same (by another
+  program on the host);
 - ``bundle.pack`` checks before every write of the archive and, when the staged evidence and
   its bundle would not fit side by side, removes each staged file once it is in the archive;
 - the capture's log and the collectors' logs go through ``QuietFileHandler``: a record that

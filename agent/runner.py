@@ -116,8 +116,12 @@ def _child(item: Item, out: Path, journal: Path, deadline: float, capture: dict[
         os.closerange(3, min(os.sysconf("SC_OPEN_MAX"), 65536))
         reserve = int(capture.get("reserve_bytes") or 0)
         if reserve:                 # no file this collector (or a helper of it) writes may cross the reserve
-            # (its journal, a few KiB, must stay writable: evidence is held back by the budget first)
-            reserve_mod.limit_file_size(max(reserve_mod.room(out, reserve), 256 * 1024))
+            # nor take more than the budget has left (for a collector writing other than through its Context);
+            # its journal, a few KiB, stays writable: evidence is held back by the budget first
+            room = reserve_mod.room(out, reserve)
+            if capture.get("space_budget"):
+                room = min(room, reserve_mod.Budget(capture["space_budget"]).remaining())
+            reserve_mod.limit_file_size(max(room, 256 * 1024))
         fh = QuietFileHandler(journal.with_suffix(".log"), reserve)
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(fh)

@@ -280,7 +280,7 @@ def dump_node(ctx) -> dict[str, Any]:
             check_room(ctx, used, "a heap snapshot")
             safety.normal_priority()
             written = 0
-            with open(dest, "w", encoding="utf-8") as fh:
+            with ctx.open_out(dest.name, "w", encoding="utf-8") as fh:   # stops at the store's reserve
                 def on_chunk(m: dict[str, Any]) -> None:
                     nonlocal written
                     if m.get("method") == "HeapProfiler.addHeapSnapshotChunk":

@@ -582,7 +582,14 @@ def collect(ctx) -> None:
         else:
             journal["reason"] = res.error or f"journalctl exited {res.returncode}"
         if redact and ctx.path("journal.txt").exists():
-            journal["redacted"] = redact_file(ctx.path("journal.txt"))
+            size = ctx.path("journal.txt").stat().st_size       # redacted into a copy: room for it first
+            if ctx.claim(size + size // 8):
+                journal["redacted"] = redact_file(ctx.path("journal.txt"))
+                ctx.release(size + size // 8 - max(0, ctx.path("journal.txt").stat().st_size - size))
+            else:
+                ctx.path("journal.txt").unlink()
+                journal.update(file=None, reason="left out: no room above the store's reserve to redact it")
+                ctx.partial("journal.txt left out: the store reached its free-space reserve")
     ctx.write_json("logs.json", {"lines_requested": n, "redacted": redact, "files": entries, "journal": journal})
     files = {f"collectors/logs/{e['file']}": e.get("redacted", 0) for e in entries if "file" in e}
     if "redacted" in journal:

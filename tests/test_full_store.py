@@ -45,7 +45,7 @@ class FreeSampler:
     """The lowest free space seen on a filesystem, sampled as fast as a thread can while a capture runs."""
 
     def __init__(self, path: Path):
-        self.path, self.lowest, self.samples = path, 1 << 62, 0
+        self.path, self.lowest, self.samples, self.seen = path, 1 << 62, 0, []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -53,7 +53,12 @@ class FreeSampler:
     def _run(self) -> None:
         while not self.stop.is_set():
             st = os.statvfs(self.path)
-            self.lowest = min(self.lowest, st.f_bavail * st.f_frsize)
+            free = st.f_bavail * st.f_frsize
+            if free < self.lowest and free < RESERVE:      # what was on the store then, for the failure message
+                files = sorted((p.stat().st_size, str(p.relative_to(self.path)).split("/collectors/")[-1])
+                               for p in self.path.rglob("*") if p.is_file())
+                self.seen = [f for f in files if f[0] > 30000]
+            self.lowest = min(self.lowest, free)
             self.samples += 1
 
     def done(self) -> int:
@@ -82,13 +87,14 @@ def _snapshot(gh, store: Path, tmp_path: Path, *args: str, extra: str = "") -> t
     sampler = FreeSampler(store)
     cp = gh("snapshot", "--json", "--incident", "INC-full", *args, env={"GOLDENHOUR_CONFIG": str(cfg)})
     lowest = sampler.done()
-    return cp, lowest
+    return cp, (lowest, sampler.seen)
 
 
-def _check_outcome(gh, cp, store: Path, lowest: int) -> dict | None:
+def _check_outcome(gh, cp, store: Path, sampled: tuple[int, list]) -> dict | None:
     """Exit 0 with a bundle that verifies, or exit 3 with one line; nothing partial either way."""
+    lowest, seen = sampled
     assert "Traceback" not in cp.stderr and "Logging error" not in cp.stderr, cp.stderr[-3000:]
-    assert lowest >= RESERVE, f"the store's free space fell to {lowest} bytes, under the {RESERVE} reserve"
+    assert lowest >= RESERVE, f"the store's free space fell to {lowest} bytes, under the {RESERVE} reserve: {seen}"
     left = sorted(str(p.relative_to(store)) for p in store.rglob("*") if p.is_file())
     assert not [p for p in left if p.endswith((".partial", ".tmp")) or "/.staging/" in f"/{p}"], left
     if cp.returncode == 3:
@@ -138,8 +144,9 @@ def test_log_files_that_fit_alone_but_not_together(gh, tmpfs, tmp_path):
         assert 1 <= len(kept) < 4, kept
 
 
-def test_a_collector_writing_with_plain_open_cannot_cross_the_reserve(gh, tmpfs, tmp_path):
+def test_a_collector_writing_with_plain_open_cannot_cross_the_reserve(gh, tmpfs, tmp_path, monkeypatch):
     """40 MiB of random data written with open() into a 16 MiB store: the collector's file size limit stops it."""
+    monkeypatch.setenv("GOLDENHOUR_EXTRA_COLLECTORS", "tests.helpers.bulk")
     store = tmpfs("16m")
     cp, lowest = _snapshot(gh, store, tmp_path, "--collector", "bulk", extra="[collectors.bulk]\nmb = 40")
     out = _check_outcome(gh, cp, store, lowest)
@@ -149,6 +156,3 @@ def test_a_collector_writing_with_plain_open_cannot_cross_the_reserve(gh, tmpfs,
         assert bulk["status"] == "partial" and "reserve" in bulk["reason"], bulk
 
 
-@pytest.fixture(autouse=True)
-def _bulk(monkeypatch):
-    monkeypatch.setenv("GOLDENHOUR_EXTRA_COLLECTORS", "tests.helpers.bulk")
