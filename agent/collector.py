@@ -376,6 +376,7 @@ class Context:
         run_env.setdefault("PATH", SBIN_PATH)
         reserve = int(self.capture.get("reserve_bytes") or 0)
         allowance = None
+        before = _tree_bytes(self.out) if reserve else 0
         if reserve:
             space_budget = self.budget
             left = min(space_budget.remaining() if space_budget is not None else 1 << 62,
@@ -442,11 +443,26 @@ class Context:
             if err_path.exists() and err_path.stat().st_size == 0:
                 err_path.unlink()
                 res.stderr = None
-        if allowance is not None:        # what the helper did not write goes back to the budget
-            used = sum(p.stat().st_size for p in (self.out / f for f in (res.stdout, res.stderr) if f) if p.exists())
-            self.release(allowance - used)
+        if allowance is not None:        # what the helper did not write goes back to the budget (and what it
+            used = max(0, _tree_bytes(self.out) - before)      # wrote past it, stdout and stderr both, is taken)
+            if used <= allowance:
+                self.release(allowance - used)
+            elif self.budget is not None:
+                self.budget.take(used - allowance)
         self._record("command", **res.to_json())
         return res
+
+
+def _tree_bytes(root: Path) -> int:
+    """Bytes of the files under ``root`` (a collector's folder: what its helpers wrote)."""
+    total = 0
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            try:
+                total += os.lstat(os.path.join(dirpath, n)).st_size
+            except OSError:
+                pass
+    return total
 
 
 _libc = None

@@ -133,6 +133,14 @@ class Budget:
             return True              # no budget to consult (the statvfs check still applies)
         return granted[0]
 
+    def take(self, n: int) -> None:
+        """Count ``n`` bytes that were written past a claim (a helper's stdout and stderr both at its limit)."""
+        if n > 0:
+            try:
+                self._update(lambda total, used: used + n)
+            except (OSError, ValueError):
+                pass
+
     def release(self, n: int) -> None:
         if n > 0:
             try:
