@@ -60,6 +60,7 @@ class Guard:
     max_connections: int = 256            # 0: none of our own
     log_interval_s: float = 60.0
     count: Callable[[str], None] = lambda event: None       # Telemetry: goldenhour_http_events_total
+    _fd_room: int | None = None
     _last: dict[str, float] = field(default_factory=dict)
     _since: dict[str, int] = field(default_factory=dict)
 
@@ -75,8 +76,10 @@ class Guard:
         self.body_timeout_s = float(cfg["daemon.body_timeout_s"])
         self.log_interval_s = float(cfg["daemon.log_interval_s"])
         self.max_connections = int(cfg["daemon.max_connections"])
+        if self._fd_room is None:          # measured once, before any connection holds a descriptor
+            self._fd_room = free_descriptors() - FD_SPARE
         if self.max_connections > 0:       # never more connections than descriptors to hold them
-            self.max_connections = max(1, min(self.max_connections, free_descriptors() - FD_SPARE))
+            self.max_connections = max(1, min(self.max_connections, self._fd_room))
 
     def note(self, event: str, msg: str, level: int = logging.WARNING, **fields: Any) -> None:
         """Count one occurrence; log a line (with the count since the last one) at most once per interval."""
