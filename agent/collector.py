@@ -443,8 +443,17 @@ class Context:
             if err_path.exists() and err_path.stat().st_size == 0:
                 err_path.unlink()
                 res.stderr = None
-        if allowance is not None:        # what the helper did not write goes back to the budget (and what it
-            used = max(0, _tree_bytes(self.out) - before)      # wrote past it, stdout and stderr both, is taken)
+        if allowance is not None:
+            # a helper stopped by its file size limit may exit 0 all the same (ss does): an output that reached
+            # the limit is cut, and said so, never taken for whole
+            cut = [f for f in (res.stdout, res.stderr) if f and (self.out / f).exists()
+                   and (self.out / f).stat().st_size >= allowance]
+            if cut:
+                res.truncated = True
+                self.partial(f"{', '.join(cut)} cut at {allowance} bytes: the store reached its free-space reserve")
+            # what the helper did not write goes back to the budget (what it wrote past it, stdout and stderr
+            # both, is taken)
+            used = max(0, _tree_bytes(self.out) - before)
             if used <= allowance:
                 self.release(allowance - used)
             elif self.budget is not None:

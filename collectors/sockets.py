@@ -481,7 +481,8 @@ def ss_records(ctx, unparsed: Unparsed) -> Iterator[dict[str, Any]]:
                 why += f": {last[0]}" if last else ""
             raise SsFailed(f"{' '.join(argv)} failed ({why})")
         if res.truncated:
-            ctx.partial(f"{out} cut at the per-file cap; the socket table is incomplete")
+            ctx.partial(f"{out} cut (the per-file cap, or the store's free-space reserve); "
+                        "the socket table is incomplete")
         with open(ctx.out / out, encoding="utf-8", errors="replace") as fh:
             yield from parse_ss(fh, proto, unparsed)
 

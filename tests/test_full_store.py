@@ -1,7 +1,7 @@
 """A store that fills up: the reserve holds for the whole capture, and the capture ends cleanly.
 
 Real small filesystems (tmpfs mounts) as the store, real evidence: a 3 MiB store with a 1 MiB
-reserve while a helper process holds a few thousand loopback sockets (the socket table alone is
+reserve while a helper process holds 12,000 loopback sockets (the socket table alone is
 larger than the store), and a 30 MiB store whose log files each fit alone but not together. A
 thread samples the store's free space all along: it never drops under the reserve. The capture
 either publishes a bundle that verifies, its collectors that hit the reserve marked partial
@@ -70,7 +70,7 @@ class FreeSampler:
 SOCKETS = textwrap.dedent("""
     import os, resource, socket, sys
     n = int(sys.argv[1])
-    resource.setrlimit(resource.RLIMIT_NOFILE, (4 * n + 64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (2 * n + 64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
     srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(n)
     keep = []
     for _ in range(n):
@@ -112,7 +112,7 @@ def _check_outcome(gh, cp, store: Path, sampled: tuple[int, list]) -> dict | Non
 
 def test_a_socket_table_larger_than_a_3_mib_store(gh, tmpfs, tmp_path):
     store = tmpfs("3m")
-    holder = Proc([sys.executable, "-c", SOCKETS, "2500"], timeout=120)
+    holder = Proc([sys.executable, "-c", SOCKETS, "6000"], timeout=120)   # 12,000 sockets: ss alone > 2 MB
     try:
         cp, lowest = _snapshot(gh, store, tmp_path, "--profile", "quick", "--pid", str(holder.pid))
     finally:
