@@ -4,7 +4,8 @@ Every trigger (``goldenhour snapshot``, a webhook via the daemon, the pre-restar
 hook) ends up in ``capture(cfg, request)``:
 
 1. validate the incident ID, open the store, resume any target a previous run
-   left stopped (pause ledger), check the free-space reserve;
+   left stopped (pause ledger), remove the scratch files of a killed run (scratch
+   ledger), check the free-space reserve;
 2. resolve target processes and make the plan (profile, selection, budgets);
 3. run the collectors in parallel child processes into a staging folder;
 4. pack the staging folder into one bundle, hashing every file while streaming,
@@ -26,15 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from agent import __version__, pauses, plan as planner, priority, procfs, registry, runner, targets as targets_mod
-from agent import recorder as recorder_mod
-from agent.bundle import (EXTENSIONS, DiskFullError, atomic_write, free_bytes, manifest_sidecar, pack,
-                          reserve_for)
+from agent import __version__, pauses, plan as planner, priority, procfs, registry, runner, scratch
+from agent import recorder as recorder_mod, targets as targets_mod
+from agent.bundle import EXTENSIONS, DiskFullError, manifest_sidecar, pack, partial_path
 from agent.collector import FAILED, OK, PARTIAL, SKIPPED, TARGET_EXITED, TIMEOUT, Limits, read_text
 from agent.config import Config
 from agent.errors import GoldenhourError
 from agent.incident import Incident, Trigger, iso, safe_component, utcnow
 from agent.manifest import Clocks, CollectorEntry, FileEntry, Host, Manifest, Summary
+from agent.redact import RULES, Redactor, redact_log
+from agent.reserve import QuietFileHandler, free_bytes, headroom, is_full, reserve_for, room
 from agent.store import Store
 
 log = logging.getLogger("goldenhour.capture")
@@ -124,7 +126,8 @@ def agent_facts() -> dict[str, Any]:
         headers["resolves_to"] = target
         headers["distribution_headers"] = f"/lib/modules/{rel}" not in target and "linux-headers" in target
     return {"name": "goldenhour", "version": __version__, "python": platform.python_version(),
-            "pid": os.getpid(), "argv": sys.argv, "uid": os.geteuid(), "kernel_headers": headers}
+            "pid": os.getpid(), "argv": Redactor().argv(list(sys.argv)), "uid": os.geteuid(),
+            "kernel_headers": headers}
 
 
 def bundle_name(incident: str, host: str, when) -> str:
@@ -152,6 +155,8 @@ def capture(cfg: Config, req: CaptureRequest,
     # 1. store, ledger sweep, free-space reserve
     store = Store(cfg.store_path).ensure()
     resumed = pauses.sweep(store.ledger)
+    for gone in scratch.sweep(store.scratch):
+        log.warning("removed a scratch file left by a killed goldenhour: %s", gone)
     reserve = reserve_for(store.root, cfg["store.reserve_bytes"], cfg["store.reserve_percent"])
     free = free_bytes(store.root)
     if free < reserve:
@@ -164,13 +169,22 @@ def capture(cfg: Config, req: CaptureRequest,
         log.warning("published an interrupted capture: %s", saved.bundle)
     name = bundle_name(incident, cfg.hostname, started)
     staging = store.staging / name
-    staging.mkdir(parents=True)
-    (staging / ".owner").write_text(_owner_token(os.getpid()))
-    (staging / ".request.json").write_text(_dumps({
-        "incident": req.incident.to_json(), "trigger": req.trigger.to_json(), "profile": req.profile,
-        "started_utc": iso(started)}))
-    log_path = staging / "goldenhour.log"
-    handler = logging.FileHandler(log_path)
+    # collectors stop short of the reserve by the headroom packing needs (agent/reserve.py)
+    collect_reserve = reserve + headroom(free - reserve)
+    try:
+        staging.mkdir(parents=True)
+        (staging / ".owner").write_text(_owner_token(os.getpid()))
+        (staging / ".request.json").write_text(_dumps({
+            "incident": req.incident.to_json(), "trigger": req.trigger.to_json(), "profile": req.profile,
+            "started_utc": iso(started)}))
+        log_path = staging / "goldenhour.log"
+        handler = QuietFileHandler(log_path, reserve)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if is_full(exc):
+            raise GoldenhourError(f"capture stopped: no space left on the store ({exc.strerror}); "
+                                  "no bundle written") from None
+        raise GoldenhourError(f"store {store.root}: cannot stage a capture ({exc.strerror or exc})") from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root_logger = logging.getLogger("goldenhour")
     root_logger.addHandler(handler)
@@ -208,12 +222,13 @@ def capture(cfg: Config, req: CaptureRequest,
             "log_paths": list(cfg["logs.paths"]) + list(req.log_paths),
             "explicit_log_paths": list(req.log_paths),
             "log_lines": cfg["logs.lines"], "journal": cfg["logs.journal"],
-            "journal_since_s": cfg["logs.journal_since_s"],
+            "journal_since_s": cfg["logs.journal_since_s"], "log_redact": cfg["logs.redact"],
             "probe_seconds": float(req.probe_seconds or cfg["capture.probe_seconds"]),
             "heap": req.heap or req.profile == "full" or cfg["capture.heap"],
             "exclude_pids": [os.getpid()],
             "netns": req.netns,
-            "reserve_bytes": reserve,
+            "scratch_dir": str(store.scratch),
+            "reserve_bytes": collect_reserve,
             # the history collector: where the flight recorder is, and the incident's T0
             "recorder": recorder_mod.capture_settings(cfg),
             "incident_started_at": req.incident.started_at, "trigger_at": req.trigger.at,
@@ -233,7 +248,7 @@ def capture(cfg: Config, req: CaptureRequest,
         for r in results:  # a runner journal's .log is the collector's own log: keep it with the evidence
             jlog = staging / ".journal" / (r.key.replace("/", "_") + ".log")
             if jlog.exists() and jlog.stat().st_size and r.out is not None:
-                shutil.copyfile(jlog, r.out / "collector.log")
+                _keep_log(jlog, r.out / "collector.log", cfg["logs.redact"], collect_reserve)
         collected_at = utcnow()
 
         # 4. bundle, published into the store
@@ -245,6 +260,11 @@ def capture(cfg: Config, req: CaptureRequest,
                         log_path=log_path, flush=handler.flush)
     except DiskFullError as exc:
         raise GoldenhourError(f"capture stopped: {exc}; no bundle written, nothing else touched") from None
+    except OSError as exc:
+        if not is_full(exc):
+            raise
+        raise GoldenhourError(f"capture stopped: no space left on the store ({exc.strerror}); no bundle "
+                              "written, nothing else touched") from None
     finally:
         root_logger.removeHandler(handler)
         handler.close()
@@ -288,11 +308,12 @@ def _publish(cfg: Config, store: Store, staging: Path, name: str, req: CaptureRe
 
     flush()
     built: list[dict[str, Any]] = []
-    packed = pack(staging, name, dest, compression=cfg["capture.compression"],
-                  level=cfg["capture.zstd_level"], max_bundle_bytes=cfg["store.max_bundle_bytes"],
-                  reserve=reserve, log_file=log_path,
-                  manifest=lambda files, left_out: built.append(manifest(files, left_out)) or built[-1])
-    atomic_write(manifest_sidecar(dest), _dumps(built[-1]).encode())
+    with scratch.recorded(store.scratch, partial_path(dest), "bundle being packed"):
+        packed = pack(staging, name, dest, compression=cfg["capture.compression"],
+                      level=cfg["capture.zstd_level"], max_bundle_bytes=cfg["store.max_bundle_bytes"],
+                      reserve=reserve, log_file=log_path, sidecar=manifest_sidecar(dest),
+                      log_filter=(lambda b: redact_log(b)[0]) if cfg["logs.redact"] else None,
+                      manifest=lambda files, left_out: built.append(manifest(files, left_out)) or built[-1])
     return CaptureResult(packed.path, packed.sha256, packed.size, incident, built[-1])
 
 
@@ -368,20 +389,43 @@ def salvage(cfg: Config, store: Store) -> list[CaptureResult]:
     return saved
 
 
+def _keep_log(src: Path, dest: Path, redact: bool, reserve: int) -> None:
+    """A log of goldenhour's own (a collector's) into the bundle, through the redactor unless logs are raw;
+    left out when it would cross the reserve."""
+    data = src.read_bytes()
+    data = redact_log(data)[0] if redact else data
+    if room(dest.parent, reserve) < len(data):
+        log.warning("%s left out: the store reached its free-space reserve", dest.name)
+        return
+    try:
+        dest.write_bytes(data)
+    except OSError as exc:
+        dest.unlink(missing_ok=True)
+        if not is_full(exc):
+            raise
+        log.warning("%s left out: no space left on the store", dest.name)
+
+
 def _dumps(obj: Any) -> str:
     import json
     return json.dumps(obj, indent=1, default=str) + "\n"
 
 
 def _redaction(results: list[runner.ItemResult]) -> dict[str, Any]:
+    """The manifest's ``redaction``: secrets replaced in command lines and environments (``count``, ``rules``)
+    and, when logs were captured, in the logs (``logs``: ``count`` and ``files`` {bundle path: count},
+    ``rules``; or ``raw`` with ``logs.redact = false``)."""
     total = 0
-    rules = None
+    out: dict[str, Any] = {"count": 0, "rules": RULES}
     for r in results:
         red = r.notes.get("redaction") if r.notes else None
-        if isinstance(red, dict):
-            total += int(red.get("count", 0))
-            rules = red.get("rules", rules)
-    return {"count": total, "rules": rules} if rules is not None else {"count": total}
+        if not isinstance(red, dict):
+            continue
+        if r.name == "logs":
+            out["logs"] = red
+        total += int(red.get("count", 0))
+    out["count"] = total
+    return out
 
 
 def _boot_time_iso() -> str:

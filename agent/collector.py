@@ -8,6 +8,8 @@ uploads, or knows about webhooks.
 Outcomes are signalled by returning (ok), calling ``ctx.partial(reason)``,
 raising ``Skip`` (a requirement found unmet at run time), ``TargetGone`` (the
 target process exited), or any other exception (failed, traceback kept).
+``ReserveReached``, raised by the ``Context`` writers at the store's free-space
+reserve (agent/reserve.py), ends the collector as partial with what it wrote.
 """
 from __future__ import annotations
 
@@ -25,8 +27,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from agent import procfs
+from agent import reserve as reserve_mod
 # Option is part of this interface; it is defined where options are read without importing a collector.
 from agent.options import Option as Option
+# ReserveReached (a write would cross the store's free-space reserve) is part of this interface too.
+from agent.reserve import ReserveReached as ReserveReached
 # TargetGone is part of this interface; it is defined with the /proc reader, whose ProcessGone is one.
 from agent.procfs import TargetGone as TargetGone
 
@@ -222,15 +227,37 @@ class Context:
         self._record("partial", reason=reason)
 
     def below_reserve(self, extra: int = 0) -> bool:
-        """True when writing ``extra`` more bytes would cross the store's free-space reserve."""
+        """True when writing ``extra`` more bytes would cross the store's free-space reserve (agent/reserve.py)."""
         reserve = int(self.capture.get("reserve_bytes") or 0)
-        if not reserve:
+        return bool(reserve) and reserve_mod.room(self.out, reserve) < extra
+
+    @property
+    def budget(self) -> reserve_mod.Budget | None:
+        """The capture's shared space budget (agent/reserve.py), None outside a capture with a reserve."""
+        path = self.capture.get("space_budget")
+        return reserve_mod.Budget(path) if path else None
+
+    def claim(self, n: int) -> bool:
+        """Before writing ``n`` bytes of evidence by any means: True when they fit above the store's reserve
+        (claimed from the capture's shared budget, and there on disk); False: leave them out."""
+        budget = self.budget
+        if budget is not None and not budget.claim(n):
             return False
-        try:
-            st = os.statvfs(self.out)
-        except OSError:
+        if self.below_reserve(n):
+            if budget is not None:
+                budget.release(n)
             return False
-        return st.f_bavail * st.f_frsize - extra < reserve
+        return True
+
+    def release(self, n: int) -> None:
+        """Give back ``n`` claimed bytes that were not written."""
+        budget = self.budget
+        if budget is not None:
+            budget.release(n)
+
+    def _check_room(self, name: str, size: int) -> None:
+        if not self.claim(size):
+            raise ReserveReached(f"{name} ({size} bytes) not written: the store reached its free-space reserve")
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
@@ -245,13 +272,29 @@ class Context:
 
     # -- writing evidence --------------------------------------------------
     def write_text(self, name: str, text: str) -> Path:
+        return self.write_bytes(name, text.encode("utf-8", "surrogateescape"))
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        """Write one evidence file (its tail kept past ``max_file_bytes``); raises ReserveReached rather than
+        cross the store's free-space reserve (the runner records the collector as partial, with the reason)."""
         p = self.path(name)
-        data = text.encode("utf-8", "surrogateescape")
         if len(data) > self.limits.max_file_bytes:
             data = data[-self.limits.max_file_bytes:]
             self._record("truncated", file=name, kept_bytes=len(data))
-        p.write_bytes(data)
+        self._check_room(name, len(data))
+        try:
+            p.write_bytes(data)
+        except OSError as exc:
+            if reserve_mod.is_full(exc):
+                p.unlink(missing_ok=True)
+                raise ReserveReached(f"{name} not written: no space left on the store ({exc.strerror})") from None
+            raise
         return p
+
+    def open_out(self, name: str, mode: str = "wb", **kw: Any) -> reserve_mod.GuardedFile:
+        """Open an evidence file to stream into (``with ctx.open_out("x.jsonl", "w") as fh``): its writes raise
+        ReserveReached at the store's free-space reserve."""
+        return reserve_mod.GuardedFile(open(self.path(name), mode, **kw), name, self.claim, self.release)
 
     def write_json(self, name: str, obj: Any) -> Path:
         return self.write_text(name, json.dumps(obj, indent=1, sort_keys=False, default=str) + "\n")
@@ -286,24 +329,35 @@ class Context:
             self._record("unreadable", source=str(src), error=f"{type(exc).__name__}: {exc.strerror or exc}",
                          cause=procfs.cause_of(exc))     # denied | gone | other
             return None
-        if len(data) > 2**20 and self.below_reserve(len(data)):
+        if not self.claim(len(data)):
             self.partial(f"{src} left out: the store reached its free-space reserve")
             return None
         p = self.path(name)
-        p.write_bytes(data)
+        try:
+            p.write_bytes(data)
+        except OSError as exc:
+            if not reserve_mod.is_full(exc):
+                raise
+            p.unlink(missing_ok=True)
+            self.release(len(data))
+            self.partial(f"{src} left out: no space left on the store ({exc.strerror})")
+            return None
         return p
 
     # -- helpers -----------------------------------------------------------
     def run(self, argv: Sequence[str], *, stdout: str | None = None, stderr: str | None = None,
             timeout_s: float | None = None, max_bytes: int | None = None,
             env: dict[str, str] | None = None, stdin: bytes | None = None,
-            cwd: str | None = None) -> HelperResult:
+            cwd: str | None = None, space: int | None = None) -> HelperResult:
         """Run a helper program: argv only (no shell), own process group, bounded time and output.
 
         stdout/stderr go straight to files in ``out`` (``stderr`` defaults to
         ``<stdout>.stderr``). The helper is killed (only it and its children) at
         ``timeout_s`` or the collector's deadline, whichever is sooner, and when its
-        output passes ``max_bytes`` (the file is then cut to the cap).
+        output passes ``max_bytes`` (the file is then cut to the cap). In a capture with a
+        reserve, the helper may write ``space`` bytes (default: half of what the capture's
+        budget has left, at most the per-file cap), claimed before it starts and enforced as
+        its RLIMIT_FSIZE; what it did not write is given back when it ends.
         """
         argv = [str(a) for a in argv]
         exe = which(argv[0]) if "/" not in argv[0] else argv[0]
@@ -320,12 +374,27 @@ class Context:
         err_f = open(self.path(stderr), "wb") if stderr else subprocess.DEVNULL
         run_env = dict(os.environ if env is None else env)
         run_env.setdefault("PATH", SBIN_PATH)
+        reserve = int(self.capture.get("reserve_bytes") or 0)
+        allowance = None
+        before = _tree_bytes(self.out) if reserve else 0
+        if reserve:
+            space_budget = self.budget
+            left = min(space_budget.remaining() if space_budget is not None else 1 << 62,
+                       reserve_mod.room(self.out, reserve))
+            allowance = max(0, min(space if space is not None else left // 2, cap, left))
+            if not self.claim(allowance):
+                allowance = 0
+
+        def setup() -> None:
+            die_with_parent()
+            if allowance is not None:    # no file the helper writes may cross the reserve
+                reserve_mod.limit_file_size(allowance)
         t0 = time.monotonic()
         try:
             proc = subprocess.Popen(
                 [exe, *argv[1:]], stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                 stdout=out_f, stderr=err_f, env=run_env, cwd=cwd, process_group=0, close_fds=True,
-                preexec_fn=die_with_parent)
+                preexec_fn=setup)
         except OSError as exc:
             res.error = f"{type(exc).__name__}: {exc}"
             self._record("command", **res.to_json())
@@ -374,8 +443,35 @@ class Context:
             if err_path.exists() and err_path.stat().st_size == 0:
                 err_path.unlink()
                 res.stderr = None
+        if allowance is not None:
+            # a helper stopped by its file size limit may exit 0 all the same (ss does): an output that reached
+            # the limit is cut, and said so, never taken for whole
+            cut = [f for f in (res.stdout, res.stderr) if f and (self.out / f).exists()
+                   and (self.out / f).stat().st_size >= allowance]
+            if cut:
+                res.truncated = True
+                self.partial(f"{', '.join(cut)} cut at {allowance} bytes: the store reached its free-space reserve")
+            # what the helper did not write goes back to the budget (what it wrote past it, stdout and stderr
+            # both, is taken)
+            used = max(0, _tree_bytes(self.out) - before)
+            if used <= allowance:
+                self.release(allowance - used)
+            elif self.budget is not None:
+                self.budget.take(used - allowance)
         self._record("command", **res.to_json())
         return res
+
+
+def _tree_bytes(root: Path) -> int:
+    """Bytes of the files under ``root`` (a collector's folder: what its helpers wrote)."""
+    total = 0
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            try:
+                total += os.lstat(os.path.join(dirpath, n)).st_size
+            except OSError:
+                pass
+    return total
 
 
 _libc = None

@@ -69,6 +69,7 @@ KEYS: dict[str, Key] = {
     "logs.lines": Key(10000, int, "Lines taken from the end of each log."),
     "logs.journal": Key(True, bool, "Also capture the system journal (journalctl) when present."),
     "logs.journal_since_s": Key(3600, int, "How far back the journal is read."),
+    "logs.redact": Key(True, bool, "Redact credentials in log tails and the journal (Authorization/Bearer, password=, api_key=, URL passwords, JWTs, AWS keys...; counted per file in the manifest). false keeps them raw."),
     # -- upload -----------------------------------------------------------------
     "upload.url": Key("", str, "s3://BUCKET/PREFIX to upload bundles to (empty: local store only)."),
     "upload.endpoint_url": Key("", str, "S3-compatible endpoint (MinIO, Ceph, R2); AWS_ENDPOINT_URL(_S3) is honoured too."),
@@ -102,6 +103,10 @@ KEYS: dict[str, Key] = {
     "daemon.state_dir": Key("", str, "Where the daemon keeps dedupe and incident state (default: <store>/state)."),
     "daemon.queue_size": Key(16, int, "Bounded capture queue; a full queue answers 503 so the tracker retries."),
     "daemon.max_body_bytes": Key(1 * 2**20, int, "Largest webhook body accepted (413 above)."),
+    "daemon.max_connections": Key(256, int, "Connections served at once (HTTP and the Unix socket; never more than the descriptors left); one more is answered 503 and closed. 0 = no limit of goldenhour's own."),
+    "daemon.header_timeout_s": Key(10.0, (int, float), "A request's headers must arrive within this (from its first byte, or from the connection): slow or silent clients are answered 408 and closed."),
+    "daemon.body_timeout_s": Key(30.0, (int, float), "A request's body must arrive within this after its headers, else the connection is closed."),
+    "daemon.log_interval_s": Key(60.0, (int, float), "Connection trouble (limit reached, timeouts, accept() out of descriptors, clients gone mid-body, malformed requests) is logged at most once per this interval per kind, with a count."),
     "daemon.profile": Key("standard", str, "Profile of captures triggered by webhooks."),
     "daemon.capture_all": Key(False, bool, "Capture on every incident, whatever its services/hosts/labels."),
     "daemon.services": Key([], list, "Service names this host serves; an incident naming one of them concerns this host."),

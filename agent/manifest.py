@@ -8,7 +8,11 @@ only integrity check: given what one pass over a bundle saw (each file's SHA-256
 ``SHA256SUMS``, ``manifest.json``; see ``bundle.scan``) it compares every file with
 ``SHA256SUMS`` and the manifest, and the archive with its recorded SHA-256, and returns
 each difference as a ``Problem`` (the file, one line why). ``verify``, ``fetch`` and the
-report all print the same problems in the same words.
+report all print the same problems in the same words. A manifest sidecar is bound to its
+archive: ``check`` compares it with the archive's manifest.json (``sidecar_difference`` names
+the fields that differ), the archive's index must name the manifest.json inside, and
+``filed_problems`` compares where a bundle is filed (its name, its S3 key's incident and host)
+with what its manifest says.
 
 Schema v1, the keys every goldenhour writes (the reader requires the starred ones, and
 checks the type of every other one that is present)::
@@ -344,11 +348,14 @@ def read(data: Mapping[str, Any] | bytes | str | Path, source: str | None = None
 # what a problem is about, for programs (the text is for people)
 MEMBER = "member"            # a member the bundle must not hold (outside its folder, a link, a device...)
 FORMAT = "format"            # not a zstd or gzip archive at all
-UNREADABLE = "unreadable"    # the archive stops or is damaged part-way
+UNREADABLE = "unreadable"    # the archive stops, is cut short or is damaged part-way
+TRAILING = "trailing"        # bytes after the archive's end (after its last frame, or its index)
 ARCHIVE = "archive"          # the archive's SHA-256 differs from its record
 RECORD = "record"            # the record of the archive's SHA-256 (its .sha256) is missing
 FILE = "file"                # a file differs from, is missing from or is not listed in SHA256SUMS / the manifest
-INDEX = "index"              # SHA256SUMS or manifest.json missing or unreadable
+INDEX = "index"              # SHA256SUMS or manifest.json missing or unreadable, or the archive's index disagrees
+SIDECAR = "sidecar"          # the manifest sidecar beside the archive is not the archive's own manifest
+FILED = "filed"              # the bundle is named or filed (S3 key: incident, host) other than its manifest says
 OTHER = "other"              # a check of one transport (S3 checksums, custody records)
 
 
@@ -371,6 +378,7 @@ class Seen:
     sums: bytes | None = None                                   # SHA256SUMS
     manifest: bytes | None = None                               # manifest.json
     sha256: str = ""                                            # the archive's own SHA-256 ("" for a folder)
+    index: str | None = None                                    # manifest.json's SHA-256, as the archive's index says
     problems: list[Problem] = field(default_factory=list)       # found while reading (members, damage)
 
 
@@ -416,6 +424,76 @@ class Integrity:
                 "problems": self.messages()}
 
 
+@dataclass(frozen=True)
+class Sidecar:
+    """A manifest sidecar as read (``<bundle>.manifest.json`` beside the archive, or its S3 object)."""
+    name: str
+    data: bytes
+
+
+_MISSING = object()
+_FIRST = ("bundle", "incident.id", "host.hostname", "clocks.start_utc")    # named first when they differ
+
+
+def _flat(obj: Any, path: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:
+    out = {} if out is None else out
+    if isinstance(obj, dict) and obj:
+        for k, v in obj.items():
+            _flat(v, f"{path}.{k}" if path else str(k), out)
+    elif isinstance(obj, list) and obj:
+        for i, v in enumerate(obj):
+            _flat(v, f"{path}[{i}]", out)
+    else:
+        out[path] = obj
+    return out
+
+
+def _shown(v: Any) -> str:
+    if v is _MISSING:
+        return "absent"
+    text = json.dumps(v, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def sidecar_difference(sidecar: bytes, inner: bytes, limit: int = 3) -> str | None:
+    """None when a sidecar holds the archive's manifest (the same JSON value), else what differs, in words:
+    ``is not the archive's manifest.json: incident.id is "INC-B" here, "INC-A" in the archive``."""
+    if sidecar == inner:
+        return None
+    try:
+        mine = json.loads(sidecar)
+    except ValueError as exc:
+        return f"is not valid JSON ({exc}), so it cannot be the archive's manifest.json"
+    try:
+        theirs = json.loads(inner)
+    except ValueError:
+        return "cannot be the archive's manifest.json, which is not valid JSON"
+    if mine == theirs:
+        return None
+    a, b = _flat(mine), _flat(theirs)
+    keys = [k for k in dict.fromkeys([*_FIRST, *a, *b]) if a.get(k, _MISSING) != b.get(k, _MISSING)]
+    words = [f"{k or 'the whole'} is {_shown(a.get(k, _MISSING))} here, {_shown(b.get(k, _MISSING))} in the archive"
+             for k in keys[:limit]]
+    more = f" (and {len(keys) - limit} more differences)" if len(keys) > limit else ""
+    return "is not the archive's manifest.json: " + "; ".join(words) + more
+
+
+def filed_problems(archive: str, man: Manifest, incident: str | None = None, host: str | None = None) -> list[Problem]:
+    """Where a bundle is filed against what its own manifest says: the archive's name (``bundle`` plus
+    extension), and the incident and host of its S3 key (``.../incidents/<incident>/<host>/<name>``)."""
+    out = []
+    stem = archive.split(".tar.", 1)[0]
+    if stem != man.bundle:
+        out.append(Problem(archive, f"is named {stem!r} but its manifest.json names bundle {man.bundle!r}", FILED))
+    if incident is not None and incident != man.incident.id:
+        out.append(Problem(archive, f"is filed under incident {incident!r} but its manifest.json names incident "
+                                    f"{man.incident.id!r}", FILED))
+    if host is not None and host != man.host.hostname:
+        out.append(Problem(archive, f"is filed under host {host!r} but its manifest.json names host "
+                                    f"{man.host.hostname!r}", FILED))
+    return out
+
+
 def _listed(sums: bytes) -> dict[str, str]:
     listed = {}
     for line in sums.decode("utf-8", "replace").splitlines():
@@ -424,11 +502,13 @@ def _listed(sums: bytes) -> dict[str, str]:
     return listed
 
 
-def check(bundle: str, seen: Seen, expected: Expected | None = None) -> Integrity:
-    """Every file against SHA256SUMS and the manifest, and the archive against ``expected``.
+def check(bundle: str, seen: Seen, expected: Expected | None = None, sidecar: Sidecar | None = None) -> Integrity:
+    """Every file against SHA256SUMS and the manifest, the archive against ``expected``, and the
+    manifest ``sidecar`` (when there is one) against the archive's own manifest.json.
 
     ``bundle`` names what was read (its last path component names the archive in problems).
-    The manifest is read with ``read``: a manifest that is not v1 is a problem too.
+    The manifest is read with ``read``: a manifest that is not v1 is a problem too. The index
+    goldenhour appends to an archive must name the manifest.json the archive holds.
     """
     integ = Integrity(bundle=bundle, sha256=seen.sha256, problems=list(seen.problems))
     if expected is not None:
@@ -456,6 +536,14 @@ def check(bundle: str, seen: Seen, expected: Expected | None = None) -> Integrit
             integ.manifest = read(seen.manifest, MANIFEST)
         except ManifestError as exc:
             integ.add(MANIFEST, str(exc).removeprefix(f"{MANIFEST}: "), INDEX)
+        archive = bundle.rstrip("/").rsplit("/", 1)[-1]
+        if seen.index is not None and seen.index != seen.hashes.get(MANIFEST):
+            integ.add(archive, f"its index names manifest.json sha256 {seen.index}, the archive holds "
+                               f"{seen.hashes.get(MANIFEST)}", INDEX)
+        if sidecar is not None:
+            why = sidecar_difference(sidecar.data, seen.manifest)
+            if why:
+                integ.add(sidecar.name, why, SIDECAR)
         if integ.manifest is not None:
             for c in integ.manifest.collectors:
                 for fe in c.files:

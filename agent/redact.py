@@ -1,12 +1,17 @@
-"""Secret redaction for command lines and environments.
+"""Secret redaction: the one redactor for command lines, environments and logs.
 
-Used by ``agent.targets`` (the manifest's target list), the ``process`` collector
-(``/proc/PID/cmdline``, ``/proc/PID/environ``) and ``threads`` (the Node.js diagnostic
-report's environment and command line). A redacted value becomes ``[REDACTED]``;
-names are kept, so a responder still sees *that* a variable was set. Every replacement is
-counted and the count and the rules below go into the manifest (``redaction``).
+Every command line and environment goes through it before it is written: ``agent.targets``
+(the manifest's target list), ``host`` (the command lines of the top and D-state processes),
+``process`` (``/proc/PID/cmdline``, ``/proc/PID/environ``), ``threads`` (the Node.js diagnostic
+report's environment and command line), the manifest's ``agent.argv``. Log tails (``logs``: the
+files and the journal; the capture's and the collectors' own logs) go through ``LogRedactor``
+unless ``logs.redact = false``, and the report passes every log line it keeps through it again
+(a bundle captured raw, or by an older goldenhour, never puts a secret in a report). A redacted
+value becomes ``[REDACTED]``; names are kept, so a responder still sees *that* a variable was
+set. Every replacement is counted: the manifest's ``redaction`` has the counts (per log file) and
+the rules below, word for word.
 
-Rules (``RULES``, in the manifest word for word):
+Rules (``RULES``; logs: ``LOG_RULES``):
 
 1. **Sensitive names.** A variable, option, property or ``key=value`` pair whose *name*
    contains ``token``, ``secret``, ``passw`` (password, passwd), ``credential``,
@@ -25,11 +30,17 @@ Rules (``RULES``, in the manifest word for word):
    (``ghp_``, ``gho_``, ``ghu_``, ``ghs_``, ``ghr_``, ``github_pat_``), GitLab (``glpat-``),
    Slack (``xox?-``), Stripe (``sk_live_``/``rk_live_``), Google API keys (``AIza...``), npm
    (``npm_``) tokens, and PEM private key blocks.
+4. **Log lines** (on top of 1 and 3): ``name=value`` (a quoted value whole), ``"name": "value"``
+   (JSON) and ``Name: value`` (HTTP headers, YAML) with a sensitive name; the whole value of
+   ``Authorization``, ``Proxy-Authorization``, ``Cookie`` and ``Set-Cookie`` headers; every line
+   of a PEM private key block. Lines are kept (the line count, so the bundle's line numbers,
+   never change), and only lines that hold a trigger word are examined at all.
 
 Heap dumps and core images cannot be redacted: they hold whatever the process held.
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Iterable
 
@@ -59,7 +70,8 @@ _SHAPES = [
     (re.compile(r"(?P<secret>-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$))",
                 re.S), "pem"),
 ]
-_INLINE = re.compile(r"(?P<key>(?<![A-Za-z0-9_.\-])-{0,2}[A-Za-z_][A-Za-z0-9_.\-]*)=(?P<value>[^\s&;,]+)")
+_INLINE = re.compile(r"(?P<key>(?<![A-Za-z0-9_.\-])-{0,2}[A-Za-z_][A-Za-z0-9_.\-]*)="
+                     r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s&;,\"']+)")
 
 
 def _words(name: str) -> list[str]:
@@ -67,8 +79,9 @@ def _words(name: str) -> list[str]:
     return [w for w in re.split(r"[^A-Za-z0-9]+", name.lower()) if w]
 
 
+@functools.lru_cache(maxsize=4096)
 def sensitive_name(name: str) -> bool:
-    """Rule 1: does this variable/option/property name hold a secret?"""
+    """Rule 1: does this variable/option/property name hold a secret? (Names repeat: cached.)"""
     words = _words(name.lstrip("-").removeprefix("D") if name.startswith("-D") else name.lstrip("-"))
     if not words or words[-1] in EXEMPT_LAST:
         return False
@@ -134,3 +147,137 @@ class Redactor:
                 continue
             out.append(self.text(a))
         return out
+
+
+# -- log lines ----------------------------------------------------------------------------------
+
+LOG_RULES = RULES + [
+    "in log lines also name: value (headers, YAML) and \"name\": \"value\" (JSON) with a sensitive name, "
+    "the whole value of Authorization, Proxy-Authorization, Cookie and Set-Cookie headers, "
+    "and every line of a PEM private key block; lines are kept",
+]
+# Lines holding none of these (lowercase) words are copied as they are; the rules' own words, and each shape's
+_HINTS = {"url": (b"://",), "auth": (b"bearer", b"basic", b"token", b"digest"), "jwt": (b"eyj",),
+          "aws": (b"akia", b"asia"), "pem": (b"private key",),
+          "token": (b"ghp_", b"gho_", b"ghu_", b"ghs_", b"ghr_", b"github_pat_", b"glpat-", b"xox", b"_live_", b"aiza",
+                    b"npm_")}
+_ALL = {h for hs in _HINTS.values() for h in hs} | {s.encode() for s in STRONG} | {w.encode() for w in WORDS}
+_TRIGGERS = tuple(sorted(w for w in _ALL if not any(o != w and o in w for o in _ALL)))   # "pass" finds "passw"
+_JSON_PAIR = re.compile(r'"(?P<key>[^"\\]{1,80})"\s*:\s*"(?P<value>(?:[^"\\]|\\.)*)"')
+_COLON = re.compile(r"(?P<key>(?<![A-Za-z0-9_.\-])[A-Za-z][A-Za-z0-9_.\-]{0,63})[ \t]*:[ \t]+"
+                    r"(?=(?P<value>[^\s,;\"']+))")
+_WHOLE_HEADER = re.compile(r"(?P<key>(?<![A-Za-z0-9_\-])(?:proxy-)?authorization|(?<![A-Za-z0-9_\-])(?:set-)?cookie)"
+                           r"[ \t]*:[ \t]*(?P<value>\S.*)$", re.I)
+_PEM_BEGIN = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+_PEM_END = re.compile(rb"-----END [A-Z ]*PRIVATE KEY-----")
+
+
+def _log_line(red: Redactor, line: str, low: bytes) -> str:
+    """One log line that holds a trigger word (``low``: its bytes, lowercased): rules 1, 3 and 4."""
+    if b"cookie" in low or b"authoriz" in low:
+        def whole(m: re.Match[str]) -> str:
+            if m.group("value").strip() == MASK:
+                return m.group(0)
+            red.count += 1
+            return m.group(0)[: m.start("value") - m.start()] + MASK
+        line = _WHOLE_HEADER.sub(whole, line)
+    for rx, kind in _SHAPES:
+        if any(h in low for h in _HINTS[kind]):
+            line, n = rx.subn(lambda m: (m.groupdict().get("keep") or "") + MASK, line)
+            red.count += n
+
+    def pair(m: re.Match[str]) -> str:
+        v = m.group("value")
+        if not v or v == MASK or MASK in v or not sensitive_name(m.group("key")):
+            return m.group(0)
+        red.count += 1
+        return m.group(0)[: m.start("value") - m.start()] + MASK + m.group(0)[m.end("value") - m.start():]
+
+    if "=" in line:
+        line = _INLINE.sub(pair, line)
+    if '"' in line:
+        line = _JSON_PAIR.sub(pair, line)
+    if ":" in line:
+        spans = [m.span("value") for m in _COLON.finditer(line)        # the value is looked ahead, not consumed:
+                 if m.group("value") != MASK and sensitive_name(m.group("key"))]   # "a: b: c" has two pairs
+        for start, end in reversed(spans):
+            red.count += 1
+            line = line[:start] + MASK + line[end:]
+    return line
+
+
+class LogRedactor:
+    """Redacts a log, bytes in and bytes out, chunk by chunk: every line kept (and its end), secrets
+    replaced by ``[REDACTED]`` (rules 1-4), PEM private key blocks across lines. ``count`` is how many."""
+
+    def __init__(self) -> None:
+        self.red = Redactor()
+        self.rest = b""
+        self.in_pem = False
+
+    @property
+    def count(self) -> int:
+        return self.red.count
+
+    def _line(self, line: bytes, low: bytes | None = None) -> bytes:
+        if self.in_pem:
+            end = _PEM_END.search(line)
+            if end is None:                   # inside the block (counted once, at its start)
+                body = line.rstrip(b"\r")
+                return MASK.encode() + line[len(body):] if body else line
+            self.in_pem = False
+            return MASK.encode() + line[end.end():]
+        low = line.lower() if low is None else low
+        text = line.decode("utf-8", "surrogateescape")
+        out = _log_line(self.red, text, low).encode("utf-8", "surrogateescape")
+        begin = _PEM_BEGIN.search(line)
+        if begin is not None and not _PEM_END.search(line, begin.end()):
+            self.in_pem = True
+        return out
+
+    def _block(self, block: bytes) -> bytes:
+        """Complete lines (``block`` ends with a newline): those holding a trigger word are redacted, the
+        others copied as they are (found with one ``find`` pass per word over the lowercased block)."""
+        low = block.lower()
+        starts = {0} if self.in_pem else set()
+        for word in _TRIGGERS:
+            i = low.find(word)
+            while i >= 0:
+                ls = low.rfind(b"\n", 0, i) + 1
+                starts.add(ls)
+                i = low.find(word, low.index(b"\n", i) + 1)      # the next line holding it
+        if not starts:
+            return block
+        out: list[bytes] = []
+        pos = 0
+        for ls in sorted(starts):
+            if ls < pos:
+                continue
+            le = block.find(b"\n", ls)
+            out += [block[pos:ls], self._line(block[ls:le], low[ls:le])]
+            pos = le
+            while self.in_pem and pos + 1 < len(block):     # the rest of a PEM block, line by line
+                ns, ne = pos + 1, block.find(b"\n", pos + 1)
+                out += [block[pos:ns], self._line(block[ns:ne])]
+                pos = ne
+        out.append(block[pos:])
+        return b"".join(out)
+
+    def feed(self, data: bytes) -> bytes:
+        """The redacted complete lines of what was fed so far (a last line without its end waits)."""
+        data = self.rest + data
+        cut = data.rfind(b"\n") + 1
+        self.rest = data[cut:]
+        return self._block(data[:cut]) if cut else b""
+
+    def finish(self) -> bytes:
+        """The last line (one without a newline), redacted."""
+        rest, self.rest = self.rest, b""
+        return self._block(rest + b"\n")[:-1] if rest else b""
+
+
+def redact_log(data: bytes) -> tuple[bytes, int]:
+    """A whole log's bytes redacted, and how many secrets were replaced."""
+    lr = LogRedactor()
+    out = lr.feed(data) + lr.finish()
+    return out, lr.count

@@ -30,17 +30,17 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 from agent import bundle as bundle_mod
+from agent import scratch
 from agent.config import Config
 from agent.errors import (EXIT_DISK_FULL, EXIT_NOT_FOUND, EXIT_TAMPERED,
                           EXIT_USAGE, NotFoundError)
 from agent.incident import check_id
-from agent.manifest import Expected, Integrity, Manifest, ManifestError
+from agent.manifest import Expected, Integrity, Manifest, ManifestError, Sidecar, filed_problems
 from agent.manifest import read as read_manifest
 from agent.store import Store
 from agent.upload import (StorageError, b64, client, composite, custody, object_key, parse_url, same_checksum,
@@ -75,6 +75,9 @@ def list_local(cfg: Config, incident: str | None = None, host: str | None = None
     for b in Store(cfg.store_path).bundles(incident):
         try:
             row = _row(bundle_mod.load_manifest(b))
+        except bundle_mod.SidecarMismatch as exc:
+            row = {"bundle": _strip_ext(b.name), "incident": "?", "host": "?", "time": None,
+                   "collectors": {}, "collector_counts": {}, "problem": str(exc)}
         except (OSError, ManifestError, bundle_mod.BundleError) as exc:
             row = {"bundle": _strip_ext(b.name), "incident": b.parent.name, "host": "?", "time": None,
                    "collectors": {}, "collector_counts": {},
@@ -112,11 +115,18 @@ def list_remote(cfg: Config, incident: str | None = None, host: str | None = Non
                 elif k.endswith(".manifest.json"):
                     sidecars.append(k)
 
-        def get(k: str) -> tuple[str, Manifest | ManifestError]:
+        def get(k: str) -> tuple[str, Manifest | str]:
+            o = bundles.get(k[: -len(".manifest.json")])
+            if o is None:
+                return k, "no bundle"
+            name = k.rsplit("/", 1)[-1]
+            body = s3.get_object(Bucket=bucket, Key=k)["Body"].read()
             try:
-                return k, read_manifest(s3.get_object(Bucket=bucket, Key=k)["Body"].read(), k.rsplit("/", 1)[-1])
+                m = read_manifest(body, name)
             except ManifestError as exc:
-                return k, exc
+                return k, f"manifest sidecar unreadable: {exc}"
+            why = _remote_binding(s3, bucket, o, name, body, m)
+            return k, why or m
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             manifests = list(pool.map(get, sidecars))
@@ -127,9 +137,9 @@ def list_remote(cfg: Config, incident: str | None = None, host: str | None = Non
         o = bundles.get(k[: -len(".manifest.json")])
         if o is None:
             continue                    # a sidecar whose bundle is not (yet) there
-        if isinstance(m, ManifestError):
+        if isinstance(m, str):
             row = {"bundle": _strip_ext(o["Key"].rsplit("/", 1)[1]), "incident": "?", "host": "?", "time": None,
-                   "collectors": {}, "collector_counts": {}, "problem": f"manifest sidecar unreadable: {m}"}
+                   "collectors": {}, "collector_counts": {}, "problem": m}
         else:
             row = _row(m)
         if host and row["host"] != host:
@@ -138,6 +148,34 @@ def list_remote(cfg: Config, incident: str | None = None, host: str | None = Non
                    state="uploaded", uploaded=o["LastModified"].isoformat() if o.get("LastModified") else None)
         rows.append(row)
     return rows
+
+
+def _key_place(key: str) -> tuple[str | None, str | None]:
+    """(incident, host) of a bundle key ``.../incidents/<incident>/<host>/<name>``."""
+    parts = key.split("/")
+    if len(parts) >= 4 and parts[-4] == "incidents":
+        return parts[-3], parts[-2]
+    return None, None
+
+
+def _remote_binding(s3, bucket: str, o: dict[str, Any], name: str, body: bytes, m: Manifest) -> str | None:
+    """Why an S3 manifest sidecar is not its bundle's own manifest (None when it is): the bundle's index
+    (its last bytes, one ranged GET) must name the sidecar's SHA-256, and the key's incident, host and
+    name must be the manifest's. A bundle uploaded before the index existed gets the key checks only."""
+    archive = o["Key"].rsplit("/", 1)[-1]
+    incident, host = _key_place(o["Key"])
+    filed = filed_problems(archive, m, incident, host)
+    if filed:
+        return str(filed[0])
+    n = bundle_mod.ZSTD_INDEX_LEN if archive.endswith(".zst") else bundle_mod.GZIP_INDEX_LEN
+    if o.get("Size", 0) <= n:
+        return None
+    tail = s3.get_object(Bucket=bucket, Key=o["Key"], Range=f"bytes=-{n}")["Body"].read()
+    index = bundle_mod.parse_index(tail, "zstd" if archive.endswith(".zst") else "gzip")
+    if index is not None and index != hashlib.sha256(body).hexdigest():
+        return (f"{name} is not the manifest.json of {archive}: its SHA-256 {hashlib.sha256(body).hexdigest()} "
+                f"differs from the one the bundle's index names ({index})")
+    return None
 
 
 def list_bundles(cfg: Config, incident: str | None = None, host: str | None = None,
@@ -254,6 +292,17 @@ def _custody_shas(s3, bucket: str, key: str) -> dict[str, set[str]]:
     return found
 
 
+def _sidecar_object(s3, bucket: str, key: str) -> Sidecar | None:
+    """The manifest sidecar object beside a bundle's key, None when there is none."""
+    side = _strip_ext(key) + ".manifest.json"
+    try:
+        return Sidecar(side.rsplit("/", 1)[-1], s3.get_object(Bucket=bucket, Key=side)["Body"].read())
+    except Exception as exc:
+        if storage_error(exc, "").exit_code != EXIT_NOT_FOUND:
+            raise
+        return None
+
+
 def _verify_object(s3, bucket: str, key: str, out, progress: Progress | None,
                    custody_shas: dict[str, set[str]] | None) -> tuple[Integrity, dict[str, Any]]:
     """Stream one object through every check; returns the report and facts about the object."""
@@ -265,13 +314,19 @@ def _verify_object(s3, bucket: str, key: str, out, progress: Progress | None,
     args: dict[str, Any] = {"Bucket": bucket, "Key": key, "IfMatch": head["ETag"]}
     if head.get("VersionId"):
         args["VersionId"] = head["VersionId"]
+    sidecar = _sidecar_object(s3, bucket, key)
     obj = s3.get_object(**args)
     tee = _Tee(obj["Body"], out, part_size, name, head["ContentLength"], progress)
     rep = bundle_mod.verify_stream(tee, f"s3://{bucket}/{key}",
-                                   Expected(expected, "its sha256 metadata") if expected else None)
+                                   Expected(expected, "its sha256 metadata") if expected else None, sidecar)
     if tee.error is not None:
         raise tee.error
-    checks = ["bundle sha256 vs object metadata", "every file vs SHA256SUMS and manifest.json"]
+    checks = ["bundle sha256 vs object metadata", "every file vs SHA256SUMS and manifest.json",
+              "incident, host and name of the key vs manifest.json"]
+    if sidecar is not None:
+        checks.append("manifest sidecar vs manifest.json")
+    if rep.manifest is not None:
+        rep.problems += filed_problems(name, rep.manifest, *_key_place(key))
     if tee.count != head["ContentLength"]:
         rep.add(name, f"read {tee.count} bytes, the object has {head['ContentLength']}")
     if expected is None:
@@ -345,7 +400,7 @@ def _check_member(archive: str, m, top: str | None) -> str:
     return "/".join(parts)
 
 
-def extract_bundle(path: Path, dest: Path) -> tuple[Path, bool]:
+def extract_bundle(path: Path, dest: Path, ledger: Path | None = None) -> tuple[Path, bool]:
     """Extract a bundle into ``dest/<top>``; returns (folder, False if it was there already).
 
     Our own loop, not ``tarfile.extractall``: every member is checked before it is
@@ -354,7 +409,9 @@ def extract_bundle(path: Path, dest: Path) -> tuple[Path, bool]:
     """
     dest.mkdir(parents=True, exist_ok=True)
     real = dest.resolve()
-    staging = Path(tempfile.mkdtemp(prefix=".goldenhour-extract-", dir=real))
+    staging = real / f".goldenhour-extract-{os.urandom(6).hex()}"
+    entry = scratch.record(ledger, staging, "bundle being extracted")
+    staging.mkdir(mode=0o700)
     top: str | None = None
     try:
         with open(path, "rb") as fh, bundle_mod.open_stream(fh, str(path)) as tar:
@@ -395,6 +452,7 @@ def extract_bundle(path: Path, dest: Path) -> tuple[Path, bool]:
         raise StorageError(f"cannot extract {path.name} into {dest}: {exc.strerror or exc}", EXIT_USAGE) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        scratch.release(entry)
 
 
 def safe_extract(path: Path, dest: Path) -> Path:
@@ -470,6 +528,8 @@ def _fetch_one(cfg: Config, s3, session, bucket: str, prefix: str, incident: str
     tmp = dest / f".{name}.part-{os.getpid()}"
     row: dict[str, Any] = {"bundle": r["bundle"], "host": r["host"], "incident": incident, "key": key,
                            "url": f"s3://{bucket}/{key}", "path": None}
+    ledger = Store(cfg.store_path).scratch
+    entry = scratch.record(ledger, tmp.resolve(), "bundle being fetched")
     try:
         with open(tmp, "wb") as fh:
             rep, info = _verify_object(s3, bucket, key, fh, progress, shas)
@@ -477,6 +537,7 @@ def _fetch_one(cfg: Config, s3, session, bucket: str, prefix: str, incident: str
             os.fsync(fh.fileno())
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        scratch.release(entry)
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise StorageError(f"disk full while fetching {key} into {dest}; partial file removed",
                                EXIT_DISK_FULL) from None
@@ -487,16 +548,18 @@ def _fetch_one(cfg: Config, s3, session, bucket: str, prefix: str, incident: str
                checksum_sha256=info["checksum_sha256"], version_id=info["version_id"], checks=info["checks"])
     if not rep.ok:
         tmp.unlink(missing_ok=True)
+        scratch.release(entry)
         row.update(status="refused", problems=rep.messages())
         _custody_quiet(cfg, s3, session, bucket, prefix, incident, "fetch-refused", rep.sha256, key, row,
                        problems=rep.messages()[:10])
         return row
     os.replace(tmp, local)
+    scratch.release(entry)
     bundle_mod.write_sidecar(local, rep.sha256)
     row.update(status="verified", path=str(local), problems=[])
     if extract:
         try:
-            folder, fresh = extract_bundle(local, dest)
+            folder, fresh = extract_bundle(local, dest, ledger)
             row.update(extracted=str(folder), freshly_extracted=fresh)
         except StorageError as exc:
             if exc.exit_code != EXIT_TAMPERED:   # disk full, unwritable destination: the bundle is kept

@@ -30,9 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from agent import pauses, procfs
+from agent import pauses, procfs, scratch
+from agent import reserve as reserve_mod
 from agent.collector import (FAILED, INTERRUPTED, OK, PARTIAL, SKIPPED, TARGET_EXITED, TIMEOUT, Collector, Context,
-                             Limits, Skip, TargetGone, die_with_parent)
+                             Limits, ReserveReached, Skip, TargetGone, die_with_parent)
+from agent.reserve import QuietFileHandler
 from agent.incident import iso, utcnow
 from agent.priority import set_autogroup_nice, set_low_priority
 from agent.targets import Target
@@ -112,7 +114,15 @@ def _child(item: Item, out: Path, journal: Path, deadline: float, capture: dict[
         # Drop every descriptor inherited from goldenhour (sockets, pidfds, log files):
         # a collector must not show up as an owner of someone else's sockets or files.
         os.closerange(3, min(os.sysconf("SC_OPEN_MAX"), 65536))
-        fh = logging.FileHandler(journal.with_suffix(".log"))
+        reserve = int(capture.get("reserve_bytes") or 0)
+        if reserve:                 # no file this collector (or a helper of it) writes may cross the reserve
+            # nor take more than the budget has left (for a collector writing other than through its Context);
+            # its journal, a few KiB, stays writable: evidence is held back by the budget first
+            room = reserve_mod.room(out, reserve)
+            if capture.get("space_budget"):
+                room = min(room, reserve_mod.Budget(capture["space_budget"]).remaining())
+            reserve_mod.limit_file_size(max(room, 256 * 1024))
+        fh = QuietFileHandler(journal.with_suffix(".log"), reserve)
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(fh)
         logging.getLogger().setLevel(logging.INFO)
@@ -129,6 +139,14 @@ def _child(item: Item, out: Path, journal: Path, deadline: float, capture: dict[
             status, reason = SKIPPED, str(exc) or "skipped"
         except TargetGone as exc:
             status, reason = TARGET_EXITED, str(exc)
+        except ReserveReached as exc:
+            status, reason = PARTIAL, str(exc)
+        except OSError as exc:
+            if not reserve_mod.is_full(exc):
+                status, reason = FAILED, f"{type(exc).__name__}: {exc}"
+                ctx.log.error("collector failed\n%s", traceback.format_exc())
+            else:
+                status, reason = PARTIAL, f"stopped at the store's free-space reserve ({exc.strerror})"
         except BaseException as exc:  # noqa: BLE001 - every failure reaches the manifest
             status, reason = FAILED, f"{type(exc).__name__}: {exc}"
             ctx.log.error("collector failed\n%s", traceback.format_exc())
@@ -304,6 +322,8 @@ def run_items(items: list[Item], staging: Path, *, deadline: float, capture: dic
             if isinstance(res.notes.get("pause"), dict):     # what the collector measured
                 res.pause = {**(res.pause or {}), "measured": res.notes["pause"]}
         results[run.item.key] = res
+        for gone in scratch.sweep(capture.get("scratch_dir")):    # what a killed collector left outside staging
+            res.events.append({"event": "scratch_removed", **gone})
         emit("end", run.item, res)
 
     def abandon(why: str) -> None:
@@ -314,9 +334,22 @@ def run_items(items: list[Item], staging: Path, *, deadline: float, capture: dic
             finish(running.pop(fd), why)
             results[run.item.key].status = INTERRUPTED
 
+    reserve = int(capture.get("reserve_bytes") or 0)
+    if reserve:       # the room above the collectors' reserve, shared by every collector (agent/reserve.py)
+        budget = staging / ".space"
+        reserve_mod.Budget.create(budget, reserve_mod.room(staging, reserve))
+        capture = {**capture, "space_budget": str(budget)}
+
+    def over_reserve() -> str | None:
+        """Why every running collector must stop now: the store's reserve crossed all the same."""
+        if reserve and reserve_mod.room(staging, reserve) < 0:
+            return ("stopped: the store reached its free-space reserve "
+                    f"({reserve_mod.free_bytes(staging) // 2**20} MiB free); what was written is kept")
+        return None
+
     on_term = _install_term_handler(abandon)
     try:
-        _loop(pending, running, results, paused_targets, start, finish, deadline, max_parallel, emit)
+        _loop(pending, running, results, paused_targets, start, finish, deadline, max_parallel, emit, over_reserve)
     except BaseException:
         abandon("interrupted: goldenhour was stopped; the collector was stopped with it")
         raise
@@ -351,8 +384,23 @@ def _restore_term_handler(handler: Any) -> None:
 
 def _loop(pending: list[Item], running: dict[int, _Running], results: dict[str, ItemResult],
           paused_targets: set[int], start: Callable[[Item], None], finish: Callable[[_Running, str | None], None],
-          deadline: float, max_parallel: int, emit: Callable[..., None]) -> None:
+          deadline: float, max_parallel: int, emit: Callable[..., None],
+          over_reserve: Callable[[], str | None] = lambda: None) -> None:
     while pending or running:
+        full = over_reserve()
+        if full:                         # crossed all the same (writers in parallel): stop, start nothing more
+            for fd, run in list(running.items()):
+                kill_session(run.pid)
+                finish(running.pop(fd), full)
+                results[run.item.key].status = PARTIAL
+            for item in pending:
+                results[item.key] = ItemResult(
+                    name=item.collector.name, key=item.key, status=SKIPPED, timeout_s=item.timeout_s,
+                    reason="not started: the store reached its free-space reserve",
+                    target=item.target.to_json() if item.target else None)
+                emit("end", item, results[item.key])
+            pending.clear()
+            break
         now = time.monotonic()
         # start what may start
         while pending and len(running) < max_parallel:

@@ -10,6 +10,7 @@ pending ones; ``bundles list`` and ``report`` read them. Layout::
     <store>/incidents/<incident>/<bundle>.pending.json   failed upload attempts, and the URL asked for
     <store>/.staging/<bundle>/                           a capture in progress
     <store>/state/pauses/                                the pause ledger (agent/pauses.py)
+    <store>/state/scratch/                               the scratch ledger (agent/scratch.py)
     <store>/state/                                       daemon state (dedupe, open incidents)
 
 A bundle without an upload receipt is *pending* when it has somewhere to go (upload.url, or
@@ -52,6 +53,11 @@ class Store:
     @property
     def ledger(self) -> Path:
         return self.state / "pauses"
+
+    @property
+    def scratch(self) -> Path:
+        """The scratch ledger (agent/scratch.py): files made outside a staging folder, removed if their run died."""
+        return self.state / "scratch"
 
     def incident_dir(self, incident: str) -> Path:
         return self.incidents / check_id(incident)

@@ -80,14 +80,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agent import __version__
-from agent.bundle import (BUF, BundleError, atomic_write, fsync_dir, manifest_bytes, manifest_sidecar, read_sidecar,
-                          verify_file, write_sidecar)
+from agent.bundle import (BUF, BundleError, SidecarMismatch, atomic_write, fsync_dir, manifest_bytes, manifest_sidecar,
+                          read_sidecar, verify_file, write_sidecar)
 from agent.config import Config
 from agent.errors import (EXIT_ACCESS_DENIED, EXIT_DISK_FULL, EXIT_NO_BUCKET,
                           EXIT_NO_CREDENTIALS, EXIT_NOT_FOUND, EXIT_PENDING, EXIT_REJECTED, EXIT_TAMPERED,
                           EXIT_UNREACHABLE, EXIT_USAGE, GoldenhourError)
 from agent.incident import iso, utcnow
-from agent.manifest import RECORD, Manifest
+from agent.manifest import RECORD, Manifest, filed_problems
 from agent.manifest import read as read_manifest
 from agent.store import Store
 
@@ -561,7 +561,8 @@ def _matches(head: dict[str, Any] | None, t: _Target, checksum: str | None) -> b
 
 
 def _manifest(bundle: Path) -> tuple[Manifest, bytes]:
-    """The manifest (through the one reader) and the bytes of its sidecar: the local sidecar, or the archive's."""
+    """The bundle's own manifest (through the one reader) and the bytes uploaded as its sidecar: the local
+    sidecar once bound to the archive (``bundle.manifest_bytes``), or the archive's manifest.json."""
     data, source = manifest_bytes(bundle)
     return read_manifest(data, source), data
 
@@ -619,9 +620,16 @@ def _upload_locked(cfg: Config, bundle: Path, on_part: Callable[[int, int], None
     try:
         man, man_bytes = _manifest(bundle)
         incident, host = man.incident.id, man.host.hostname
+    except SidecarMismatch as exc:
+        raise StorageError(f"{what}: {exc}; not uploaded (the key is made from the bundle's own manifest), it "
+                           f"stays pending, run `goldenhour verify {bundle}`", EXIT_TAMPERED) from None
     except Exception as exc:  # noqa: BLE001 - a broken bundle stays pending with its reason
         raise StorageError(f"{what}: cannot read its manifest ({type(exc).__name__}: {exc}); it stays pending, "
                            f"run `goldenhour verify {bundle}`", EXIT_TAMPERED) from None
+    filed = filed_problems(bundle.name, man)
+    if filed:
+        raise StorageError(f"{what}: {filed[0]}; not uploaded (its key would not be its own), it stays pending",
+                           EXIT_TAMPERED)
     sha = _bundle_sha(bundle)
     size = bundle.stat().st_size
     t = _Target(bucket, prefix, incident, host, object_key(prefix, incident, host, bundle.name), size, sha)

@@ -9,6 +9,8 @@ then; a 64 MiB block of distinct lines written 32 times). Then, alternating, N r
   growing blocks) then ``copy_range`` (copy_file_range into OUT), in this process as in the
   collector's (no process start);
 - ``collectors.logs.tail_lines(FILE, 10000)`` (the same, into memory);
+- the collector's default path, the tail through ``agent.redact.LogRedactor`` into OUT
+  (``logs.redact = true``; the lines with a trigger word, ``key=`` among them, are redacted);
 first with the file in the page cache (a live log is), then cold: the file's pages dropped
 with ``posix_fadvise(DONTNEED)`` before each run (only this file's, not the whole cache).
 Both outputs are checked byte for byte. The ratio is goldenhour / GNU (lower is faster;
@@ -125,6 +127,20 @@ def run(quick: bool = False) -> dict:
         finally:
             os.close(fd)
 
+    def redacted():                         # the collector's default (logs.redact = true): through the redactor
+        from agent.redact import LogRedactor
+        from collectors.logs import _redact_range
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            start, _ = find_tail_start(fd, N, size)
+            red = LogRedactor()
+            with open(out, "wb") as fh:
+                _redact_range(fd, fh, start, size - start, red)
+                fh.write(red.finish())
+        finally:
+            os.close(fd)
+
     def in_memory():
         tail_lines(path, N)
 
@@ -135,23 +151,30 @@ def run(quick: bool = False) -> dict:
     ours()
     if out.read_bytes() != gnu_out:
         raise SystemExit("the collector's tail differs from GNU tail's")
+    redacted()
+    if out.read_bytes().count(b"\n") != gnu_out.count(b"\n"):
+        raise SystemExit("the redacted tail does not keep every line")
     warm_runs, cold_runs = (10, 4) if quick else (30, 10)
     rows = []
     for label, runs, before in (("page cache warm", warm_runs, None),
                                 ("cold (the file's pages dropped)", cold_runs, lambda: drop_cache(path))):
-        g, o, m, s = [], [], [], []
-        gnu(), ours(), in_memory(), start()  # warm up code paths
+        g, o, m, s, r = [], [], [], [], []
+        gnu(), ours(), in_memory(), start(), redacted()  # warm up code paths
         for _ in range(runs):               # alternating, so drift hits both
             g.append(timed(gnu, before))
             o.append(timed(ours, before))
             m.append(timed(in_memory, before))
             s.append(timed(start))
+            r.append(timed(redacted, before))
         ratio = statistics.median(o) / statistics.median(g)
         net = statistics.median(o) / max(1e-9, statistics.median(g) - statistics.median(s))
         rows.append({"name": f"GNU tail -n 10000 > file, {label}", "unit": "ms", **stats(g)})
         rows.append({"name": f"goldenhour logs collector's tail > file, {label}", "unit": "ms", **stats(o),
                      "notes": "find_tail_start + copy_file_range, in the collector's process"})
         rows.append({"name": f"goldenhour tail_lines() into memory, {label}", "unit": "ms", **stats(m)})
+        rows.append({"name": f"goldenhour logs collector's tail through the redactor > file, {label}", "unit": "ms",
+                     **stats(r), "notes": f"the default (logs.redact = true): find_tail_start + LogRedactor; "
+                                          f"{statistics.median(r) / statistics.median(g):.1f}x GNU tail"})
         rows.append({"name": f"ratio goldenhour / GNU tail, {label}", "unit": "x", "median": round(ratio, 2),
                      "runs": runs, "target": "<= 1.5", "met": ratio <= 1.5,
                      "notes": f"GNU tail's process start alone: {stats(s)['median']} ms; against GNU tail minus "

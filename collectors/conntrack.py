@@ -48,7 +48,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
-from agent.collector import Collector, Option, Scope, Skip, read_text, which
+from agent.collector import Collector, Option, ReserveReached, Scope, Skip, read_text, which
 from collectors import _netns
 
 SYSCTL_DIR = "sys/net/netfilter"
@@ -308,14 +308,17 @@ def stream_table(ctx, src: Path, name: str, summary: TableSummary) -> dict[str, 
     cap = ctx.limits.max_file_bytes
     written = 0
     cut = False
-    with open(src, "rb", buffering=1 << 20) as fh, open(ctx.path(name), "wb", buffering=1 << 20) as out:
-        for n, raw in enumerate(fh):
+    with open(src, "rb", buffering=1 << 20) as fh, ctx.open_out(name, "wb", buffering=1 << 20) as out:
+        for raw in fh:
             if not cut:
-                if written + len(raw) > cap or (n % 20000 == 0 and ctx.below_reserve(1 << 20)):
+                if written + len(raw) > cap:
                     cut = True
                 else:
-                    out.write(raw)
-                    written += len(raw)
+                    try:
+                        out.write(raw)
+                        written += len(raw)
+                    except ReserveReached:   # the store's free-space reserve: keep counting, stop copying
+                        cut = True
             summary.add_line(raw.decode("ascii", "replace"))
     if cut:
         ctx.partial(f"{name} cut at {written} bytes (file cap or free-space reserve); "

@@ -229,8 +229,7 @@ def collect(ctx) -> None:
         raw, epipes, stopped = text.encode(), 0, False
         method, seq_synthetic = "dmesg -S -r", True
         ctx.note(kmsg_error=why)
-    p = ctx.path("kmsg.txt")
-    p.write_bytes(raw)
+    ctx.write_bytes("kmsg.txt", raw)
     records = parse_kmsg(raw.decode("utf-8", "replace"))
     for r in records:
         r["time"] = iso_from_usec(r["usec"], offset)

@@ -8,7 +8,9 @@ What, per runtime:
   the JVM's working directory; never tmpfs, which a container's memory limit pays for), with
   room for the estimate, then moves the file into the bundle through ``/proc/PID/root`` (a
   rename on the same filesystem, else a streamed copy) and deletes the JVM's copy whatever
-  happens. Same SIGQUIT/identity checks as ``threads``.
+  happens: its path is in the scratch ledger (agent/scratch.py) before the JVM is asked to
+  write it, so even a goldenhour killed mid-dump has it removed at its next start. Same
+  SIGQUIT/identity checks as ``threads``.
 - Node.js: a V8 heap snapshot over the inspector (``HeapProfiler.takeHeapSnapshot``), streamed
   chunk by chunk into the bundle by goldenhour (the target writes nothing). It blocks the event
   loop for the whole snapshot (5-7.5 s for 256 MiB) and needs about twice the heap in free
@@ -51,7 +53,7 @@ import secrets
 import time
 from typing import Any
 
-from agent import preflight, procfs, safety
+from agent import preflight, procfs, safety, scratch
 from agent.collector import Collector, Option, Scope, Skip, TargetGone, read_text
 from collectors.threads import _gone_or, _tail, gdb_argv, jcmd, node_preflight, tool
 
@@ -116,7 +118,8 @@ def dump_gcore(ctx) -> dict[str, Any]:
     t.ensure_alive()
     safety.normal_priority()
     res = ctx.run(gdb_argv(gdb, t.pid, [f"gcore {out}"], symbols=False), stdout="gcore.log",
-                  env={**os.environ, "DEBUGINFOD_URLS": ""}, timeout_s=max(5.0, ctx.remaining() - 2))
+                  env={**os.environ, "DEBUGINFOD_URLS": ""}, timeout_s=max(5.0, ctx.remaining() - 2),
+                  space=int(estimate * 1.1) + 2**20)
     size = out.stat().st_size if out.exists() else 0
     log = (ctx.out / "gcore.log").read_text(errors="replace") if (ctx.out / "gcore.log").exists() else ""
     if not res.ok or "Saved corefile" not in log:
@@ -209,6 +212,9 @@ def dump_jvm(ctx) -> dict[str, Any]:
     in_target = f"{d.rstrip('/')}/{name}"
     src = f"/proc/{t.pid}/root{in_target}"
     dest = ctx.path("heap.hprof")
+    # recorded before the JVM can create it: if goldenhour is killed now, the next start removes it
+    entry = scratch.record(ctx.capture.get("scratch_dir"), in_target, "JVM heap dump",
+                           writer=procfs.Identity(t.pid, t.start_time))
     try:
         out, pause = jcmd(ctx, ["GC.heap_dump", in_target], "jcmd.txt", timeout_s=max(10.0, ctx.remaining() - 5),
                           technique="jvm_heap_dump", figures={"disk": _disk(t.pid, d, estimate)})
@@ -218,10 +224,12 @@ def dump_jvm(ctx) -> dict[str, Any]:
     finally:
         try:
             os.unlink(src)               # never leave a heap dump behind in the target's world
+            scratch.release(entry)
         except FileNotFoundError:
-            pass
+            scratch.release(entry)
         except OSError as exc:
-            ctx.partial(f"could not remove the JVM's dump file {in_target}: {exc.strerror}")
+            ctx.partial(f"could not remove the JVM's dump file {in_target}: {exc.strerror} (the scratch "
+                        "ledger keeps it: the next goldenhour start removes it)")
     return {"method": "jcmd GC.heap_dump", "file": dest.name, "bytes": dest.stat().st_size,
             "estimate_bytes": estimate, "heap_used_bytes": used, "written_by_target_at": in_target,
             "fetched": moved, "pause": pause,
@@ -237,7 +245,7 @@ def _fetch(ctx, src: str, dest: str) -> str:
     except OSError:
         pass
     size = os.stat(src).st_size
-    if size > store_room(ctx):
+    if not ctx.claim(size):
         raise Skip(f"the heap dump ({_gb(size)}) does not fit in the store above its reserve")
     with open(src, "rb") as fi, open(dest, "wb") as fo:
         while True:
@@ -272,7 +280,7 @@ def dump_node(ctx) -> dict[str, Any]:
             check_room(ctx, used, "a heap snapshot")
             safety.normal_priority()
             written = 0
-            with open(dest, "w", encoding="utf-8") as fh:
+            with ctx.open_out(dest.name, "w", encoding="utf-8") as fh:   # stops at the store's reserve
                 def on_chunk(m: dict[str, Any]) -> None:
                     nonlocal written
                     if m.get("method") == "HeapProfiler.addHeapSnapshotChunk":

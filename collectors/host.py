@@ -17,7 +17,8 @@ boot_time, timezone ``{name, utc_offset, abbreviation}``, load, cpu (counts, mod
 over the window), memory (meminfo in bytes), memory_summary,
 psi ``{cpu|memory|io: {some: {avg10, avg60, avg300, total}, full: {...}}}``, vmstat,
 fd ``{allocated, unused, max}``, processes, mounts (with usage), top_processes
-``{by_cpu_now, by_cpu, by_rss}``, d_state, cgroups, sysctls, errors. A process fact that could
+``{by_cpu_now, by_cpu, by_rss}``, d_state (command lines redacted by agent/redact.py), cgroups,
+sysctls, errors. A process fact that could
 not be read (user, cmdline, fds) is null, and the row's ``unreadable`` says why
 (``{fact: denied | gone | other}``).
 Overhead: reads /proc files and /proc/PID/stat of every process twice, ``cpu_sample_s``
@@ -46,6 +47,7 @@ from typing import Any, Callable
 
 from agent import cgroups, procfs
 from agent.collector import Collector, Option, Scope, read_text
+from agent.redact import RULES, Redactor
 
 # Filesystems with no disk space to run out of (tmpfs, overlay, network filesystems are kept).
 PSEUDO_FS = frozenset({
@@ -329,11 +331,13 @@ def _user(uid: int) -> str | None:
     return _users[uid]
 
 
-def _details(pid: int) -> dict[str, Any]:
+def _details(pid: int, red: Redactor | None = None) -> dict[str, Any]:
     """The slower facts of one process (may block: called through the watchdog).
 
     A fact that could not be read is None, and ``unreadable`` says why: {fact: denied | gone | other}.
+    The command line goes through the redactor (agent/redact.py) before it is cut to ``CMDLINE_MAX``.
     """
+    red = red or Redactor()
     d: dict[str, Any] = {}
     unreadable: dict[str, str] = {}
     base = f"/proc/{pid}"
@@ -344,7 +348,10 @@ def _details(pid: int) -> dict[str, Any]:
         unreadable["user"] = procfs.cause_of(exc)
     try:
         raw = procfs.read_bytes(f"{base}/cmdline", 4 * CMDLINE_MAX)
-        cmd = raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
+        args = [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
+        if len(raw) == 4 * CMDLINE_MAX and args:
+            args = args[:-1] or args         # the last argument was cut by the read: not whole, so dropped
+        cmd = " ".join(red.argv(args))
         d["cmdline"] = cmd[:CMDLINE_MAX]
         d["cmdline_truncated"] = len(cmd) > CMDLINE_MAX or len(raw) == 4 * CMDLINE_MAX
     except procfs.ProcError as exc:
@@ -576,12 +583,13 @@ def collect(ctx) -> None:
     ranked = [r for pid, r in rows.items() if pid not in ours]
 
     detailed: dict[int, dict[str, Any]] = {}
+    red = Redactor()
 
     def detail(r: dict[str, Any]) -> dict[str, Any]:
         if r["pid"] not in detailed:
             d = {k: v for k, v in r.items() if k not in ("ticks", "start_ticks")}
             try:
-                extra = wd.call(_details, r["pid"])
+                extra = wd.call(_details, r["pid"], red)
             except OSError:
                 extra = {}
             if extra is Watchdog.STUCK:
@@ -642,7 +650,7 @@ def collect(ctx) -> None:
     if wd.stuck:
         ctx.partial(f"{wd.stuck} read(s) blocked and were abandoned: {'; '.join(errors[:3])}")
     ctx.note(processes=len(rows), d_state=len(d_state), mounts=len(mounts), cgroup_version=cg_version,
-             cpu_window_s=round(elapsed, 3) if window > 0 else None)
+             cpu_window_s=round(elapsed, 3) if window > 0 else None, redaction={"count": red.count, "rules": RULES})
 
 
 OPTIONS = {

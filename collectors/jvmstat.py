@@ -72,6 +72,12 @@ def generations_of(p: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _command_line(red: Redactor, value: Any) -> str | None:
+    """A command line the JVM publishes as one string, through the redactor as a command line (so that
+    ``--password VALUE`` is redacted too, not only ``name=value``)."""
+    return " ".join(red.argv(str(value or "").split())) or None
+
+
 def summarize(p: dict[str, Any], red: Redactor) -> dict[str, Any]:
     """One reading: the counters that matter, named."""
     freq = _freq(p)
@@ -79,8 +85,8 @@ def summarize(p: dict[str, Any], red: Redactor) -> dict[str, Any]:
     return {
         "vm": {"name": p.get("java.property.java.vm.name"), "vendor": p.get("java.property.java.vm.vendor"),
                "version": p.get("java.property.java.vm.version"), "gc_policy": p.get("sun.gc.policy.name"),
-               "args": red.text(str(p.get("java.rt.vmArgs") or "")) or None,
-               "command": red.text(str(p.get("sun.rt.javaCommand") or "")) or None},
+               "args": _command_line(red, p.get("java.rt.vmArgs")),
+               "command": _command_line(red, p.get("sun.rt.javaCommand"))},
         "collectors": collectors_of(p),
         "generations": gens,
         "heap": {"used": sum(g["used"] or 0 for g in gens), "capacity": sum(g["capacity"] or 0 for g in gens),

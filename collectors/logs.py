@@ -7,18 +7,22 @@ from its newest rotated sibling (``app.log.1``, ``app.log.1.gz``, ``app.log-2026
 journal (``journalctl``) when there is one and ``logs.journal`` is on.
 Why: what the applications and the system said just before and during the incident;
 logs rotate and restarts bury the interesting lines under start-up noise.
-Produces: ``files/<path with every character but [A-Za-z0-9._-] as _>`` (the tails, raw
-bytes: rotated sibling's lines first, then the live file's), ``journal.txt``
-(``short-iso-precise``), ``logs.json``: ``lines_requested`` and per file ``path``,
+Produces: ``files/<path with every character but [A-Za-z0-9._-] as _>`` (the tails, with
+credentials redacted by ``agent.redact.LogRedactor`` unless ``logs.redact = false``: rotated
+sibling's lines first, then the live file's), ``journal.txt`` (``short-iso-precise``,
+redacted likewise), ``logs.json``: ``lines_requested``, ``redacted`` and per file ``path``,
 ``requested`` (explicit/default), ``resolved``, ``size``, ``inode``, ``mtime``, ``file``,
 ``lines_kept``, ``bytes_kept``, ``truncated`` (older lines were left), ``rotated_sibling``,
-``sibling_lines``, ``rotated_during_read``, ``shrank_during_read``, ``errors``; and ``journal``.
+``sibling_lines``, ``rotated_during_read``, ``shrank_during_read``, ``redacted`` (secrets
+replaced), ``errors``; and ``journal``. The manifest's ``redaction.logs`` counts them per file.
 Overhead: ``tail_lines`` reads backwards with pread in growing blocks (64 KiB x4 up to
 8 MiB) and finds line starts with ``rfind`` (memrchr), so a multi-GB or sparse file costs
 what its last N lines cost; it never reads a whole file (a file without newlines stops at
 the per-file cap). Compressed siblings must be decompressed to their end, in 1 MiB steps
-keeping only the last lines.
-Caveats: bytes are kept as they are (CRLF, NUL bytes, invalid UTF-8); a last line without a
+keeping only the last lines. Redaction reads the tail through Python and examines only the
+lines holding a trigger word; with ``logs.redact = false`` the tail is copied in the kernel.
+Caveats: bytes are kept as they are (CRLF, NUL bytes, invalid UTF-8) but for redacted secrets,
+and every line is kept (line numbers stay those of the source's tail); a last line without a
 trailing newline counts as a line, as in GNU tail. Each file is opened once and read through
 that descriptor: if it is rotated (renamed) meanwhile we keep reading the file we opened
 (its inode is recorded, ``rotated_during_read`` says the path now names another file); if it
@@ -51,6 +55,7 @@ from datetime import datetime, timezone
 from typing import IO, Any, Callable
 
 from agent.collector import Collector, Option, Scope, which
+from agent.redact import LOG_RULES, LogRedactor
 
 BLOCK = 64 * 1024
 MAX_BLOCK = 8 * 2**20
@@ -308,11 +313,36 @@ def _tail_any(ctx, sib: str, n: int, max_bytes: int) -> bytes:
     return tail_lines(sib, n, max_bytes=max_bytes)
 
 
-def tail_one(ctx, path: str, n: int, requested: str, used: set[str]) -> dict[str, Any]:
+def _redact_range(fd: int, out: IO[bytes], offset: int, count: int, red: LogRedactor) -> int:
+    """Copy ``count`` bytes of ``fd`` from ``offset`` into ``out`` through the redactor; returns bytes read."""
+    done = 0
+    while done < count:
+        chunk = os.pread(fd, min(MAX_BLOCK, count - done), offset + done)
+        if not chunk:
+            break
+        out.write(red.feed(chunk))
+        done += len(chunk)
+    return done
+
+
+def redact_file(path: os.PathLike[str] | str) -> int:
+    """Rewrite a captured log through the redactor (streaming, atomically); returns how many secrets."""
+    red = LogRedactor()
+    tmp = f"{path}.redacting"
+    with open(path, "rb") as src, open(tmp, "wb") as out:
+        for chunk in iter(lambda: src.read(MAX_BLOCK), b""):
+            out.write(red.feed(chunk))
+        out.write(red.finish())
+    os.replace(tmp, path)
+    return red.count
+
+
+def tail_one(ctx, path: str, n: int, requested: str, used: set[str], redact: bool = True) -> dict[str, Any]:
     """Tail one log into ``files/``; returns its logs.json entry (errors recorded, never raised).
 
-    The live file's tail is located by ``find_tail_start`` and copied to the bundle in the
-    kernel (copy_file_range), through the descriptor opened first.
+    The live file's tail is located by ``find_tail_start`` and copied to the bundle through the
+    descriptor opened first: through the redactor (``agent.redact.LogRedactor``), or with
+    ``redact`` off in the kernel (copy_file_range), bytes as they are.
     """
     entry: dict[str, Any] = {"path": path, "requested": requested, "errors": []}
     cap = ctx.limits.max_file_bytes
@@ -360,26 +390,40 @@ def tail_one(ctx, path: str, n: int, requested: str, used: set[str]) -> dict[str
                 except (OSError, EOFError, ValueError, TimeoutError, ImportError) as exc:
                     entry["errors"].append(f"rotated sibling {sib}: {_err(exc)}")
         total = len(older) + live_bytes
-        if ctx.below_reserve(total):
+        room = total + (total // 8 if redact else 0)      # a mask can be longer than what it hides
+        if not ctx.claim(room):
             entry["errors"].append("left out: the store reached its free-space reserve")
             ctx.partial(f"log {path} left out: the store reached its free-space reserve")
             return entry
         name = out_name(path, used)
+        red = LogRedactor() if redact else None
         with open(ctx.path(name), "wb") as out:
-            out.write(older)
-            if data is not None:
-                out.write(data)
-                copied = len(data)
-            else:
-                out.flush()
-                copied = copy_range(fd, out.fileno(), start, live_bytes)
+            if red is None:
+                out.write(older)
+                if data is not None:
+                    out.write(data)
+                    copied = len(data)
+                else:
+                    out.flush()
+                    copied = copy_range(fd, out.fileno(), start, live_bytes)
+            else:                            # through the redactor: the same lines, secrets replaced
+                out.write(red.feed(older))
+                if data is not None:
+                    out.write(red.feed(data))
+                    copied = len(data)
+                else:
+                    copied = _redact_range(fd, out, start, live_bytes, red)
+                out.write(red.finish())
         if copied < live_bytes:
             entry["shrank_during_read"] = True
             entry["errors"].append(f"the file shrank while being copied: {copied} of {live_bytes} bytes kept")
         entry.update(file=name, lines_kept=entry.get("sibling_lines", 0) + lines if copied == live_bytes
                      else count_lines(ctx.path(name).read_bytes()),
-                     bytes_kept=len(older) + copied,
+                     bytes_kept=ctx.path(name).stat().st_size,
                      truncated=(start > 0) if data is None else None)
+        if red is not None:
+            entry["redacted"] = red.count
+        ctx.release(room - entry["bytes_kept"])
     except (OSError, EOFError, ValueError, TimeoutError, ImportError) as exc:
         entry["errors"].append(_err(exc))
         return entry
@@ -483,6 +527,7 @@ def collect(ctx) -> None:
     paths = list(ctx.capture.get("log_paths") or [])
     explicit = set(ctx.capture["explicit_log_paths"]) if "explicit_log_paths" in ctx.capture else set(paths)
     max_files = int(ctx.options.get("max_files", 50))
+    redact = bool(ctx.capture.get("log_redact", True))
     seen: set[str] = set()
     used: set[str] = set()
     entries: list[dict[str, Any]] = []
@@ -499,7 +544,7 @@ def collect(ctx) -> None:
             if path in seen:
                 continue
             seen.add(path)
-            e = tail_one(ctx, path, n, requested, used)
+            e = tail_one(ctx, path, n, requested, used, redact)
             if path != pattern:
                 e["glob"] = pattern
             entries.append(e)
@@ -514,7 +559,7 @@ def collect(ctx) -> None:
             if path in seen or seen_as in seen:
                 continue
             seen.add(path)
-            e = tail_one(ctx, path, n, "target", used)
+            e = tail_one(ctx, path, n, "target", used, redact)
             e["target_pid"] = pid
             if seen_as != path:
                 e["path"], e["read_via"] = seen_as, path
@@ -536,9 +581,23 @@ def collect(ctx) -> None:
                 journal["lines"] = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(2**20), b""))
         else:
             journal["reason"] = res.error or f"journalctl exited {res.returncode}"
-    ctx.write_json("logs.json", {"lines_requested": n, "files": entries, "journal": journal})
+        if redact and ctx.path("journal.txt").exists():
+            size = ctx.path("journal.txt").stat().st_size       # redacted into a copy: room for it first
+            if ctx.claim(size + size // 8):
+                journal["redacted"] = redact_file(ctx.path("journal.txt"))
+                ctx.release(size + size // 8 - max(0, ctx.path("journal.txt").stat().st_size - size))
+            else:
+                ctx.path("journal.txt").unlink()
+                journal.update(file=None, reason="left out: no room above the store's reserve to redact it")
+                ctx.partial("journal.txt left out: the store reached its free-space reserve")
+    ctx.write_json("logs.json", {"lines_requested": n, "redacted": redact, "files": entries, "journal": journal})
+    files = {f"collectors/logs/{e['file']}": e.get("redacted", 0) for e in entries if "file" in e}
+    if "redacted" in journal:
+        files["collectors/logs/journal.txt"] = journal["redacted"]
     ctx.note(files=sum(1 for e in entries if "file" in e), errors=sum(1 for e in entries if e["errors"]),
-             journal=journal.get("file") is not None)
+             journal=journal.get("file") is not None,
+             redaction={"count": sum(files.values()), "rules": LOG_RULES, "files": files} if redact
+             else {"count": 0, "raw": True, "why": "logs.redact = false"})
 
 
 OPTIONS = {

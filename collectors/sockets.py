@@ -481,7 +481,8 @@ def ss_records(ctx, unparsed: Unparsed) -> Iterator[dict[str, Any]]:
                 why += f": {last[0]}" if last else ""
             raise SsFailed(f"{' '.join(argv)} failed ({why})")
         if res.truncated:
-            ctx.partial(f"{out} cut at the per-file cap; the socket table is incomplete")
+            ctx.partial(f"{out} cut (the per-file cap, or the store's free-space reserve); "
+                        "the socket table is incomplete")
         with open(ctx.out / out, encoding="utf-8", errors="replace") as fh:
             yield from parse_ss(fh, proto, unparsed)
 
@@ -502,7 +503,7 @@ def collect(ctx) -> None:
             fallback_reason = "ss (iproute2) not found on PATH"
         else:
             try:
-                with open(ctx.path("sockets.jsonl"), "w", encoding="utf-8") as sink:
+                with ctx.open_out("sockets.jsonl", "w", encoding="utf-8") as sink:
                     summary = summarise(ss_records(ctx, unparsed), sink)
                 used = "ss"
             except SsFailed as exc:
@@ -511,7 +512,7 @@ def collect(ctx) -> None:
                 fallback_reason = str(exc)
     if summary is None:
         unparsed = Unparsed()
-        with open(ctx.path("sockets.jsonl"), "w", encoding="utf-8") as sink:
+        with ctx.open_out("sockets.jsonl", "w", encoding="utf-8") as sink:
             summary = summarise(proc_records(ctx), sink)
         used = "proc"
         if fallback_reason:

@@ -375,14 +375,8 @@ def dump_node(ctx) -> dict[str, Any]:
     ctx.note(inspector=ins.facts)
     if ins.facts.get("inspector_closed") is False:
         ctx.partial("the inspector did not close: the ledger keeps it, the next goldenhour start closes it")
-    if isinstance(report.get("environmentVariables"), dict):
-        report["environmentVariables"] = red.mapping(report["environmentVariables"])
+    _redact_report(report, red)
     hdr = report.get("header") or {}
-    if isinstance(hdr.get("commandLine"), list):
-        hdr["commandLine"] = red.argv([str(a) for a in hdr["commandLine"]])
-    for w in report.get("workers") or []:
-        if isinstance(w.get("environmentVariables"), dict):
-            w["environmentVariables"] = red.mapping(w["environmentVariables"])
     ctx.note(redaction={"count": red.count, "rules": RULES})
     ctx.write_json("node-report.json", report)
     main_state = "idle" if js_frames is not None and not js_frames else "running" if js_frames else ""
@@ -480,6 +474,22 @@ def _event_loop_lag(sess, pid: int, wait_s: float) -> dict[str, Any]:
     except (KeyError, TypeError, ValueError):
         pass
     return out
+
+
+def _redact_report(obj: Any, red: Redactor) -> None:
+    """Every environment and command line of a Node report, wherever it is (the main thread's header, each
+    worker's), through the redactor, in place."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k == "environmentVariables" and isinstance(v, dict):
+                obj[k] = red.mapping(v)
+            elif k in ("commandLine", "execArgv", "argv") and isinstance(v, list):
+                obj[k] = red.argv([str(a) for a in v])
+            else:
+                _redact_report(v, red)
+    elif isinstance(obj, list):
+        for v in obj:
+            _redact_report(v, red)
 
 
 def _js_stack(sess, wait_s: float) -> tuple[list[dict[str, Any]], float]:

@@ -100,7 +100,7 @@ def report_cmd(app: App, sources: tuple[str, ...], incident: str | None, out: st
         rep = report_mod.build(srcs, store_root=store_root, window_s=window_min * 60)
     finally:
         if fetched_dir is not None:
-            shutil.rmtree(fetched_dir, ignore_errors=True)
+            _done(app, fetched_dir)
     if timeline_md:
         from agent.report.timeline import markdown_table
         text = markdown_table(rep.events)
@@ -146,12 +146,24 @@ def _fetch(app: App, incident: str) -> tuple[Path, list[Path]]:
         from agent import retrieve
     except ImportError:
         raise UsageError("--fetch needs upload support (agent.retrieve), which is not installed") from None
-    dest = Path(tempfile.mkdtemp(prefix=f"goldenhour-report-{incident}-"))
+    from agent import scratch
+    from agent.store import Store
+    dest = Path(tempfile.gettempdir()) / f"goldenhour-report-{incident}-{os.urandom(6).hex()}"
+    scratch.record(Store(app.cfg.store_path).scratch, dest, "bundles fetched for a report")  # released by _done
+    dest.mkdir(mode=0o700)
     try:
         rows = retrieve.fetch(app.cfg, incident, None, dest, extract=False)
     except GoldenhourError as exc:
         if exc.exit_code != EXIT_NOT_FOUND:
-            shutil.rmtree(dest, ignore_errors=True)
+            _done(app, dest)
             raise
         rows = []                           # nothing in S3 that is not already here
     return dest, [Path(r["path"]) for r in rows]
+
+
+def _done(app: App, fetched_dir: Path) -> None:
+    """Remove the report's download folder and its scratch ledger entry."""
+    from agent import scratch
+    from agent.store import Store
+    shutil.rmtree(fetched_dir, ignore_errors=True)
+    scratch.sweep_path(Store(app.cfg.store_path).scratch, fetched_dir)

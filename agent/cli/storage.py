@@ -12,7 +12,7 @@ from typing import Any, TextIO
 import click
 
 from agent.cli.app import CONTEXT, App, emit_json, human_size, pass_app, resolve_bundle
-from agent.errors import EXIT_PENDING, GoldenhourError, NotFoundError, UsageError
+from agent.errors import EXIT_MISMATCH, EXIT_PENDING, GoldenhourError, NotFoundError, UsageError
 
 
 class Bar:
@@ -177,7 +177,10 @@ SOURCE is local, s3 or local+s3; STATE is uploaded, pending (no receipt yet) or 
 (local-only: no upload.url, so kept here and not pending; `goldenhour prune` removes old ones).
 With upload.url configured S3 is listed too; if S3 cannot be listed, the local rows are
 still printed and the exit code says why (10-13). Exit 4 when --incident/--host match no
-bundle (as report and fetch; with --json, [] is printed); 0 for an empty store.""")
+bundle (as report and fetch; with --json, [] is printed); 0 for an empty store. A manifest
+sidecar that is not its bundle's own manifest (checked against the index at the archive's
+end), or a bundle filed under another incident or host than its manifest names, is not
+trusted: its row shows '?' and the difference is printed on stderr (exit 1).""")
 @click.option("--incident", "-i", metavar="ID", help="Only this incident.")
 @click.option("--host", metavar="HOST", help="Only this host.")
 @click.option("--url", metavar="s3://BUCKET/PREFIX", help="List there instead of upload.url.")
@@ -215,9 +218,14 @@ def bundles_list(app: App, incident: str | None, host: str | None, url: str | No
             t = (r.get("time") or "?")[:19].replace("T", " ")
             click.echo(f"{r['source']:<9} {t:<20} {r['host']:<16} {human_size(r.get('size') or 0):>10}  "
                        f"{r['state']:<8}  {cols or '?':<26} {r.get('url') or r.get('path')}")
+    refused = [r for r in rows if r.get("problem")]
+    for r in refused:
+        click.echo(f"goldenhour: error: {r.get('path') or r.get('url')}: {r['problem']}", err=True)
     if errors:
         click.echo(f"goldenhour: error: {errors[0]} (only the local store was listed)", err=True)
         sys.exit(code)
+    if refused:
+        sys.exit(EXIT_MISMATCH)
     if not rows:
         what = "no bundles" + (f" of incident {incident}" if incident else "") + (f" from host {host}" if host else "")
         if not (incident or host):

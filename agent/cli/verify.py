@@ -35,7 +35,8 @@ not exist; 10-13 when S3 cannot be read.""")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report (a list when several bundles).")
 @pass_app
 def verify(app: App, bundles: tuple[str, ...], store: str | None, as_json: bool) -> None:
-    """Check bundles: every file against manifest.json and SHA256SUMS, the archive against its .sha256.
+    """Check bundles: every file against manifest.json and SHA256SUMS, the archive against its .sha256,
+    its framing to its end, and its manifest sidecar against the manifest inside.
 
     BUNDLE is a bundle archive, an extracted bundle folder (its files are checked against
     its manifest.json and SHA256SUMS), a folder of bundles, a bundle name from the local
@@ -117,9 +118,10 @@ Examples:
   goldenhour show --json BUNDLE | jq '.collectors[] | select(.status != "ok")'
 
 \b
-Exit 0; 2 when BUNDLE is not a goldenhour bundle (not a zstd/gzip archive, no readable
-schema-1 manifest.json), as for `report`; 4 if it does not exist. `show` reads the
-manifest only: `verify` checks the hashes.""")
+Exit 0; 1 when the manifest sidecar beside the archive (<bundle>.manifest.json) is not the
+archive's own manifest (the difference is named); 2 when BUNDLE is not a goldenhour bundle
+(not a zstd/gzip archive, no readable schema-1 manifest.json), as for `report`; 4 if it does
+not exist. `show` reads the manifest only: `verify` checks the hashes.""")
 @click.argument("bundle", metavar="BUNDLE")
 @click.option("--store", metavar="DIR", envvar="GOLDENHOUR_STORE", help="Local store for bundle names "
               "(default: store.path).")
@@ -165,10 +167,11 @@ def show(app: App, bundle: str, store: str | None, as_json: bool) -> None:
 
 
 def _manifest(path: Path) -> dict:
-    """The manifest of an archive (its sidecar, else inside) or an extracted folder, through the one
-    reader. Not a bundle at all: exit 2, as ``report`` says of the same input; unreadable: exit 4."""
+    """The manifest of an archive (its sidecar when bound to it, else inside) or an extracted folder, through
+    the one reader. A sidecar that is not the archive's own: exit 1, the difference named; not a bundle at all:
+    exit 2, as ``report`` says of the same input; unreadable: exit 4."""
     from agent import manifest
-    from agent.bundle import BundleError, NotABundle, load_manifest
+    from agent.bundle import BundleError, NotABundle, SidecarMismatch, load_manifest
     try:
         if path.is_dir():
             if not (path / manifest.MANIFEST).is_file():
@@ -179,6 +182,8 @@ def _manifest(path: Path) -> dict:
     except (manifest.ManifestError, NotABundle) as exc:
         why = exc.why if isinstance(exc, NotABundle) else str(exc)
         raise GoldenhourError(f"{path} is not a goldenhour bundle: {why}", EXIT_USAGE) from None
+    except SidecarMismatch as exc:         # the sidecar is not the bundle's own manifest: never shown as its
+        raise GoldenhourError(f"{path}: {exc}", EXIT_MISMATCH) from None
     except BundleError as exc:
         raise GoldenhourError(f"{exc}: not a goldenhour bundle", EXIT_USAGE) from None
     except OSError as exc:

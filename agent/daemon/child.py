@@ -1,7 +1,7 @@
 """The child side of the daemon's jobs: what ``goldenhour daemon-job`` runs.
 
 Where it sits: the job runner (``agent.daemon.jobs``) starts ``python -m agent
-daemon-job`` for each capture, upload round, salvage and pause-ledger sweep, writes
+daemon-job`` for each capture, upload round, salvage and ledger sweep, writes
 one ``ChildJob`` as JSON on its stdin and reads one ``JobResult`` from its stdout
 (both in ``agent.daemon.request``). This is the only module of ``agent.daemon`` that
 imports the capture pipeline (capture, pauses, upload) and so, through the registry,
@@ -68,8 +68,10 @@ def run(cfg: Config, job: ChildJob) -> JobResult:
         return JobResult("salvage", ok=True,
                          salvaged=[str(r.bundle) for r in salvage(cfg, Store(cfg.store_path).ensure())])
     if job.kind == "sweep":
-        from agent import pauses
-        return JobResult("sweep", ok=True, resumed=pauses.sweep(Store(cfg.store_path).ledger))
+        from agent import pauses, scratch
+        store = Store(cfg.store_path)
+        return JobResult("sweep", ok=True, resumed=pauses.sweep(store.ledger),
+                         scratch=scratch.sweep(store.scratch))
     raise UsageError(f"unknown job kind {job.kind!r}")
 
 

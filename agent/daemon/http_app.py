@@ -20,7 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -37,6 +37,10 @@ class TooLarge(Exception):
     pass
 
 
+class Gone(Exception):
+    """The client hung up before its body was in: nothing to answer (a normal event, logged once per interval)."""
+
+
 def app(svc: "Service") -> Starlette:
     max_body = int(svc.cfg["daemon.max_body_bytes"])
 
@@ -45,12 +49,19 @@ def app(svc: "Service") -> Starlette:
         if cl.isdigit() and int(cl) > max_body:
             raise TooLarge()
         chunks, n = [], 0
-        async for chunk in request.stream():
-            n += len(chunk)
-            if n > max_body:
-                raise TooLarge()
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                n += len(chunk)
+                if n > max_body:
+                    raise TooLarge()
+                chunks.append(chunk)
+        except ClientDisconnect:
+            svc.guard.note("http_client_gone", "a client hung up before its request body was in",
+                           level=logging.INFO, path=request.url.path, received=n)
+            raise Gone() from None
         return b"".join(chunks)
+
+    gone = Response(status_code=400)           # never sent: the client is not there to read it
 
     def refused(r: Refused, t0: float) -> Response:
         svc.webhook_answered(r.label, r.status, r.outcome, t0, **r.logged)
@@ -66,6 +77,8 @@ def app(svc: "Service") -> Starlette:
             raw = await read_body(request)
         except TooLarge:
             return refused(Refused(413, "too_large", f"body larger than {max_body} bytes", label=tracker), t0)
+        except Gone:
+            return gone
         try:
             delivery = svc.receiver.receive(tracker, raw, request.headers)
         except Refused as r:
@@ -110,6 +123,8 @@ def app(svc: "Service") -> Starlette:
                 raise ValueError
         except TooLarge:
             return JSONResponse({"error": "body too large"}, status_code=413)
+        except Gone:
+            return gone
         except (ValueError, UnicodeDecodeError):
             return JSONResponse({"error": "body must be a JSON object"}, status_code=400)
         job, ans = svc.intake.snapshot(body)

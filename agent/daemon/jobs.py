@@ -229,11 +229,14 @@ class JobRunner:
         return rc, res, "; ".join(t for t in tail[-2:] if "error" in t.lower()) or (tail[-1] if tail else "")
 
     async def sweep(self) -> None:
-        """The pause ledger's start-up sweep (resume targets a dead goldenhour left stopped), in a child:
-        the ledger code belongs to the capture side."""
+        """The start-up sweeps, in a child (the ledgers' code belongs to the capture side): the pause ledger
+        (resume targets a dead goldenhour left stopped) and the scratch ledger (remove the files a killed
+        goldenhour made outside its staging folder, a JVM's heap dump among them)."""
         _, res, _ = await self.run_child(ChildJob("sweep"), 120, "sweep")
         if res.resumed:
             kv(logging.WARNING, "pause_sweep", "resumed targets left stopped by an earlier run", targets=res.resumed)
+        if res.scratch:
+            kv(logging.WARNING, "scratch_sweep", "removed scratch files left by a killed goldenhour", files=res.scratch)
 
     async def salvage(self) -> None:
         _, res, _ = await self.run_child(ChildJob("salvage"), 600, "salvage")

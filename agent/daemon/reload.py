@@ -99,6 +99,7 @@ def reload(svc: "Service", load: Callable[[], Config]) -> dict[str, Any]:
     svc.state.open_s = float(new["daemon.open_hours"]) * 3600
     if svc.fleet is not None:           # fleet mode targets with the new identity and heartbeats it at once
         svc.fleet.reconfigure(identity, new)
+    svc.guard.configure(new)                   # timeouts, connection limit, log interval: new connections
     if kept:
         kv(logging.WARNING, "reload", "these keys changed but take effect only after a restart "
            "(systemctl restart goldenhour); their running values are kept", keys=",".join(kept))

@@ -212,6 +212,7 @@ class JobResult:
     upload: UploadRound | None = None
     salvaged: list[str] = field(default_factory=list)       # bundles published from interrupted captures
     resumed: list[dict[str, Any]] = field(default_factory=list)  # pause-ledger sweep results
+    scratch: list[dict[str, Any]] = field(default_factory=list)  # scratch-ledger sweep: files removed
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -229,6 +230,7 @@ class JobResult:
                        captured=Captured(**cap) if isinstance(cap, dict) else None,
                        upload=UploadRound(**up) if isinstance(up, dict) else None,
                        salvaged=[str(b) for b in d.get("salvaged") or []],
-                       resumed=[r for r in d.get("resumed") or [] if isinstance(r, dict)])
+                       resumed=[r for r in d.get("resumed") or [] if isinstance(r, dict)],
+                       scratch=[r for r in d.get("scratch") or [] if isinstance(r, dict)])
         except (TypeError, ValueError):
             return cls(kind=kind, ok=False)

@@ -5,7 +5,9 @@ Where it sits: ``run(cfg)`` is what the CLI's ``daemon`` command calls. It binds
 ``daemon.socket`` (mode 0660: its file mode is the local API's access control; a
 stale socket is replaced, a live one is an error), starts the ``Service``, serves
 ``http_app.app(service)`` with uvicorn on those sockets, and stops gracefully on
-SIGTERM/SIGINT; SIGHUP reloads the config (``agent.daemon.reload``). systemd
+SIGTERM/SIGINT; SIGHUP reloads the config (``agent.daemon.reload``). Connections follow
+``agent.daemon.guard``'s rules (header and body timeouts, a connection limit, accept() failures
+and hang-ups logged once per interval, never a traceback). systemd
 (sd_notify(3)): ``READY=1`` once listening, ``WATCHDOG=1`` every half ``WatchdogSec``
 while the worker and uploader are alive, ``RELOADING=1``/``READY=1`` around a reload,
 ``STOPPING=1``.
@@ -25,6 +27,7 @@ from typing import Any, Callable
 from agent import __version__
 from agent.config import Config
 from agent.daemon.client import api_socket_path, parse_listen
+from agent.daemon.guard import protocol, quiet_uvicorn
 from agent.daemon.http_app import app
 from agent.daemon.kvlog import kv, setup_logging
 from agent.daemon.reload import reload, warn_about
@@ -149,9 +152,12 @@ async def serve(cfg: Config, config_path: str | None = None, load: Callable[[], 
     if not sockets:
         raise UsageError("nothing to listen on: set daemon.listen and/or daemon.socket")
     await svc.start()
+    asyncio.get_running_loop().set_exception_handler(svc.guard.loop_exception_handler)
+    quiet_uvicorn(svc.guard)
     config = uvicorn.Config(app(svc), log_config=None, access_log=False, lifespan="off",
-                            loop="asyncio", http="h11", ws="none", timeout_keep_alive=5, server_header=False,
-                            date_header=True, timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S))
+                            loop="asyncio", http=protocol(svc.guard), ws="none", timeout_keep_alive=5,
+                            server_header=False, date_header=True, timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S),
+                            backlog=128)
     server = uvicorn.Server(config)
     _STOP["server"] = server
     if _STOP["requested"]:

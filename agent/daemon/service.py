@@ -7,8 +7,9 @@ telemetry, the job runner (``jobs``), the webhook receiver and the intake:
 
     Receiver (verify, parse) -> Intake (target, dedupe) -> JobRunner (queue, child) -> state
 
-At start: the pause-ledger sweep when the ledger has entries (resume any target a
-dead goldenhour left stopped; in a child, like every piece of capture-side code),
+At start: the ledgers' sweep when they have entries (resume any target a dead
+goldenhour left stopped, remove the scratch files a killed goldenhour left outside its
+staging folder; in a child, like every piece of capture-side code),
 salvage of interrupted captures, re-queueing of the captures that were queued when
 the daemon stopped. At stop: a running capture may finish for ``SHUTDOWN_GRACE_S``;
 queued ones stay queued in the state file.
@@ -26,6 +27,7 @@ from typing import Any
 from agent import __version__, targeting
 from agent.config import Config, ConfigError
 from agent.daemon.client import read_token
+from agent.daemon.guard import Guard
 from agent.daemon.intake import Intake, Receiver
 from agent.daemon.jobs import JobRunner, stop_proc
 from agent.daemon.kvlog import kv
@@ -63,6 +65,7 @@ class Service:
                             open_incidents=lambda: len(self.state.open_incidents()),
                             pending_uploads=lambda: self.jobs.pending_uploads())
         self.jobs = JobRunner(cfg, config_path, self.store, self.state, self.tm, self.save_state)
+        self.guard = Guard.from_config(cfg, count=lambda event: self.tm.http_events.inc(event))
         self.receiver = Receiver(cfg)
         self.intake = Intake(cfg, self.state, self.identity, self.jobs)
         self.fleet = None                       # fleet mode (agent.daemon.fleet) when fleet.servers is set
@@ -88,7 +91,7 @@ class Service:
     # -- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
         self.store.ensure()
-        if self.store.ledger.is_dir() and any(self.store.ledger.glob("*.json")):
+        if any(d.is_dir() and any(d.glob("*.json")) for d in (self.store.ledger, self.store.scratch)):
             await self.jobs.sweep()
         self.state.load(repair=True)
         if self.state.problem:

@@ -49,6 +49,10 @@ class Telemetry:
                                      "Bundles the daemon's uploader sent or failed to send.", ["outcome"]))
         self.upload_runs = r.add(Counter("goldenhour_upload_runs_total",
                                          "Uploader runs by result (ok, failed, unavailable).", ["result"]))
+        self.http_events = r.add(Counter(
+            "goldenhour_http_events_total",
+            "Connection trouble by event (http_connection_limit, http_header_timeout, http_body_timeout, "
+            "http_accept_failed, http_client_gone, http_bad_request).", ["event"]))
 
     def fleet(self, connected: Callable[[], float], counts: Callable[[], dict[str, int]]) -> None:
         """Fleet mode's instruments (only when a fleet is configured)."""

@@ -23,18 +23,27 @@ from collections import deque
 from pathlib import Path
 from typing import IO, Any, Iterable
 
-from agent.bundle import EXTENSIONS, expected_from_sidecar, manifest_sidecar, scan
+from agent.bundle import EXTENSIONS, expected_from_sidecar, manifest_sidecar_of, scan
 from agent.errors import NotFoundError, UsageError
 from agent.incident import Incident
 from agent.manifest import (FORMAT, MANIFEST, SUMS, CollectorEntry, Expected, Host, Integrity, Manifest,
-                            ManifestError, Seen, check)
+                            ManifestError, Seen, Sidecar, check)
 from agent.manifest import read as read_manifest
+from agent.redact import redact_log
 
 BUF = 1 << 20
 WHOLE_MAX = 64 * 2**20          # JSON evidence kept whole up to this size
 TAIL_MAX = 4 * 2**20            # log tails: the last 4 MiB
 SMALL_TEXT_MAX = 2 * 2**20      # other text files kept when this small
 JSONL_MAX = 32 * 2**20          # record streams (sockets.jsonl) kept whole up to this size
+
+
+def is_log(rel: str) -> bool:
+    """A log in a bundle: the captured tails and journal, goldenhour's and the collectors' own logs. The report
+    keeps them only through the redactor (a bundle captured with ``logs.redact = false``, or before logs were
+    redacted, never puts a secret in a report)."""
+    return (rel.startswith("collectors/logs/files/") or rel in ("collectors/logs/journal.txt", "goldenhour.log")
+            or rel.endswith("/collector.log"))
 
 
 def keep_mode(rel: str, size: int) -> str | None:
@@ -148,12 +157,13 @@ class Bundle:
             self.cut.add(rel)
 
     def _consume(self, rel: str, size: int, fh: IO[bytes]) -> tuple[str, bytes | None]:
-        """Hash one member and keep what the rules read (for ``bundle.scan``)."""
+        """Hash one member and keep what the rules read (for ``bundle.scan``); logs are kept redacted."""
         digest, data, dropped, cut = _consume(fh, keep_mode(rel, size), size)
         self.sizes[rel] = size
         self.hashes[rel] = digest
         if data is not None:
-            self._keep(rel, data, dropped, cut)
+            kept = redact_log(data)[0] if is_log(rel) else data
+            self._keep(rel, kept, dropped, cut)
         return digest, data
 
 
@@ -217,7 +227,7 @@ def load_archive(path: Path) -> Bundle:
     fmt = [p for p in seen.problems if p.kind == FORMAT]
     if fmt:
         raise UsageError(f"{path} is {fmt[0].reason}")
-    _checked(bundle, seen, expected_from_sidecar(path), manifest_sidecar(path))
+    _checked(bundle, seen, expected_from_sidecar(path), manifest_sidecar_of(path))
     return bundle
 
 
@@ -241,24 +251,41 @@ def load_folder(root: Path) -> Bundle:
     return bundle
 
 
-def _checked(bundle: Bundle, seen: Seen, expected: Expected | None, sidecar: Path | None) -> None:
+def _checked(bundle: Bundle, seen: Seen, expected: Expected | None, sidecar: Sidecar | None) -> None:
     """Run the one integrity check (agent/manifest.py) and set the bundle's manifest from it.
 
-    A manifest.json that cannot be read in an archive is taken from the bundle's sidecar
-    (and said so); with neither, the source is not a bundle the report can read.
+    The sidecar is checked against the archive's manifest.json (a difference is an integrity
+    problem). A manifest.json that cannot be read in an archive is taken from the sidecar only
+    when the archive's index names that sidecar (and said so); else the source is not a bundle
+    the report can read.
     """
-    bundle.integrity = check(bundle.source, seen, expected)
+    bundle.integrity = check(bundle.source, seen, expected, sidecar)
     man = bundle.integrity.manifest
     why = next((str(p) for p in bundle.integrity.problems if p.file == MANIFEST), "no manifest.json")
-    if man is None and sidecar is not None and sidecar.exists():
+    if man is None and sidecar is not None:
         try:
-            man = read_manifest(sidecar)
-            bundle.problems.append("manifest.json unreadable in the archive: the sidecar manifest was used")
-        except (OSError, ManifestError):
-            man = None
+            side = read_manifest(sidecar.data, sidecar.name)
+        except ManifestError:
+            side = None
+        if side is not None and _bound(bundle, seen, side, sidecar):
+            man = side
+            bundle.problems.append("manifest.json unreadable in the archive: its sidecar was used (the archive's "
+                                   "index names it, or every file read agrees with it)")
     if man is None:
         raise UsageError(f"{bundle.source} is not a goldenhour bundle: {why}")
     bundle.manifest = man
+
+
+def _bound(bundle: Bundle, seen: Seen, side: Manifest, sidecar: Sidecar) -> bool:
+    """Whether a sidecar can stand in for an archive's unreadable manifest.json: the archive's index names
+    it, or (an archive cut before its end) it names this archive and lists every file read with its hash."""
+    if seen.index is not None:
+        return seen.index == hashlib.sha256(sidecar.data).hexdigest()
+    if side.bundle != Path(bundle.source).name.split(".tar.", 1)[0]:
+        return False
+    listed = {f.path: f.sha256 for c in side.collectors for f in c.files}
+    read = {rel: digest for rel, digest in seen.hashes.items() if rel.startswith("collectors/")}
+    return bool(read) and all(listed.get(rel) == digest for rel, digest in read.items())
 
 
 def _is_archive(p: Path) -> bool:

@@ -91,10 +91,12 @@ class Daemon:
         self.lines: list[str] = []
         self.url = ""
 
-    def start(self, timeout: float = 30) -> "Daemon":
+    def start(self, timeout: float = 30, prefix: list[str] | None = None) -> "Daemon":
+        """Start it (``prefix``: a wrapper command, e.g. ``prlimit --nofile=N``) and wait for its ready line."""
         self.lines = []
         ready = threading.Event()
-        self.proc = subprocess.Popen([sys.executable, "-m", "agent", "--config", str(self.cfg), "daemon"],
+        self.proc = subprocess.Popen([*(prefix or []), sys.executable, "-m", "agent", "--config", str(self.cfg),
+                                      "daemon"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                                      env=self.env, start_new_session=True)
 

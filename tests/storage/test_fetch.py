@@ -163,12 +163,14 @@ def test_tampered_objects_are_refused(two_hosts, run, tmp_path):
     assert run(laptop, "verify", f"s3://{bucket}/prod/incidents/{INC}/nope.tar.zst").returncode == 4
 
 
-def _evil(members: list[tuple[tarfile.TarInfo, bytes]], sums: bool = True) -> tuple[bytes, str]:
-    """A zstd tar of ``members`` (+ a manifest and SHA256SUMS that agree with them); returns (bytes, sha256)."""
+def _evil(members: list[tuple[tarfile.TarInfo, bytes]], sums: bool = True, bundle: str = "evil",
+          host: str = "evil-host", start: str = "2026-01-01T00:00:00Z") -> tuple[bytes, str]:
+    """A zstd tar of ``members`` (+ a manifest and SHA256SUMS that agree with them); returns (bytes, sha256).
+
+    The manifest is ``_evil_manifest(bundle, host, start)``: upload it as the sidecar and the bundle is
+    filed where its manifest says, so only the members can be wrong."""
     buf = io.BytesIO()
-    top = "evil"
-    man = json.dumps({"bundle": top, "incident": {"id": "INC-evil"}, "host": {"hostname": "evil-host"},
-                      "clocks": {"start_utc": "2026-01-01T00:00:00Z"}, "summary": {"collectors": {}}, "collectors": []})
+    man = _evil_manifest(bundle, host, start).decode()
     listed = {}
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         base = members[0][0].name.split("/", 1)[0] if not members[0][0].name.startswith("/") else ""
@@ -187,6 +189,11 @@ def _evil(members: list[tuple[tarfile.TarInfo, bytes]], sums: bool = True) -> tu
             tar.addfile(ti, io.BytesIO(s))
     blob = zstandard.ZstdCompressor().compress(buf.getvalue())
     return blob, hashlib.sha256(blob).hexdigest()
+
+
+def _evil_manifest(bundle: str, host: str, start: str) -> bytes:
+    return json.dumps({"bundle": bundle, "incident": {"id": "INC-evil"}, "host": {"hostname": host},
+                       "clocks": {"start_utc": start}, "summary": {"collectors": {}}, "collectors": []}).encode()
 
 
 def _link(name: str, target: str, kind=tarfile.SYMTYPE) -> tuple[tarfile.TarInfo, bytes]:
@@ -211,13 +218,13 @@ def test_fetch_refuses_members_escaping_the_destination(run, s3, s3_config, tmp_
         "symlink": ([_link("evil/passwd", "/etc/passwd")], "refused"),
     }
     for i, (case, (members, why)) in enumerate(cases.items()):
-        blob, sha = _evil(members)
+        start = f"2026-01-01T00:00:0{i}Z"
+        blob, sha = _evil(members, bundle=f"INC-evil_{case}", host=f"evil-{case}", start=start)
         base = f"prod/incidents/INC-evil/evil-{case}/INC-evil_{case}"
         client.put_object(Bucket=bucket, Key=base + ".tar.zst", Body=blob, Metadata={"sha256": sha})
         client.put_object(Bucket=bucket, Key=base + ".tar.zst.sha256", Body=f"{sha}  x\n".encode())
-        man = {"bundle": f"INC-evil_{case}", "incident": {"id": "INC-evil"}, "host": {"hostname": f"evil-{case}"},
-               "clocks": {"start_utc": f"2026-01-01T00:00:0{i}Z"}, "summary": {"collectors": {}}}
-        client.put_object(Bucket=bucket, Key=base + ".manifest.json", Body=json.dumps(man).encode())
+        client.put_object(Bucket=bucket, Key=base + ".manifest.json",
+                          Body=_evil_manifest(f"INC-evil_{case}", f"evil-{case}", start))
         dest = tmp_path / f"dest-{case}"
         cp = run(cfg, "fetch", "--incident", "INC-evil", "--host", f"evil-{case}", "--dest", str(dest))
         assert cp.returncode == 14, (case, cp.stdout, cp.stderr)

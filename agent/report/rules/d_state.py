@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Iterator
 
+from agent.redact import Redactor
 from agent.report.model import CRITICAL, INFO, WARNING, Evidence, Finding
 from agent.report.rules import Rule
 from agent.report.rules._util import cap, join_names, plural, target_label
@@ -62,7 +63,7 @@ def evaluate(b) -> Iterator[Finding]:
     where = ", ".join(f"{w} ×{n}" for w, n in wchans.most_common(4) if w != "?")
     ev = [Evidence(b.host, HOST, record=f"d_state pid {p.get('pid')}",
                    excerpt=f"{p.get('comm')} pid {p.get('pid')} wchan {p.get('wchan')} "
-                           f"cmdline {str(p.get('cmdline'))[:120]}")
+                           f"cmdline {_cmdline(p)[:120]}")
           for p in user + kernel]
     for rel, _, ts in thread_hits:
         for t in ts[:3]:
@@ -87,3 +88,9 @@ def evaluate(b) -> Iterator[Finding]:
 RULE = Rule(name="d_state", summary="processes and threads in uninterruptible sleep (D state)", evaluate=evaluate,
             reads=("host", "process"), severity="critical (≥ 10, or ≥ 3 at one wchan); warning (user tasks); info",
             order=32)
+
+
+def _cmdline(p: dict) -> str:
+    """The process's command line as the bundle has it, through the redactor again (an older bundle's host.json
+    held it raw)."""
+    return " ".join(Redactor().argv(str(p.get("cmdline") or "").split()))
