@@ -162,7 +162,7 @@ Examples:
   goldenhour bundles list                                  every bundle, local and (with upload.url) in S3
   goldenhour bundles list --incident INC-123               one incident's bundles, all hosts
   goldenhour bundles list --incident INC-123 --host web-3 --json | jq -r '.[].path'
-\b
+
 See `goldenhour bundles list --help` for the columns and exit codes.""")
 def bundles() -> None:
     """Find bundles: in the local store and in S3 (from manifest sidecars, no download)."""
