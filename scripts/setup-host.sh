@@ -8,7 +8,9 @@ want=${1:-runtime}
 
 runtime_pkgs=(python3 python3-venv python3-bpfcc elfutils conntrack gdb iproute2 procps kmod zstd bpftool delve)
 # atop: bench/bench_recorder.py measures it beside the flight recorder (the same interval and host)
-test_pkgs=(openjdk-17-jdk-headless nodejs chromium iptables nftables strace gcc libc6-dev wrk systemd util-linux golang-go atop)
+# nginx, openssl: tests/daemon/test_production_setup.py runs docs/production.md's TLS proxy
+test_pkgs=(openjdk-17-jdk-headless nodejs chromium iptables nftables strace gcc libc6-dev wrk systemd util-linux golang-go atop
+           nginx openssl)
 
 pkgs=("${runtime_pkgs[@]}")
 [ "$want" = test ] && pkgs+=("${test_pkgs[@]}")
@@ -17,6 +19,7 @@ missing=()
 for p in "${pkgs[@]}"; do
   # nodejs may come from elsewhere (a node binary on PATH is enough)
   if [ "$p" = nodejs ] && command -v node >/dev/null 2>&1; then continue; fi
+  if [ "$p" = nginx ] && command -v nginx >/dev/null 2>&1; then continue; fi
   if [ "$p" = openjdk-17-jdk-headless ] && command -v jcmd >/dev/null 2>&1 && command -v javac >/dev/null 2>&1; then continue; fi
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
@@ -42,7 +45,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup-host: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # nginx is a test tool (a test runs docs/production.md's TLS proxy through its own nginx on a loopback
+  # port): its package must not start, or leave enabled, a web server on port 80 of this machine
+  policy=0
+  if [[ " ${missing[*]} " == *" nginx "* ]] && [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d && policy=1
+  fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ $policy = 1 ] && rm -f /usr/sbin/policy-rc.d
+  if [[ " ${missing[*]} " == *" nginx "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now nginx.service >/dev/null 2>&1 || true
+  fi
 fi
 
 if [ ! -e "/lib/modules/$rel/build" ] && [ "$(id -u)" = 0 ]; then
