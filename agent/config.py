@@ -2,7 +2,7 @@
 
 Where it sits: the CLI and the daemon load a ``Config`` once; every other module
 reads keys from it. Every key is declared in ``KEYS`` with its default, type and a
-sentence of documentation; README's configuration table lists the same keys (a
+sentence of documentation; docs/config.md's reference is generated from them (a
 test checks that). An unknown key is an error, so a typo never silently does
 nothing. Flags given on the command line override the file.
 
@@ -118,7 +118,7 @@ KEYS: dict[str, Key] = {
     "daemon.collectors": Key([], list, "Collectors of daemon captures (webhook and local API); empty: the profile's set."),
     "daemon.upload_interval_s": Key(60, int, "How often the daemon uploads pending bundles (also right after each capture); failures back off up to upload.retry_max_s."),
     "daemon.close_on_ack": Key(False, bool, "Treat an acknowledged incident as closed (default: it stays open, responders are working on it)."),
-    # -- fleet (NATS JetStream; see README "Fleet") ---------------------------------
+    # -- fleet (NATS JetStream; see docs/fleet.md) -------------------------------------
     "fleet.servers": Key([], list, "NATS server URLs (nats://, tls://, ws://, wss://) of the fleet; empty: no fleet, the daemon works alone."),
     "fleet.name": Key("default", str, "Fleet name (letters, digits, '_', '-'): the key prefix in the fleet's buckets, so several fleets can share one NATS account."),
     "fleet.nkey_seed_file": Key("", str, "File holding this host's (or the relay's, the commander's) NATS nkey seed, written by `goldenhour fleet enroll`."),

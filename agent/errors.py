@@ -1,6 +1,6 @@
 """Errors that end a command, each with the exit code scripts can rely on.
 
-Exit codes (README "Exit codes" lists the same):
+Exit codes (docs/cli.md "Exit codes" lists the same):
   0  success (snapshot: a bundle is safe on local disk, even if some collectors failed)
   1  verification failed: a bundle or object does not match its hashes
   2  usage or bad input: unknown option, invalid incident ID, bad config

@@ -5,8 +5,8 @@ Where it sits: a collector declares its options in its own module,
 declaration is the one source of truth. ``agent.config`` checks every
 ``[collectors.<name>]`` key against it when the config is loaded (an unknown collector or
 key, a value of the wrong type or outside its choices, is an error like anywhere else in
-the config); a collector reads ``ctx.options.get(name, <its declared default>)``; README's
-configuration table and the example config are generated from it.
+the config); a collector reads ``ctx.options.get(name, <its declared default>)``; docs/config.md's
+configuration reference and the example config are generated from it.
 
 ``declared()`` reads the declarations *without importing* the collector modules: it
 parses each module's source and evaluates the ``options=`` literal. Loading a config so

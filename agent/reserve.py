@@ -1,6 +1,6 @@
 """The store's free-space reserve: one rule for every byte a capture writes.
 
-The rule (README "The bundle", Limits): a capture never leaves less than the reserve
+The rule (docs/bundle.md, "The reserve rule"): a capture never leaves less than the reserve
 (``store.reserve_bytes`` / ``store.reserve_percent``, the larger) free on the store's
 filesystem. Where it sits:
 

@@ -185,8 +185,8 @@ def storage_error(exc: BaseException, what: str, bucket: str | None = None) -> S
         if code in _CRED_CODES:
             return StorageError(f"{what}: credentials rejected ({code}: {msg})", EXIT_NO_CREDENTIALS)
         if code in _DENIED_CODES:
-            return StorageError(f"{what}: access denied{where} ({code}); check the IAM policy (README "
-                                "\"Object storage\" lists the permissions)", EXIT_ACCESS_DENIED)
+            return StorageError(f"{what}: access denied{where} ({code}); check the IAM policy (docs/production.md "
+                                "lists the permissions each call needs)", EXIT_ACCESS_DENIED)
         if code in _NOT_FOUND_CODES:
             return StorageError(f"{what}: not found{where}", EXIT_NOT_FOUND)
         if code in _DOWN_CODES:

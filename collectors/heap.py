@@ -36,7 +36,7 @@ its memory, and it is gone on restart.
 Produces: ``heap.hprof`` / ``heap.heapsnapshot`` / ``core.<pid>``, and ``heap.json`` {runtime,
 method, file, bytes, estimate_bytes, pause, ...}. The bundler streams the file into the bundle
 afterwards; nothing is compressed while the target is paused.
-Overhead: pauses the target for the whole dump (see README for measured pauses); writes the
+Overhead: pauses the target for the whole dump (docs/dumps.md has the measured pauses); writes the
 dump's size to the store. Runs in profile full or with ``--heap``.
 Caveats: dumps hold everything the process held, secrets included: no redaction is possible.
 Analysing a core needs the same binaries (``process``'s ``proc/maps`` lists them).

@@ -9,7 +9,7 @@ capture of the present cannot say when it started or what moved first. This can.
 Window: from ``recorder.history_before_min`` (60) minutes before T0 to the capture, where T0
 is the incident's start as the tracker gave it (the manifest's ``incident.started_at``: an
 incident's creation or start time, an alert's ``startsAt``/``createdAt``, ``snapshot
---started-at``; README lists each tracker's), else the trigger's time, else the capture's start. The
+--started-at``; docs/recorder.md lists each tracker's), else the trigger's time, else the capture's start. The
 ring, the recorder's socket and the window's length come from the ``[recorder]`` config
 (``path``, ``socket``, ``history_before_min``); the collector has no options of its own.
 Produces: ``ring-slice.bin`` (the window's records exactly as stored, with their CRCs, plus

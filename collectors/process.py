@@ -5,7 +5,7 @@ mountinfo,io,sched,oom_score,oom_score_adj,coredump_filter}``; every thread's st
 channel and kernel stack (``task/*/{stat,comm,wchan,stack}``); the open file descriptors
 (``readlink`` of each, up to ``max_fds``) with counts by type and the count against the soft
 ``RLIMIT_NOFILE``; namespaces and container facts; the command line and environment with
-secrets redacted (rules in ``agent/redact.py`` and README "Thread and heap dumps").
+secrets redacted (rules in ``agent/redact.py`` and docs/safety.md "Redaction").
 Why: the cheapest evidence that dies with the process: which threads sat in the kernel and
 where (D state, wchan, kernel stacks), how close it was to its descriptor limit, what it was
 started with, how much memory it really used (Pss/Swap), which cgroup/container limits applied.

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Regenerate the documentation's generated parts from the code: the CLI reference, the config
-reference, the collectors table.
+"""Regenerate the manual's generated parts from the code: the CLI reference (docs/cli.md), the config
+reference (docs/config.md), the collectors table (docs/capture.md).
 
     .venv/bin/python scripts/gen_docs.py          rewrite README.md and docs/*.md in place
     .venv/bin/python scripts/gen_docs.py --check  exit 1 if any is out of date (a test runs this)
@@ -12,7 +12,6 @@ one source of truth, so the manual cannot drift from the code:
     cli-reference       every click command and group (agent/cli): usage, help, options, epilog
     config-reference    every config key (agent/config.py KEYS, WEBHOOK_KEYS, COLLECTOR_KEYS) and
                         every option a collector declares (COLLECTOR.options, read by agent/options.py)
-    config-table        the same keys in one table (README, until the reference replaced it)
     collectors-table    every collector (agent/registry.py): scope, profiles, what it captures
 
 Each part must appear in exactly one file. Markers naming other parts belong to other generators
@@ -95,20 +94,6 @@ def collectors_table() -> str:
 
 def _default(k: str, key: config.Key) -> str:
     return STORE_DEFAULT if k == "store.path" else _fmt(key.default)
-
-
-def config_table() -> str:
-    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
-    for k, key in config.KEYS.items():
-        rows.append(f"| `{k}` | {_default(k, key)} | {key.doc} |")
-    for k, key in config.COLLECTOR_KEYS.items():
-        rows.append(f"| `collectors.<name>.{k}` | {_fmt(key.default)} | {key.doc} |")
-    for name, opts in sorted(options.declared().items()):
-        for k, opt in opts.items():
-            rows.append(f"| `collectors.{name}.{k}` | {_fmt(opt.default)} | {opt.doc} |")
-    for k, key in config.WEBHOOK_KEYS.items():
-        rows.append(f"| `webhooks.<tracker>.{k}` | {_fmt(key.default)} | {key.doc} |")
-    return "\n".join(rows)
 
 
 def _key_rows(items: list[tuple[str, str, str, str]]) -> list[str]:
@@ -233,8 +218,8 @@ def cli_reference() -> str:
     return "\n".join(out).rstrip()
 
 
-SECTIONS = {"collectors-table": collectors_table, "config-table": config_table,
-            "config-reference": config_reference, "cli-reference": cli_reference}
+SECTIONS = {"collectors-table": collectors_table, "config-reference": config_reference,
+            "cli-reference": cli_reference}
 MARKER = re.compile(r"<!-- BEGIN ([a-z0-9-]+) -->")
 
 

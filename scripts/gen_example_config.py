@@ -93,7 +93,7 @@ def render() -> str:
             value = toml_value(opt.default) if opt.default is not None else f'"/path/to/{name.replace("_", "-")}"'
             out.append(f"#{name} = {value}")
         out.append("")
-    out.append("# Webhook receivers, one section per tracker (README \"The daemon and webhooks\").")
+    out.append("# Webhook receivers, one section per tracker (docs/trackers.md).")
     for tracker in config.TRACKERS:
         out.append(f"#[webhooks.{tracker}]")
         out.append(f"# {WEBHOOK_EXAMPLES.get(tracker, '')}")

@@ -66,7 +66,7 @@ cat <<MSG
 goldenhour installed:
   command   $bin -> $VENV/bin/goldenhour
   units     $UNITDIR/goldenhour.service, $UNITDIR/goldenhour-recorder.service
-  relay     $UNITDIR/goldenhour-relay.service (only for the fleet's relay machine; README "Fleet")
+  relay     $UNITDIR/goldenhour-relay.service (only for the fleet's relay machine; docs/fleet.md)
   drop-in   $PREFIX/share/goldenhour/goldenhour-pre-restart.conf (example for the services to protect)
   config    $SYSCONFDIR/goldenhour/config.toml (all commented; see config.example.toml)
   store     $STATEDIR

@@ -44,7 +44,7 @@ def made(tmp_path_factory):
     bundle = Path(json.loads(cp.stdout)["bundle"])
     extracted = d / "extracted"
     extracted.mkdir()
-    subprocess.run(["tar", "-C", str(extracted), "-xf", str(bundle)], check=True, timeout=60)   # as README says
+    subprocess.run(["tar", "-C", str(extracted), "-xf", str(bundle)], check=True, timeout=60)   # as docs/bundle.md says
     folder = extracted / bundle.name.split(".tar.")[0]
     assert (folder / "manifest.json").is_file()
     return {"dir": d, "cfg": cfg, "store": store, "bundle": bundle, "folder": folder}

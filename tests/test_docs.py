@@ -134,3 +134,13 @@ def test_every_page_is_reachable_from_the_readme():
                     todo.append(dest)
     orphans = [p.name for p in DOCS.glob("*.md") if p.resolve() not in linked]
     assert not orphans, f"docs pages no page links to: {orphans}"
+
+
+def test_the_readme_stays_an_overview():
+    """README.md: what it is, the two commands, the 2 a.m. block, the platform, links; the rest is in docs/."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 150, f"README.md has {len(lines)} lines: move the detail into a page of docs/"
+    text = "\n".join(lines)
+    for must in ("make snapshot", "make test", "goldenhour snapshot", "goldenhour bundles list",
+                 "goldenhour report", "goldenhour fetch", "Python 3.11", "Debian 12"):
+        assert must in text, f"README.md no longer says {must!r}"

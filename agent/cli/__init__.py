@@ -4,7 +4,7 @@ Where it sits: the front door. Each command parses its options, loads the
 config, calls one pipeline function (``capture``, ``bundle.verify_file``...)
 and prints either a human summary or, with ``--json``, one JSON object that
 scripts can rely on. Errors print one line ``goldenhour: error: ...`` and exit
-with the code documented in ``agent/errors.py`` and README.
+with the code documented in ``agent/errors.py`` and docs/cli.md.
 
 Layout: ``app.py`` is the shared context every command imports (``App``,
 ``pass_app``, ``emit_json``, ``resolve_bundle``...); one module per command family
@@ -32,7 +32,7 @@ Examples:
   goldenhour history --since 30m                    what the flight recorder saw before now
 
 Exit codes: 0 ok, 1 verification failed, 2 usage/bad input, 3 capture failed,
-4 not found, 5 daemon unreachable, 10-17 object storage, 20-22 fleet (see README).""")
+4 not found, 5 daemon unreachable, 10-17 object storage, 20-22 fleet (see docs/cli.md).""")
 @click.version_option(__version__, prog_name="goldenhour")
 @click.option("--config", "config_path", metavar="FILE", envvar="GOLDENHOUR_CONFIG",
               help="Config file (default /etc/goldenhour/config.toml if it exists).")

@@ -43,7 +43,7 @@ def daemon(app: App, store: str | None, listen: str | None) -> None:
     Verifies each tracker's signature over the raw body, answers 202 at once,
     captures once per incident (duplicates and retries are recognised, also
     across restarts) in a child process, one capture at a time, and uploads
-    the spool on a timer. See README "The daemon and webhooks".
+    the spool on a timer. See docs/daemon.md.
     """
     from agent.config import ConfigError
     from agent.daemon import server

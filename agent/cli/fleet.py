@@ -60,7 +60,7 @@ def fleet() -> None:
     Trackers declare incidents through `goldenhour relay`; each host's daemon (in fleet
     mode) captures when an incident concerns it and reports its progress. These commands
     read and write the same NATS buckets with the commander's credentials (fleet.* keys).
-    See README "Fleet".
+    See docs/fleet.md.
     """
 
 
@@ -250,7 +250,7 @@ def enroll(app: App, host, relay, commander, fleet_name, directory, rotate: bool
     Writes the seed (copy it to that machine's fleet.nkey_seed_file, mode 0600), and
     regenerates nats-users.conf, which nats-server.conf includes; reload the server
     afterwards (nats-server --signal reload). A host's credential can write only its
-    own status and heartbeat; see README "Fleet" for every permission.
+    own status and heartbeat; see docs/fleet.md for every permission.
     """
     from agent.fleet import enroll as en
     chosen = [(k, v) for k, v in (("host", host), ("relay", relay), ("commander", commander)) if v]

@@ -32,7 +32,7 @@ def relay(app: App, listen: str | None) -> None:
     (created once, whatever the number of relays or retries; resolved; recaptured) to the
     fleet's JetStream bucket, and answers the tracker only after NATS stored it. Every
     daemon in fleet mode watches the bucket and captures if the incident concerns its host.
-    See README "Fleet".
+    See docs/fleet.md.
     """
     from agent.config import ConfigError
     from agent.fleet import relay as relay_mod

@@ -3,7 +3,7 @@
 ``verify s3://...`` checks a bundle in object storage through ``agent.retrieve``;
 everything else reads a local file, an extracted bundle folder, a folder of bundles
 or a bundle name from the store. Whatever is named, the answer is a verdict or one
-line: never a traceback (README "Exit codes" lists each command's codes).
+line: never a traceback (docs/cli.md "Exit codes" lists each command's codes).
 """
 from __future__ import annotations
 

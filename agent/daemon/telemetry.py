@@ -3,7 +3,7 @@
 Where it sits: the service creates one ``Telemetry`` (gauges read the live queue,
 state and store through the callables it passes), the HTTP app counts webhook
 deliveries into it, the job runner captures and uploads; ``GET /metrics`` renders
-``registry``. README "Metrics" lists the same names.
+``registry``. docs/daemon.md "Metrics" lists the same names.
 """
 from __future__ import annotations
 

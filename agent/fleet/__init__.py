@@ -1,6 +1,6 @@
 """The fleet: one incident declaration reaches every concerned host through NATS JetStream.
 
-Map (README "Fleet" for users; /work/shared/fleet.md for the research and design):
+Map (docs/fleet.md for users; /work/shared/fleet.md for the research and design):
 
     keys       buckets, keys, subjects; the token encoding of incident IDs and host names
     records    incident, status and host records: dataclasses with strict parsers

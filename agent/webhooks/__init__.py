@@ -23,7 +23,7 @@ raw body (capped), and calls the tracker's module:
     retried delivery is recognised even before parsing the incident.
 
 Each module documents its wire format, what maps to which action, and the
-tracker UI steps (README "The daemon and webhooks" repeats them). The helpers
+tracker UI steps (docs/trackers.md repeats them). The helpers
 below are shared by the modules: constant-time token and ``Authorization``
 checks, and the rules that turn alert labels and ``key:value`` tags into hosts,
 services and labels for targeting.

@@ -510,7 +510,8 @@ def man_page(py: str, work: Path, meta: dict, sde: int) -> str:
               ".TP", "/lib/systemd/system/goldenhour-relay.service", "The fleet relay's unit.",
               ".TP", "/usr/share/goldenhour/goldenhour-pre-restart.conf",
               "A drop-in that captures a unit's evidence before it stops.",
-              ".SH SEE ALSO", "/usr/share/doc/goldenhour/README.md.gz"]
+              ".SH SEE ALSO",
+              "/usr/share/doc/goldenhour/README.md.gz and the manual in /usr/share/doc/goldenhour/docs/"]
     return "\n".join(lines) + "\n"
 
 

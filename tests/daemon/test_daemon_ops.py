@@ -155,12 +155,12 @@ def test_via_daemon_an_unknown_collector_exits_4(daemon):
     assert os.path.isdir(daemon.store) and not daemon.bundles("MAN-NOSUCH-1")
 
 
-def test_the_readmes_generic_webhook_example_runs_as_written(daemon):
-    """The shell block under "The generic format", with only its three settings set for this daemon."""
+def test_the_generic_webhook_example_runs_as_written(daemon):
+    """docs/trackers.md's shell block under "The generic format", with only its three settings set for this daemon."""
     import subprocess
     from pathlib import Path
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    block = readme.split("**The generic format**", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    page = (Path(__file__).resolve().parents[2] / "docs" / "trackers.md").read_text()
+    block = page.split("**The generic format**", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
     settings = {"SECRET": f"$(head -n1 {daemon.dir / 'generic.secret'})", "HOST": P.HOST,
                 "URL": f"{daemon.url}/v1/webhooks/generic"}
     lines = block.splitlines()
@@ -168,7 +168,7 @@ def test_the_readmes_generic_webhook_example_runs_as_written(daemon):
         name = line.split("=", 1)[0]
         if name in settings:
             lines[i] = f"{name}={settings.pop(name)}"
-    assert not settings, f"the README's block no longer sets {settings}"
+    assert not settings, f"docs/trackers.md's block no longer sets {settings}"
     script = "\n".join(lines).replace("INC-123", "INC-README-1")
     cp = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=60)
     assert cp.returncode == 0, cp.stderr

@@ -97,8 +97,8 @@ def test_service_sandbox_exposure_is_at_most_4(tmp_path):
     assert m, cp.stdout[-2000:] + cp.stderr
     exposure = float(m.group(1))
     assert exposure <= 4.0, cp.stdout
-    readme = (ROOT / "README.md").read_text()
-    assert f"exposure {m.group(1)}" in readme, "README quotes another exposure figure"
+    page = (ROOT / "docs" / "systemd.md").read_text()
+    assert f"exposure {m.group(1)}" in page, "docs/systemd.md quotes another exposure figure"
 
 
 def test_unit_is_type_notify_with_watchdog_and_only_the_capabilities_it_needs():

@@ -24,12 +24,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_every_tracker_is_declared_everywhere_and_documents_itself():
     assert config.TRACKERS == wh.TRACKERS and len(wh.TRACKERS) == 11
-    readme = (ROOT / "README.md").read_text()
+    page = (ROOT / "docs" / "trackers.md").read_text()
     for t in wh.TRACKERS:
         mod = wh.load(t)
         assert callable(mod.verify) and callable(mod.parse) and callable(mod.delivery_id)
         assert "Set-up" in (mod.__doc__ or "") or t == "generic", t
-        assert f"| `{t}` |" in readme, f"README's tracker table lacks {t}"
+        assert f"| `{t}` |" in page, f"docs/trackers.md's tracker table lacks {t}"
     cfg = config.Config({"webhooks": {"grafana_alerting": {"enabled": True, "timestamp_header": "X-Ts"}}})
     assert cfg.webhook("grafana_alerting")["timestamp_header"] == "X-Ts"
     with pytest.raises(config.ConfigError, match="unknown config key webhooks.rootly.nope"):

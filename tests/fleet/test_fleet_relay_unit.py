@@ -38,7 +38,8 @@ def test_relay_unit_verifies_and_its_exposure_is_low(tmp_path):
     m = re.search(r"Overall exposure level for goldenhour-relay\.service: (\d+\.\d)", cp.stdout)
     assert m, cp.stdout[-2000:] + cp.stderr
     assert float(m.group(1)) <= 2.0, cp.stdout
-    assert f"exposure {m.group(1)}" in (ROOT / "README.md").read_text(), "README quotes another exposure figure"
+    page = (ROOT / "docs" / "fleet.md").read_text()
+    assert f"exposure {m.group(1)}" in page, "docs/fleet.md quotes another exposure figure"
     text = UNIT.read_text()
     assert re.search(r"^CapabilityBoundingSet=$", text, re.M) and "DynamicUser=yes" in text
     assert f"rates it {m.group(1)}" in text, "the unit's header quotes another exposure figure"

@@ -5,7 +5,7 @@ Content-Security-Policy violation and no resource fetched; that the findings and
 plots are there; and saves screenshots as test artefacts (``artifacts/report.png``,
 the whole page; ``artifacts/report-top.png``, the first screenful). With
 ``GOLDENHOUR_UPDATE_SCREENSHOT=1`` the top one is also copied to
-``docs/report-screenshot.png`` (the README's picture).
+``docs/report-screenshot.png`` (docs/report.md's picture).
 """
 from __future__ import annotations
 

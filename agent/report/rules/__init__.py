@@ -31,7 +31,7 @@ class Rule:
     summary: str                                     # one line: what it finds
     evaluate: Callable[["Bundle"], Iterable[Finding]]
     reads: tuple[str, ...] = ()                       # collectors whose evidence it reads
-    severity: str = ""                               # the severities it gives, in words (README)
+    severity: str = ""                               # the severities it gives, in words (docs/report.md)
     order: int = 50                                  # for listing only
     doc: str = field(default="", compare=False)
 
