@@ -18,6 +18,12 @@ only after NATS has stored it:
 The relay keeps a live copy of the host registry to size each incident's upload spread
 (expected hosts / ``fleet.upload_rate``, at most ``fleet.upload_spread_max_s``).
 ``GET /healthz`` (503 while NATS is not connected) and ``GET /metrics``.
+
+The relay faces the internet (behind its TLS proxy), so its HTTP server keeps the daemon's
+connection rules (``agent.daemon.guard``, the same ``daemon.header_timeout_s``,
+``daemon.body_timeout_s``, ``daemon.max_connections`` and ``daemon.log_interval_s`` keys):
+half-sent requests are answered 408 and closed, one connection too many gets 503, accept()
+failures and clients gone mid-body are one log line per interval, never a traceback.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ from typing import Any
 from agent import __version__
 from agent import webhooks as wh
 from agent.config import Config, ConfigError
+from agent.daemon.guard import Guard
 from agent.daemon.intake import Delivery, Receiver, Refused
 from agent.daemon.kvlog import kv, setup_logging
 from agent.fleet import conn, incidents, keys
@@ -72,6 +79,11 @@ class Relay:
         self.write_s = r.add(Histogram("goldenhour_relay_record_seconds",
                                        "Time to write a delivery's records to NATS.",
                                        [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5]))
+        self.http_events = r.add(Counter(
+            "goldenhour_http_events_total",
+            "Connection trouble by event (http_connection_limit, http_header_timeout, http_body_timeout, "
+            "http_accept_failed, http_client_gone, http_bad_request).", ["event"]))
+        self.guard = Guard.from_config(cfg, count=lambda event: self.http_events.inc(event))
 
     # -- NATS -----------------------------------------------------------------------
     def ready(self) -> bool:
@@ -188,7 +200,7 @@ class Relay:
 
 def app(relay: Relay):
     from starlette.applications import Starlette
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
 
@@ -208,14 +220,22 @@ def app(relay: Relay):
         if denied is not None:
             return answer(denied.label, denied.status, denied.outcome, {"error": denied.error}, t0, denied.headers)
         cl = request.headers.get("content-length", "")
-        raw = b""
+        chunks: list[bytes] = []
+        n = 0
         if not (cl.isdigit() and int(cl) > max_body):
-            async for chunk in request.stream():
-                raw += chunk
-                if len(raw) > max_body:
-                    break
-        if len(raw) > max_body or (cl.isdigit() and int(cl) > max_body):
+            try:
+                async for chunk in request.stream():
+                    chunks.append(chunk)
+                    n += len(chunk)
+                    if n > max_body:
+                        break
+            except ClientDisconnect:
+                relay.guard.note("http_client_gone", "a client hung up before its request body was in",
+                                 level=logging.INFO, path=request.url.path, received=n)
+                return Response(status_code=400)       # never sent: the client is not there to read it
+        if n > max_body or (cl.isdigit() and int(cl) > max_body):
             return answer(tracker, 413, "too_large", {"error": f"body larger than {max_body} bytes"}, t0)
+        raw = b"".join(chunks)
         try:
             d = relay.receiver.receive(tracker, raw, request.headers)
         except Refused as r:
@@ -251,6 +271,7 @@ async def serve(cfg: Config) -> int:
     import uvicorn
 
     from agent.daemon.client import parse_listen
+    from agent.daemon.guard import protocol, quiet_uvicorn
     from agent.daemon.server import sd_notify, watchdog_interval
     from agent.errors import UsageError
     relay = Relay(cfg)
@@ -271,8 +292,10 @@ async def serve(cfg: Config) -> int:
         raise UsageError(f"cannot listen on {cfg['relay.listen']}: {exc.strerror or exc}") from None
     h, p = sock.getsockname()[:2]
     await relay.start()
+    asyncio.get_running_loop().set_exception_handler(relay.guard.loop_exception_handler)
+    quiet_uvicorn(relay.guard)
     server = uvicorn.Server(uvicorn.Config(app(relay), log_config=None, access_log=False, lifespan="off",
-                                           loop="asyncio", http="h11", ws="none", timeout_keep_alive=5,
+                                           loop="asyncio", http=protocol(relay.guard), ws="none", timeout_keep_alive=5,
                                            server_header=False, timeout_graceful_shutdown=10))
     _STOP["server"] = server
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -272,7 +272,7 @@ def generic_delivery(incident_id: str, action: str = "trigger", *, hosts=(), ser
 class RelayProc:
     """A real `goldenhour relay` process with the relay's credential and the generic tracker enabled."""
 
-    def __init__(self, env: FleetEnv, d: Path, servers: list[str] | None = None, seed: str = ""):
+    def __init__(self, env: FleetEnv, d: Path, servers: list[str] | None = None, seed: str = "", extra: str = ""):
         self.env, self.dir = env, d
         d.mkdir(parents=True, exist_ok=True)
         (d / "generic.secret").write_text(GENERIC_SECRET + "\n")
@@ -289,6 +289,7 @@ name = "{env.fleet}"
 nkey_seed_file = "{seed or env.seed('relay')}"
 timeout_s = 2
 reconnect_jitter_s = 0.5
+{extra}
 """)
         self.proc: subprocess.Popen | None = None
         self.lines: list[str] = []
