@@ -103,7 +103,7 @@ KEYS: dict[str, Key] = {
     "daemon.state_dir": Key("", str, "Where the daemon keeps dedupe and incident state (default: <store>/state)."),
     "daemon.queue_size": Key(16, int, "Bounded capture queue; a full queue answers 503 so the tracker retries."),
     "daemon.max_body_bytes": Key(1 * 2**20, int, "Largest webhook body accepted (413 above)."),
-    "daemon.max_connections": Key(256, int, "Connections served at once (HTTP and the Unix socket; never more than the descriptors left); one more is answered 503 and closed. 0 = no limit of goldenhour's own."),
+    "daemon.max_connections": Key(256, int, "Connections served at once (HTTP and the Unix socket; never more than the descriptors left); one more is answered 503 and closed. 0 = no limit of goldenhour's own. The relay applies this and the next three keys too."),
     "daemon.header_timeout_s": Key(10.0, (int, float), "A request's headers must arrive within this (from its first byte, or from the connection): slow or silent clients are answered 408 and closed."),
     "daemon.body_timeout_s": Key(30.0, (int, float), "A request's body must arrive within this after its headers, else the connection is closed."),
     "daemon.log_interval_s": Key(60.0, (int, float), "Connection trouble (limit reached, timeouts, accept() out of descriptors, clients gone mid-body, malformed requests) is logged at most once per this interval per kind, with a count."),
