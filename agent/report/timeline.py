@@ -221,21 +221,27 @@ FOLD_WITHIN_US = 2_000_000
 
 
 def kernel_events(b: Bundle, win: _Window, flagged: dict[tuple[str, Any], str]) -> list[Event]:
-    """Kernel records worth a row; the backtrace and statistics lines that follow a headline within 2 s are
-    folded into its row (``folded``) unless a finding rests on them."""
+    """Kernel records worth a row. The backtrace and statistics lines that follow a headline (right after it,
+    or within 2 s) are folded into its row (``folded``) unless a finding rests on them; such a line is never a
+    row of its own (its headline outside the window or interrupted by another message: dropped)."""
     from agent.report.rules._util import DMESG_TXT, dmesg_records
     out = []
     head: Event | None = None
     head_usec: float | None = None
+    chained = False                 # the record before was the headline or one of its fragments
     for r in dmesg_records(b):
         msg = str(r.get("message", ""))
         usec = r.get("usec") if isinstance(r.get("usec"), (int, float)) else None
         sev = flagged.get((b.host, r.get("seq")))
-        if sev is None and FRAGMENT.match(msg) and head_usec is not None and usec is not None \
-                and 0 <= usec - head_usec <= FOLD_WITHIN_US:
-            if head is not None:
+        if sev is None and FRAGMENT.match(msg):
+            # never a row of its own: folded into the headline it follows (adjacent records, or within
+            # FOLD_WITHIN_US of it), and dropped when its headline is outside the window or was not a row
+            if head is not None and (chained or (usec is not None and head_usec is not None
+                                                       and 0 <= usec - head_usec <= FOLD_WITHIN_US)):
                 head.folded += 1
+            chained = True
             continue
+        chained = False
         head, head_usec = None, usec
         t = parse_iso(r.get("time"))
         if t is None:
@@ -251,6 +257,7 @@ def kernel_events(b: Bundle, win: _Window, flagged: dict[tuple[str, Any], str]) 
                      file=DMESG_TXT if txt else "collectors/dmesg/dmesg.json", line=r.get("_line") if txt else None,
                      ident=f"{b.manifest.host.boot_id}/{r.get('seq')}", folded=msg.count("\n"))
         out.append(head)
+        chained = True
     return out
 
 

@@ -409,3 +409,22 @@ def test_many_old_findings_are_one_row_at_a_glance(tmp_path):
     glance = html[html.index('<table class="glance">'):html.index("</table>", html.index('<table class="glance">'))]
     assert "6 earlier findings of rule oom_kill, from before the window" in glance
     assert "job-3" not in glance and html.count('<article class="finding warning"') == 6
+
+
+def test_kernel_backtrace_lines_are_never_rows_of_their_own(tmp_path):
+    """A backtrace printed slowly (its lines more than 2 s after the headline, as on a loaded host) folds
+    whole into the headline's row, and a fragment whose headline fell before the window is dropped."""
+    lines = [(4, "</TASK>"),                                  # the end of an earlier report
+             (6, "e1000e: eth0 NIC Link is Up 1000 Mbps Full Duplex, Flow Control: Rx/Tx"),
+             (4, "stress invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, oom_score_adj=0"),
+             (4, "CPU: 1 PID: 4242 Comm: stress Not tainted 6.1.0-57-amd64 #1  Debian 6.1.158-1"),
+             (4, "Call Trace:"), (4, "<TASK>"), (4, " dump_stack_lvl+0x44/0x5c"), (4, "</TASK>"),
+             (6, "Tasks state (memory values in pages):"),
+             (3, "Memory cgroup out of memory: Killed process 4242 (stress) total-vm:70000kB, anon-rss:65536kB, "
+                 "file-rss:0kB, shmem-rss:0kB, UID:0 pgtables:200kB oom_score_adj:0")]
+    rep = _report(tmp_path, {"collectors/dmesg/dmesg.json": bm.dmesg_json(lines, start=bm.T0 - timedelta(minutes=2))})
+    rows = [e for e in rep.events if e.source == "dmesg"]
+    assert not [e for e in rows if e.event.strip() in ("</TASK>", "<TASK>", "Call Trace:")
+                or e.event.startswith(("CPU: ", "Tasks state"))], [e.event for e in rows]
+    head = next(e for e in rows if "invoked oom-killer" in e.event)
+    assert head.folded >= 5
