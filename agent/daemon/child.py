@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from agent.config import Config, ConfigError
@@ -116,6 +117,8 @@ def count_uploads(results: list[dict[str, Any]]) -> UploadRound:
             n.uploaded += 1
         elif status in ("pending", "busy"):
             n.failed += 1
+            if not n.error and r.get("error"):
+                n.error = f"{Path(str(r.get('bundle', ''))).name}: {r['error']}"
         elif status == "waiting":
             n.waiting += 1
     return n

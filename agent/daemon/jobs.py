@@ -21,17 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import json
 import logging
-import os
 import secrets
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from agent.config import Config
+from agent.daemon import childproc
 from agent.daemon.kvlog import kv
 from agent.daemon.request import CaptureRequest, ChildJob, JobResult
 from agent.daemon.state import State
@@ -174,59 +171,12 @@ class JobRunner:
 
     # -- the child process ----------------------------------------------------------
     async def run_child(self, job: ChildJob, timeout: float, label: str) -> tuple[int | None, JobResult, str]:
-        """Run ``python -m agent daemon-job`` with ``job`` on stdin: (exit code, or None when it was
-        stopped at ``timeout``; its result; the tail of its stderr)."""
-        import agent
-        job.store, job.config = str(self.cfg.store_path), self.cfg.data
-        argv = [sys.executable, "-m", "agent"]
-        if self.config_path:
-            argv += ["--config", str(self.config_path)]
-        argv.append("daemon-job")
-        env = dict(os.environ)
-        env["GOLDENHOUR_STORE"] = str(self.cfg.store_path)
-        root = str(Path(agent.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env.pop("NOTIFY_SOCKET", None)          # only the daemon talks to systemd
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True, env=env)
-        if job.kind == "capture":
-            self.proc = proc
-        tail: list[str] = []
-
-        async def pump_stderr() -> None:
-            assert proc.stderr is not None
-            async for raw in proc.stderr:
-                line = raw.decode("utf-8", "replace").rstrip()
-                if line:
-                    tail.append(line)
-                    del tail[:-5]
-                    kv(logging.INFO, "job_output", line, job=label)
-
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(json.dumps(job.to_json()).encode())
-        await proc.stdin.drain()
-        proc.stdin.close()
-        err_task = asyncio.create_task(pump_stderr())
-        try:
-            stdout = await asyncio.wait_for(proc.stdout.read(), timeout)
-            rc = await asyncio.wait_for(proc.wait(), 30)
-        except asyncio.TimeoutError:
-            kv(logging.ERROR, "job_timeout", "stopping the job (our own child process)", job=label,
-               timeout_s=round(timeout, 1))
-            await stop_proc(proc)
-            err_task.cancel()
-            return None, JobResult(job.kind, ok=False), "; ".join(tail[-2:])
-        except asyncio.CancelledError:
-            await stop_proc(proc)
-            err_task.cancel()
-            raise
-        await asyncio.gather(err_task, return_exceptions=True)
-        try:
-            res = JobResult.from_json(job.kind, json.loads(stdout.decode() or "{}"))
-        except ValueError:
-            res = JobResult(job.kind, ok=False)
-        return rc, res, "; ".join(t for t in tail[-2:] if "error" in t.lower()) or (tail[-1] if tail else "")
+        """``agent.daemon.childproc.run_child`` with this daemon's config; a capture's process is kept
+        in ``self.proc`` so a stopping daemon can stop it."""
+        def started(proc: asyncio.subprocess.Process) -> None:
+            if job.kind == "capture":
+                self.proc = proc
+        return await childproc.run_child(self.cfg, self.config_path, job, timeout, label, on_start=started)
 
     async def sweep(self) -> None:
         """The start-up sweeps, in a child (the ledgers' code belongs to the capture side): the pause ledger
@@ -280,23 +230,12 @@ class JobRunner:
         ok = rc == 0 and res.ok and not failed
         self.tm.upload_runs.inc("ok" if ok else "failed")
         self.last_upload = {"at": time.time(), "ok": ok, "uploaded": uploaded, "failed": failed,
-                            "duration_s": round(time.monotonic() - t0, 3), "error": res.error or ("" if ok else err)}
+                            "duration_s": round(time.monotonic() - t0, 3),
+                            "error": res.error or ("" if ok else (res.upload.error if res.upload else "") or err
+                                                   or f"exit status {rc}")}
         if ok:
             self.upload_delay = interval
         else:
             self.upload_delay = min(max(self.upload_delay * 2, float(self.cfg["upload.retry_initial_s"])), retry_max)
         kv(logging.INFO if ok else logging.WARNING, "upload", uploaded=uploaded, failed=failed,
            next_s=round(self.upload_delay, 1), error=self.last_upload["error"])
-
-async def stop_proc(proc: asyncio.subprocess.Process) -> None:
-    """Stop our own child: SIGTERM, then SIGKILL after 10 s."""
-    if proc.returncode is not None:
-        return
-    try:
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), 10)
-    except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
-    except ProcessLookupError:
-        pass

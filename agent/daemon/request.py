@@ -198,6 +198,7 @@ class UploadRound:
     uploaded: int = 0
     failed: int = 0
     waiting: int = 0
+    error: str = ""                  # why the first failed bundle failed (one line)
 
 
 @dataclass

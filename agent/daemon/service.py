@@ -29,7 +29,8 @@ from agent.config import Config, ConfigError
 from agent.daemon.client import read_token
 from agent.daemon.guard import Guard
 from agent.daemon.intake import Intake, Receiver
-from agent.daemon.jobs import JobRunner, stop_proc
+from agent.daemon.childproc import stop_proc
+from agent.daemon.jobs import JobRunner
 from agent.daemon.kvlog import kv
 from agent.daemon.request import CaptureRequest, RequestError
 from agent.daemon.state import State, state_dir

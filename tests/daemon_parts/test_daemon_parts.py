@@ -187,3 +187,18 @@ def test_the_local_api_spells_log_paths_logs(new_daemon):
     with httpx.Client(transport=httpx.HTTPTransport(uds=str(d.socket)), timeout=10) as c:
         bad = c.post("http://daemon/v1/snapshot", json={"incident": "INC-2", "time_budget_s": "soon"})
     assert bad.status_code == 400 and bad.json()["error"] == "time_budget_s must be a positive number of seconds"
+
+
+def test_a_failed_upload_round_says_why_in_healthz(new_daemon, moto_url):
+    """An upload round that fails names the bundle and the reason in /healthz (an empty reason left
+    the operator guessing): here the bucket does not exist."""
+    d = new_daemon(env=CREDS, extra=f'[upload]\nurl = "s3://no-such-bucket-{os.urandom(3).hex()}/pfx"\n'
+                                    f'endpoint_url = "{moto_url}"\n').start()
+    assert d.post("generic", P.generic_delivery("INC-UP-2")).status_code == 202
+    d.wait_idle()
+    deadline = time.monotonic() + 120
+    while not d.health()["last_upload"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    last = d.health()["last_upload"]
+    assert last and not last["ok"] and last["failed"] == 1, last
+    assert "INC-UP-2_" in last["error"] and "bucket" in last["error"].lower(), last
