@@ -378,7 +378,11 @@ def collect(ctx) -> None:
     proc_table = proc / "net" / "nf_conntrack"
     have_cli = which("conntrack") is not None
     used, table_file = None, None
-    if method in ("auto", "proc") and proc_table.exists():
+    if method in ("auto", "proc") and proc_table.exists() and not os.access(proc_table, os.R_OK):
+        # 0440 root: an unprivileged goldenhour reads the count, the limit and the stats, not the table
+        ctx.partial(f"table not captured: {proc_table} is readable by root only (the conntrack CLI needs "
+                    "CAP_NET_ADMIN too); count, max and stats only")
+    elif method in ("auto", "proc") and proc_table.exists():
         table_file = stream_table(ctx, proc_table, "nf_conntrack.txt", table)
         used = "proc"
     elif method == "proc":

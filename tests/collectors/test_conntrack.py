@@ -214,3 +214,34 @@ def test_stats_of_a_full_table_from_proc_and_cli_agree():
     lim = parse_limits(sysctl)
     assert lim["fill_ratio"] >= 0.99 and lim["avg_chain_length"] == 1.0 and "at_max" not in lim
     assert parse_limits({"nf_conntrack_count": "0\n", "nf_conntrack_max": "262144"})["fill_ratio"] == 0.0
+
+
+def test_an_unprivileged_capture_records_count_and_limit_without_the_table():
+    """Run as nobody, /proc/net/nf_conntrack (0440 root) cannot be read: the collector is partial with
+    that reason and still records the count, the limit and the stats, never a raw PermissionError."""
+    if not Path("/proc/sys/net/netfilter/nf_conntrack_count").exists():
+        pytest.skip("nf_conntrack is not loaded here")
+    import shutil
+    import tempfile
+    tmp_path = Path(tempfile.mkdtemp(prefix="gh-ct-nobody-"))     # pytest's folders are 0700: nobody cannot enter
+    tmp_path.chmod(0o777)
+    store = tmp_path / "store"
+    try:
+        _unprivileged_capture(tmp_path, store)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _unprivileged_capture(tmp_path: Path, store: Path) -> None:
+    cp = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                         sys.executable, "-m", "agent", "snapshot", "--incident", "CT-NOBODY", "--profile", "quick",
+                         "--collector", "conntrack", "--store", str(store), "--no-upload", "--json"],
+                        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2],
+                        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(tmp_path)})
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    assert out["collectors"] == {"conntrack": "partial"}
+    man = json.loads(Path(out["manifest"]).read_text())
+    [entry] = [c for c in man["collectors"] if c["name"] == "conntrack"]
+    assert "readable by root only" in entry["reason"] and "PermissionError" not in entry["reason"]
+    assert any(f["path"].endswith("conntrack.json") for f in entry["files"])
