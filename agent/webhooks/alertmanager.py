@@ -75,13 +75,21 @@ def parse(body: Any, *, opts: dict[str, Any] | None = None) -> list[Event]:
     alerts = b.get("alerts")
     if not isinstance(gk, str) or not gk or not isinstance(alerts, list):
         raise Malformed("groupKey and alerts are required")
-    inc = group_incident_id(gk)
+    return group_events(b, group_incident_id(gk), NAME)
+
+
+def group_events(b: dict, inc: str, source: str) -> list[Event]:
+    """The events of one Alertmanager-shaped group notification (``status``, ``alerts``, ``commonLabels``,
+    ``commonAnnotations``, ``externalURL``) filed under incident ``inc``: a resolved group resolves it, each
+    firing alert triggers it (hosts and services from its labels), an alert resolved in a firing group is
+    ignored. Grafana Alerting's contact-point body has this shape too (agent/webhooks/grafana_alerting.py)."""
+    alerts = b.get("alerts") if isinstance(b.get("alerts"), list) else []
     status = str(b.get("status") or "")
     common = b.get("commonLabels") if isinstance(b.get("commonLabels"), dict) else {}
     common_ann = b.get("commonAnnotations") if isinstance(b.get("commonAnnotations"), dict) else {}
     url = str(b.get("externalURL") or "")
     if status == "resolved":
-        return [Event(RESOLVE, incident_id=inc, source=NAME, kind="resolved",
+        return [Event(RESOLVE, incident_id=inc, source=source, kind="resolved",
                       title=str(common_ann.get("summary") or common.get("alertname") or ""), url=url)]
     if status != "firing":
         raise Malformed(f"status must be firing or resolved, not {status!r}")
@@ -92,7 +100,7 @@ def parse(body: Any, *, opts: dict[str, Any] | None = None) -> list[Event]:
         labels = {str(k): str(v) for k, v in (a.get("labels") or {}).items()}
         ann = a.get("annotations") if isinstance(a.get("annotations"), dict) else {}
         hosts, services = label_targets(labels)
-        e = Event(IGNORE, incident_id=inc, source=NAME, kind=f"alert {a.get('status', '')}",
+        e = Event(IGNORE, incident_id=inc, source=source, kind=f"alert {a.get('status', '')}",
                   title=str(ann.get("summary") or common_ann.get("summary") or labels.get("alertname") or ""),
                   url=str(a.get("generatorURL") or url), severity=labels.get("severity", ""),
                   hosts=hosts, services=services, labels=labels, reopen=True, started_at=parse_time(a.get("startsAt")))
@@ -102,5 +110,5 @@ def parse(body: Any, *, opts: dict[str, Any] | None = None) -> list[Event]:
             e.reason = "alert resolved (the group is still firing)"
         events.append(e)
     if not events:
-        events.append(Event(IGNORE, incident_id=inc, source=NAME, kind="firing", reason="no alerts"))
+        events.append(Event(IGNORE, incident_id=inc, source=source, kind="firing", reason="no alerts"))
     return events

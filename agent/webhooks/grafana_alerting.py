@@ -49,8 +49,9 @@ import hashlib
 import time
 from typing import Any, Mapping
 
-from agent.webhooks import (IGNORE, PING, RESOLVE, TRIGGER, Event, Forbidden, Malformed, Unauthorized, any_equal,
-                            check_authorization, header, hex_digest, hmac_sha256, label_targets, obj, parse_time)
+from agent.webhooks import (PING, Event, Forbidden, Malformed, Unauthorized, any_equal,
+                            check_authorization, header, hex_digest, hmac_sha256, obj)
+from agent.webhooks.alertmanager import group_events
 
 NAME = "grafana_alerting"
 SIGNATURE_HEADERS = ("X-Grafana-Alerting-Signature", "X-Grafana-Alert-Signature")
@@ -118,32 +119,4 @@ def parse(body: Any, *, opts: dict[str, Any] | None = None) -> list[Event]:
         raise Malformed("groupKey and alerts are required")
     if _is_test(alerts):
         return [Event(PING, source=NAME, kind="test notification")]
-    inc = group_incident_id(b.get("orgId", ""), gk)
-    status = str(b.get("status") or "")
-    common = b.get("commonLabels") if isinstance(b.get("commonLabels"), dict) else {}
-    common_ann = b.get("commonAnnotations") if isinstance(b.get("commonAnnotations"), dict) else {}
-    url = str(b.get("externalURL") or "")
-    if status == "resolved":
-        return [Event(RESOLVE, incident_id=inc, source=NAME, kind="resolved",
-                      title=str(common_ann.get("summary") or common.get("alertname") or ""), url=url)]
-    if status != "firing":
-        raise Malformed(f"status must be firing or resolved, not {status!r}")
-    events: list[Event] = []
-    for a in alerts:
-        if not isinstance(a, dict):
-            raise Malformed("each alert must be an object")
-        labels = {str(k): str(v) for k, v in (a.get("labels") or {}).items()}
-        ann = a.get("annotations") if isinstance(a.get("annotations"), dict) else {}
-        hosts, services = label_targets(labels)
-        e = Event(IGNORE, incident_id=inc, source=NAME, kind=f"alert {a.get('status', '')}",
-                  title=str(ann.get("summary") or common_ann.get("summary") or labels.get("alertname") or ""),
-                  url=str(a.get("generatorURL") or url), severity=labels.get("severity", ""),
-                  hosts=hosts, services=services, labels=labels, reopen=True, started_at=parse_time(a.get("startsAt")))
-        if a.get("status") == "firing":
-            e.action = TRIGGER
-        else:
-            e.reason = "alert resolved (the group is still firing)"
-        events.append(e)
-    if not events:
-        events.append(Event(IGNORE, incident_id=inc, source=NAME, kind="firing", reason="no alerts"))
-    return events
+    return group_events(b, group_incident_id(b.get("orgId", ""), gk), NAME)
