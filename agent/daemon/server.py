@@ -24,7 +24,7 @@ import stat
 from pathlib import Path
 from typing import Any, Callable
 
-from agent import __version__
+from agent import __version__, sdnotify
 from agent.config import Config
 from agent.daemon.client import api_socket_path, parse_listen
 from agent.daemon.guard import protocol, quiet_uvicorn
@@ -39,45 +39,18 @@ _STOP: dict[str, Any] = {"requested": False, "server": None}
 
 # -- systemd ----------------------------------------------------------------------
 
-def sd_notify(message: str) -> bool:
-    """Send ``message`` to $NOTIFY_SOCKET (sd_notify(3)); False when not under systemd."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return False
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-            s.connect(addr)
-            s.sendall(message.encode())
-        return True
-    except OSError:
-        return False
-
-
-def watchdog_interval() -> float | None:
-    usec = os.environ.get("WATCHDOG_USEC")
-    pid = os.environ.get("WATCHDOG_PID")
-    if not usec or (pid and pid.isdigit() and int(pid) != os.getpid()):
-        return None
-    try:
-        return max(int(usec) / 1e6 / 2, 0.05)
-    except ValueError:
-        return None
-
-
 async def _watchdog(svc: Service, every: float) -> None:
     while True:
         ok, why = svc.healthy()
         if ok:
-            sd_notify("WATCHDOG=1")
+            sdnotify.notify("WATCHDOG=1")
         else:
             kv(logging.ERROR, "watchdog", "not pinging the watchdog", reason=why)
         await asyncio.sleep(every)
 
 
 async def _stop(svc: Service) -> None:
-    sd_notify("STOPPING=1")
+    sdnotify.notify("STOPPING=1")
     await svc.stop()
 
 
@@ -169,8 +142,9 @@ async def serve(cfg: Config, config_path: str | None = None, load: Callable[[], 
         await _stop(svc)
         serve_task.result()
         return 1
-    sd_notify(f"READY=1\nSTATUS=listening on {addr_text or '-'}; queue {svc.jobs.queue.maxsize}\nMAINPID={os.getpid()}")
-    wd = watchdog_interval()
+    sdnotify.notify(f"READY=1\nSTATUS=listening on {addr_text or '-'}; queue {svc.jobs.queue.maxsize}\n"
+                    f"MAINPID={os.getpid()}")
+    wd = sdnotify.watchdog_interval()
     if wd:
         svc.tasks.append(asyncio.create_task(_watchdog(svc, wd), name="watchdog"))
     kv(logging.INFO, "ready", listen=addr_text or "-", socket=str(api_socket_path(cfg) or "-"),
@@ -207,11 +181,11 @@ def _on_hup(svc: Service, load: Callable[[], Config] | None) -> None:
                "changes", outcome="unsupported")
             return
         async with busy:
-            sd_notify("RELOADING=1")
+            sdnotify.notify("RELOADING=1")
             try:
                 reload(svc, load)
             finally:
-                sd_notify("READY=1")
+                sdnotify.notify("READY=1")
 
     def handler() -> None:
         kv(logging.INFO, "reload", "SIGHUP received: reloading the config")

@@ -35,7 +35,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from agent import __version__
+from agent import __version__, sdnotify
 from agent import webhooks as wh
 from agent.config import Config, ConfigError
 from agent.daemon.guard import Guard
@@ -272,7 +272,6 @@ async def serve(cfg: Config) -> int:
 
     from agent.daemon.client import parse_listen
     from agent.daemon.guard import protocol, quiet_uvicorn
-    from agent.daemon.server import sd_notify, watchdog_interval
     from agent.errors import UsageError
     relay = Relay(cfg)
     listen = parse_listen(cfg["relay.listen"])
@@ -305,12 +304,12 @@ async def serve(cfg: Config) -> int:
         await relay.stop()
         task.result()
         return 1
-    sd_notify(f"READY=1\nSTATUS=listening on {h}:{p}\nMAINPID={os.getpid()}")
-    wd = watchdog_interval()
+    sdnotify.notify(f"READY=1\nSTATUS=listening on {h}:{p}\nMAINPID={os.getpid()}")
+    wd = sdnotify.watchdog_interval()
     if wd:
         async def ping() -> None:
             while True:
-                sd_notify("WATCHDOG=1")
+                sdnotify.notify("WATCHDOG=1")
                 await asyncio.sleep(wd)
         relay.tasks.append(asyncio.create_task(ping(), name="watchdog"))
     kv(logging.INFO, "ready", listen=f"{h}:{p}", pid=os.getpid(), version=__version__, fleet=relay.fleet,
@@ -318,7 +317,7 @@ async def serve(cfg: Config) -> int:
     try:
         await task
     finally:
-        sd_notify("STOPPING=1")
+        sdnotify.notify("STOPPING=1")
         await relay.stop()
         kv(logging.INFO, "stopped")
     return 0

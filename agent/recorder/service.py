@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from agent import __version__
+from agent import __version__, sdnotify
 from agent.recorder import ring as ringmod
 from agent.recorder.sampler import Sampler
 
@@ -73,22 +73,6 @@ class Settings:
 
 def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), default=str).encode()
-
-
-def sd_notify(message: str) -> bool:
-    """Send ``message`` to $NOTIFY_SOCKET (sd_notify(3)); False when not under systemd."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return False
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-            s.connect(addr)
-            s.sendall(message.encode())
-        return True
-    except OSError:
-        return False
 
 
 class Clock:
@@ -337,7 +321,7 @@ class Recorder:
             start["torn_tail"] = info["skipped"][:5]
         self.event("start", **start)
         self._install_signals()
-        watchdog = _watchdog_interval()
+        watchdog = sdnotify.watchdog_interval()
         next_t = time.monotonic()
         last_ping = 0.0
         notified = False
@@ -353,7 +337,8 @@ class Recorder:
                     self.sample()
                     next_t += self.st.interval_s
                     if not notified:
-                        sd_notify(f"READY=1\nSTATUS=recording every {self.st.interval_s:g} s to {self.st.ring_path}")
+                        sdnotify.notify(f"READY=1\nSTATUS=recording every {self.st.interval_s:g} s "
+                                        f"to {self.st.ring_path}")
                         notified = True
                     self._maybe_sync()
                     if self.writer is None and time.monotonic() >= self.ring_retry_at:
@@ -367,7 +352,7 @@ class Recorder:
                 if t_end is not None and time.monotonic() >= t_end:
                     break
                 if watchdog and time.monotonic() - last_ping >= watchdog:
-                    sd_notify("WATCHDOG=1")
+                    sdnotify.notify("WATCHDOG=1")
                     last_ping = time.monotonic()
                 self._wait(max(0.0, next_t - time.monotonic()))
         finally:
@@ -412,7 +397,7 @@ class Recorder:
                 pass
 
     def shutdown(self) -> None:
-        sd_notify("STOPPING=1")
+        sdnotify.notify("STOPPING=1")
         try:
             self.event("stop", samples=self.samples, dropped=self.dropped)
         except Exception:  # noqa: BLE001 - stopping must not fail
@@ -454,17 +439,6 @@ def _rss_kb() -> int:
             return int(fh.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
     except (OSError, ValueError, IndexError):
         return 0
-
-
-def _watchdog_interval() -> float | None:
-    usec = os.environ.get("WATCHDOG_USEC")
-    pid = os.environ.get("WATCHDOG_PID")
-    if not usec or (pid and pid.isdigit() and int(pid) != os.getpid()):
-        return None
-    try:
-        return max(int(usec) / 1e6 / 2, 0.05)
-    except ValueError:
-        return None
 
 
 def ask(socket_path: str, req: dict[str, Any], timeout: float = 0.3) -> dict[str, Any] | None:
