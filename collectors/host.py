@@ -101,40 +101,10 @@ def parse_meminfo(text: str) -> dict[str, int]:
     return out
 
 
-def parse_psi(text: str) -> dict[str, dict[str, float]]:
-    """A /proc/pressure/* file to ``{"some": {"avg10": .., "avg60": .., "avg300": .., "total": ..}, "full": {..}}``.
-
-    Args: text: the file's contents (``some avg10=0.00 avg60=0.00 avg300=0.00 total=0`` lines).
-    Returns: averages as floats (percent of wall time), ``total`` as int (microseconds stalled).
-    Errors: none; malformed values are left out (an empty dict for an empty file).
-    """
-    out: dict[str, dict[str, float]] = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if not parts:
-            continue
-        vals: dict[str, float] = {}
-        for kv in parts[1:]:
-            k, _, v = kv.partition("=")
-            try:
-                vals[k] = int(v) if k == "total" else float(v)
-            except ValueError:
-                continue
-        out[parts[0]] = vals
-    return out
-
-
-def parse_kv_table(text: str) -> dict[str, int]:
-    """``name value`` lines (vmstat, memory.events, cpu.stat) to {name: int}; other lines skipped."""
-    out = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            try:
-                out[parts[0]] = int(parts[1])
-            except ValueError:
-                pass
-    return out
+# the pressure files and ``name value`` tables (vmstat, memory.events, cpu.stat) read like the cgroup files:
+# one parser each, in agent/cgroups.py
+parse_psi = cgroups.parse_psi
+parse_kv_table = cgroups.parse_kv
 
 
 def parse_os_release(text: str) -> dict[str, str]:
