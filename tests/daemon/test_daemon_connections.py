@@ -15,6 +15,8 @@ import time
 import httpx
 import pytest
 
+from tests.helpers.conns import closed_by_server
+
 TIMEOUTS = "header_timeout_s = 1\nbody_timeout_s = 2\nlog_interval_s = 60\n"
 
 
@@ -31,22 +33,6 @@ def _open(d, n: int, payload: bytes = b"") -> list[socket.socket]:
             s.sendall(payload)
         socks.append(s)
     return socks
-
-
-def _closed_by_server(s: socket.socket, within: float) -> bytes | None:
-    """What the server sent before closing, or None if it kept the connection open ``within`` seconds."""
-    s.settimeout(within)
-    got = b""
-    try:
-        while True:
-            b = s.recv(65536)
-            if not b:
-                return got
-            got += b
-    except (TimeoutError, socket.timeout):
-        return None
-    except ConnectionResetError:
-        return got
 
 
 def _log_ok(d, event: str, most: int = 2) -> list[str]:
@@ -67,7 +53,7 @@ def test_half_sent_headers_and_silent_connections_are_closed(new_daemon):
     silent = _open(d, 20)
     assert httpx.get(f"{d.url}/healthz", timeout=10).status_code == 200      # still serving meanwhile
     for s in half + silent:
-        got = _closed_by_server(s, 15)
+        got = closed_by_server(s, 15)
         assert got is not None, "the connection was kept open past the header timeout"
         assert got == b"" or got.startswith(b"HTTP/1.1 408")
         s.close()
@@ -82,7 +68,7 @@ def test_half_sent_body_is_closed(new_daemon):
             b"Content-Length: 10000\r\n\r\n{\"a\": 1")
     socks = _open(d, 10, head)
     for s in socks:
-        assert _closed_by_server(s, 15) is not None, "the connection was kept open past the body timeout"
+        assert closed_by_server(s, 15) is not None, "the connection was kept open past the body timeout"
         s.close()
     _log_ok(d, "http_body_timeout")
     assert httpx.get(f"{d.url}/healthz", timeout=10).status_code == 200
@@ -108,7 +94,7 @@ def test_connections_over_the_limit_are_answered_503_and_closed(new_daemon):
     held = _open(d, 10)
     time.sleep(0.2)
     extra = _open(d, 30)
-    answers = [_closed_by_server(s, 10) for s in extra]
+    answers = [closed_by_server(s, 10) for s in extra]
     assert all(a is not None and a.startswith(b"HTTP/1.1 503 ") and b"retry-after" in a.lower() for a in answers)
     for s in held + extra:
         s.close()

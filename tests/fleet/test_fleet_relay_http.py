@@ -12,6 +12,7 @@ import time
 import httpx
 
 from tests.fleet.fleetlib import RelayProc
+from tests.helpers.conns import closed_by_server
 
 RULES = "[daemon]\nheader_timeout_s = 1\nbody_timeout_s = 2\nlog_interval_s = 60\n"
 
@@ -19,21 +20,6 @@ RULES = "[daemon]\nheader_timeout_s = 1\nbody_timeout_s = 2\nlog_interval_s = 60
 def _addr(r: RelayProc) -> tuple[str, int]:
     host, port = r.url.removeprefix("http://").rsplit(":", 1)
     return host, int(port)
-
-
-def _closed_within(s: socket.socket, seconds: float) -> bytes | None:
-    s.settimeout(seconds)
-    got = b""
-    try:
-        while True:
-            b = s.recv(65536)
-            if not b:
-                return got
-            got += b
-    except (TimeoutError, socket.timeout):
-        return None
-    except ConnectionResetError:
-        return got
 
 
 def _lines(r: RelayProc, event: str) -> list[str]:
@@ -54,7 +40,7 @@ def test_half_sent_requests_and_hangups_at_the_relay_are_closed_and_logged_once(
         silent = [socket.create_connection(_addr(r), timeout=10) for _ in range(10)]
         assert httpx.get(f"{r.url}/healthz", timeout=10).status_code == 200        # still serving meanwhile
         for s in half + silent:
-            got = _closed_within(s, 15)
+            got = closed_by_server(s, 15)
             assert got is not None, "the relay kept a half-sent connection open past the header timeout"
             assert got == b"" or got.startswith(b"HTTP/1.1 408")
             s.close()
